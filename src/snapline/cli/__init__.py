@@ -1,0 +1,1 @@
+"""The ``snapline`` command line."""

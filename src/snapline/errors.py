@@ -1,0 +1,66 @@
+"""The exception hierarchy. Every error snapline raises on purpose derives from SnaplineError.
+
+Messages say what was wrong and what to do about it; the CLI prints them without a traceback
+(unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+
+class SnaplineError(Exception):
+    """Base class of every error snapline raises on purpose."""
+
+
+class ConfigError(SnaplineError):
+    """A bad argument, option or configuration value."""
+
+
+class StoreError(SnaplineError):
+    """Stable storage could not be read or written (I/O error, full disk, not a store, locked)."""
+
+
+class NotAStore(StoreError):
+    """The path exists but is not a snapline store."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's writer lock."""
+
+
+class CheckpointNotFound(StoreError):
+    """No committed checkpoint matches the request."""
+
+
+class CorruptCheckpoint(StoreError):
+    """A manifest or chunk failed its hash, was truncated, or could not be decoded."""
+
+
+class UnsupportedFormat(StoreError):
+    """The store or manifest uses a format version this snapline does not read."""
+
+
+class EncodeError(SnaplineError):
+    """The state holds an object the safe codec cannot encode."""
+
+
+class JournalError(SnaplineError):
+    """The edit log or an image of a journal could not be read or written."""
+
+
+class ProtocolError(SnaplineError):
+    """A checkpointing protocol received an event it cannot handle in its current state."""
+
+    def __init__(self, *, protocol: str, rank: int, state: str, event: object, why: str) -> None:
+        self.protocol = protocol
+        self.rank = rank
+        self.state = state
+        self.event = event
+        super().__init__(f"{protocol} rank {rank} in state {state}: {why} (event {event!r})")
+
+
+class SimulationError(SnaplineError):
+    """A simulated run violated a guarantee; the message carries the command that replays it."""
+
+
+class RuntimeFailure(SnaplineError):
+    """A real job could not be completed (restart limit reached, unrecoverable failure)."""
