@@ -35,6 +35,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Store": ("snapline.store", "Store"),
     "journal": ("snapline", "journal"),
     "testing": ("snapline", "testing"),
+    "run": ("snapline.runtime.local", "run"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,5 +75,6 @@ __all__ = [
     "open_store",
     "protocol_class",
     "protocol_names",
+    "run",
     "testing",
 ]

@@ -58,9 +58,21 @@ class ProtocolError(SnaplineError):
         super().__init__(f"{protocol} rank {rank} in state {state}: {why} (event {event!r})")
 
 
+class RecoveryError(SnaplineError):
+    """No recovery can be planned from the stored records (malformed view, missing sender log)."""
+
+
 class SimulationError(SnaplineError):
     """A simulated run violated a guarantee; the message carries the command that replays it."""
 
 
 class RuntimeFailure(SnaplineError):
     """A real job could not be completed (restart limit reached, unrecoverable failure)."""
+
+
+class SnaplineWarning(UserWarning):
+    """Base class of the warnings snapline issues."""
+
+
+class CheckpointDamagedWarning(SnaplineWarning):
+    """A damaged checkpoint was skipped (``load()`` fell back to an older intact one)."""

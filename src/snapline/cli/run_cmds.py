@@ -1,9 +1,169 @@
-"""Commands of this group register themselves on the root app."""
+"""``snapline run`` (a real job on local processes) and ``snapline ps`` (what a job is doing)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from snapline.errors import ConfigError
+
+console = Console()
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r}: write KEY=VALUE, e.g. --param messages=200")
+        params[key.strip()] = _number_or_text(value.strip())
+    return params
+
+
+def _number_or_text(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def status_line(status: Any) -> Text:
+    """One line: ranks up, checkpoints, recovery line, messages/s."""
+    up = sum(r.state in ("running", "frozen") for r in status.ranks)
+    line = min((int(v) for v in status.recovery_line.values()), default=0)
+    text = Text()
+    text.append(f"{status.state:<10}", style="bold green" if status.state == "running" else "bold yellow")
+    text.append(f" ranks up {up}/{status.n}")
+    text.append(f"  committed {status.checkpoints_committed}/{status.n} ranks")
+    text.append(f"  recovery line >= ckpt {line}")
+    text.append(f"  recoveries {status.recoveries}")
+    text.append(f"  {status.messages_per_s:,.0f} msg/s")
+    return text
+
+
+def summary_table(result: Any) -> Table:
+    """The final report of a run."""
+    table = Table(title=f"snapline run: {result.protocol}, {result.n} ranks")
+    for name in ("rank", "result", "delivered", "checkpoints", "restarts", "outputs"):
+        table.add_column(name, justify="right")
+    for rank in range(result.n):
+        stats = result.stats.get(rank, {})
+        ckpts = int(stats.get("checkpoints_basic", 0)) + int(stats.get("checkpoints_forced", 0))
+        text = repr(result.results.get(rank))
+        table.add_row(
+            str(rank),
+            text if len(text) <= 40 else text[:37] + "...",
+            str(stats.get("messages_delivered", 0)),
+            str(ckpts),
+            str(sum(1 for f in result.failures if f["rank"] == rank)),
+            str(len(result.outputs.get(rank, []))),
+        )
+    return table
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``run`` and ``ps`` to ``app``."""
+
+    @app.command("run")
+    def run_cmd(
+        app_name: str = typer.Argument(
+            None,
+            metavar="APP",
+            help="A built-in app (bank), path/file.py:Class or module:Class. "
+            "Optional with --resume.",
+        ),
+        n: int = typer.Option(None, "-n", "--ranks", help="Number of ranks (processes)."),
+        protocol: str = typer.Option("chandy-lamport", "--protocol", "-P", help="Checkpointing protocol."),
+        interval: str = typer.Option("1s", "--interval", help="Checkpoint interval, e.g. 1s, 500ms."),
+        store: Path = typer.Option(..., "--store", help="Store directory of the job."),
+        topology: str = typer.Option("complete", "--topology", help="complete, ring, bidir-ring, line, star, random:K."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the ranks' ctx.random."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a job whose processes all died."),
+        kill: list[str] = typer.Option([], "--kill", help="Inject a kill -9: RANK@SECONDS (repeatable)."),
+        param: list[str] = typer.Option([], "--param", "-p", help="App parameter KEY=VALUE (repeatable)."),
+        heartbeat_timeout: str = typer.Option("3s", "--heartbeat-timeout", help="Declare a silent rank hung after this long."),
+        max_restarts: int = typer.Option(10, "--max-restarts", help="Give up after this many restarts."),
+        timeout: str = typer.Option("10m", "--timeout", help="Give up if the job has not finished by then."),
+        no_trace: bool = typer.Option(False, "--no-trace", help="Do not record a trace."),
+    ) -> None:
+        """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure."""
+        from snapline.runtime.local import run
+
+        if app_name is None and not resume:
+            raise ConfigError("give the APP to run (or --resume a job in --store)")
+        if app_name is None:
+            from snapline.runtime.local.config import load_job
+
+            app_name = load_job(store.resolve()).app
+        live = Live(Text("starting..."), console=console, refresh_per_second=8, transient=True)
+        with live:
+            result = run(
+                app_name,
+                n,
+                store=store,
+                protocol=protocol,
+                interval=interval,
+                topology=topology,
+                seed=seed,
+                resume=resume,
+                kill=kill,
+                heartbeat_timeout=heartbeat_timeout,
+                max_restarts=max_restarts,
+                timeout=timeout,
+                trace=not no_trace,
+                app_options=_parse_params(param),
+                on_status=lambda status: live.update(status_line(status)),
+            )
+        console.print(summary_table(result))
+        for rank, items in sorted(result.outputs.items()):
+            for item in items:
+                console.print(f"[dim]output[/] rank {rank}: {item!r}")
+        console.print(
+            f"finished in {result.elapsed_s:.2f}s; {result.messages_delivered} messages, "
+            f"{result.checkpoints_committed} checkpoints committed, "
+            f"{len(result.recoveries)} recoveries, {result.restarts} restarts"
+        )
+        if result.trace_path is not None:
+            console.print(f"trace: {result.trace_path}  (draw it with: snapline viz {result.trace_path})")
+
+    @app.command("ps")
+    def ps_cmd(
+        store: Path = typer.Argument(..., help="Store directory of a job started with snapline run."),
+    ) -> None:
+        """Show a job's ranks: pid, state, incarnation, restarts, last committed checkpoint."""
+        from snapline.runtime.local.status import pid_alive, read_status
+
+        status = read_status(store)
+        age_s = time.time() - status.updated_at
+        sup_alive = pid_alive(status.supervisor_pid)
+        state = status.state if sup_alive or status.state in ("finished", "failed") else "dead"
+        console.print(
+            f"job {status.job_id}: {status.app} on {status.n} ranks, {status.protocol}; "
+            f"supervisor pid {status.supervisor_pid} ({state}); updated {age_s:.1f}s ago; "
+            f"{status.recoveries} recoveries"
+        )
+        table = Table()
+        for name in ("rank", "pid", "state", "alive", "incarnation", "restarts", "last ckpt"):
+            table.add_column(name, justify="right")
+        for rank in status.ranks:
+            table.add_row(
+                str(rank.rank),
+                str(rank.pid),
+                rank.state,
+                "yes" if pid_alive(rank.pid) else "no",
+                str(rank.incarnation),
+                str(rank.restarts),
+                str(rank.last_checkpoint),
+            )
+        console.print(table)
+        if status.note:
+            console.print(f"note: {status.note}")

@@ -1,9 +1,240 @@
-"""Commands of this group register themselves on the root app."""
+"""``snapline sim``: run one simulated job under faults, check it, and summarise it.
+
+Every option maps to a ``SimConfig`` field; a failing check prints the seed and the exact
+command that replays the run.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from snapline.apps import app_spec
+from snapline.errors import ConfigError
+from snapline.runtime.sim import Partition, SimConfig, SimResult, run_simulation
+
+console = Console()
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad {what} {item!r}: use KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _option_value(text: str) -> Any:
+    # Protocol options are plain data; numbers and booleans are written as JSON on the CLI.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _crash_at(items: list[str]) -> tuple[tuple[int, float], ...]:
+    out = []
+    for item in items:
+        rank, sep, t = item.partition("@")
+        try:
+            out.append((int(rank), float(t)))
+        except ValueError:
+            raise ConfigError(f"bad --crash-at {item!r}: use RANK@TIME, e.g. 2@15.5") from None
+        if not sep:
+            raise ConfigError(f"bad --crash-at {item!r}: use RANK@TIME, e.g. 2@15.5")
+    return tuple(out)
+
+
+def _channel_delays(items: list[str]) -> dict[tuple[int, int], str]:
+    out = {}
+    for key, spec in _pairs(items, "--channel-delay").items():
+        src, sep, dst = key.partition("-")
+        try:
+            out[(int(src), int(dst))] = spec
+        except ValueError:
+            raise ConfigError(f"bad --channel-delay {key!r}: use SRC-DST=SPEC") from None
+        if not sep:
+            raise ConfigError(f"bad --channel-delay {key!r}: use SRC-DST=SPEC")
+    return out
+
+
+def _slow_disks(items: list[str]) -> dict[int, str]:
+    out = {}
+    for key, spec in _pairs(items, "--slow-disk").items():
+        try:
+            out[int(key)] = spec
+        except ValueError:
+            raise ConfigError(f"bad --slow-disk {key!r}: use RANK=SPEC, e.g. 3=exp:5") from None
+    return out
+
+
+def _interval(text: str) -> float | None:
+    if text.lower() in ("none", "off", "never"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"bad --interval {text!r}: seconds, or 'none'") from None
+
+
+def summary_table(result: SimResult) -> Table:
+    """The rich summary of a run."""
+    stats = result.stats
+    config = result.config
+    table = Table(
+        title=f"{config.app} x {config.protocol}, n={config.n}, seed={config.seed}",
+        show_header=False,
+    )
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, str]] = [
+        ("simulated time", f"{stats['sim_time_s']:.2f} s"),
+        ("messages delivered", f"{stats['messages_delivered']:,}"),
+        ("wall time", f"{stats['wall_s']:.2f} s ({stats['msgs_per_s']:,.0f} msgs/s)"),
+        (
+            "checkpoints basic / forced",
+            f"{stats['checkpoints_basic']} / {stats['checkpoints_forced']}",
+        ),
+        (
+            "checkpoints committed / lost in write",
+            f"{stats['checkpoints_committed']} / {stats['checkpoint_writes_lost']}",
+        ),
+        ("control messages", f"{stats['control_messages']:,}"),
+        ("piggyback bytes", f"{stats['piggyback_bytes']:,}"),
+        ("crashes / recoveries", f"{stats['crashes']} / {stats['recoveries']}"),
+        ("ranks rolled back", str(stats["ranks_rolled_back"])),
+        ("max rollback distance", f"{stats['max_rollback_s']:.2f} s"),
+        ("work lost (sum over ranks)", f"{stats['work_lost_s']:.2f} s"),
+        ("messages replayed", f"{stats['replayed']:,}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    for check in result.checks:
+        table.add_row(f"check: {check.name}", f"[green]passed[/] ({check.runs})")
+    return table
+
+
+def sim(
+    app: str = typer.Option(
+        "bank", "--app", help="Example app: bank, token-ring, wordcount, heat."
+    ),
+    n: int = typer.Option(4, "-n", "--ranks", help="Number of ranks."),
+    protocol: str = typer.Option("none", "--protocol", help="Checkpointing protocol name."),
+    seed: int = typer.Option(0, "--seed", help="The seed that determines the whole run."),
+    interval: str = typer.Option("50", "--interval", help="Basic checkpoint interval, s, or none."),
+    topology: str | None = typer.Option(
+        None, "--topology", help="complete | ring | bidir-ring | line | star | random:K."
+    ),
+    messages: int | None = typer.Option(
+        None, "--messages", help="The app's size: messages per rank, rounds or steps."
+    ),
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="App parameter KEY=VALUE.")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Protocol option KEY=VALUE (JSON).")
+    ] = None,
+    crash_rate: float = typer.Option(0.0, "--crash-rate", help="Crashes per rank per second."),
+    crash_at: Annotated[
+        list[str] | None, typer.Option("--crash-at", help="Crash RANK@TIME (repeatable).")
+    ] = None,
+    crash_burst: int = typer.Option(1, "--crash-burst", help="Up to this many ranks per crash."),
+    crash_in_write: float = typer.Option(
+        0.0, "--crash-in-write", help="Chance that a checkpoint write is cut by a crash."
+    ),
+    crash_in_recovery: float = typer.Option(
+        0.0, "--crash-in-recovery", help="Chance that a recovery is hit by another crash."
+    ),
+    max_crashes: int = typer.Option(10, "--max-crashes", help="At most this many crashes."),
+    faults_until: float | None = typer.Option(
+        None, "--faults-until", help="No crashes after this time (then the job must finish)."
+    ),
+    detect_delay: float = typer.Option(1.0, "--detect-delay", help="Failure detection delay, s."),
+    restart_delay: float = typer.Option(1.0, "--restart-delay", help="Restart delay, s."),
+    delay: str = typer.Option("uniform:0.01:0.1", "--delay", help="Network delay distribution."),
+    channel_delay: Annotated[
+        list[str] | None, typer.Option("--channel-delay", help="Per-channel delay SRC-DST=SPEC.")
+    ] = None,
+    reorder: bool = typer.Option(False, "--reorder", help="Non-FIFO network (if allowed)."),
+    loss: float = typer.Option(0.0, "--loss", help="Packet loss rate under the reliable layer."),
+    dup: float = typer.Option(0.0, "--dup", help="Packet duplication rate under the layer."),
+    rto: float = typer.Option(0.2, "--rto", help="Retransmission timeout, s."),
+    partition: Annotated[
+        list[str] | None, typer.Option("--partition", help="RANKS@START-END, e.g. 0,1@5-9.")
+    ] = None,
+    persist_delay: str = typer.Option("exp:0.2", "--persist-delay", help="Checkpoint write time."),
+    slow_disk: Annotated[
+        list[str] | None, typer.Option("--slow-disk", help="RANK=SPEC write time.")
+    ] = None,
+    log_delay: str = typer.Option("exp:0.01", "--log-delay", help="Message-log write time."),
+    max_time: float = typer.Option(1e6, "--max-time", help="Fail if not finished by then, s."),
+    stall_timeout: float = typer.Option(
+        2000.0, "--stall-timeout", help="Fail after this long without progress, s."
+    ),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write results as JSON here.")
+    ] = None,
+    trace_out: Annotated[Path | None, typer.Option("--trace", help="Write the trace here.")] = None,
+    no_reference: bool = typer.Option(
+        False, "--no-reference", help="Skip the failure-free comparison run."
+    ),
+) -> None:
+    """Run one simulated job under faults and check every guarantee on it."""
+    spec = app_spec(app)
+    app_params: dict[str, Any] = dict(_pairs(param or [], "--param"))
+    if messages is not None:
+        app_params[spec.size_param] = messages
+    config = SimConfig(
+        app=app,
+        n=n,
+        protocol=protocol,
+        topology=topology,
+        seed=seed,
+        app_params={k: v for k, v in spec.resolve_params(app_params).items() if k in app_params},
+        protocol_options={k: _option_value(v) for k, v in _pairs(option or [], "--option").items()},
+        interval_s=_interval(interval),
+        delay=delay,
+        channel_delays=_channel_delays(channel_delay or []),
+        reorder=reorder,
+        loss_rate=loss,
+        dup_rate=dup,
+        rto_s=rto,
+        partitions=tuple(Partition.parse(p) for p in partition or []),
+        crash_at=_crash_at(crash_at or []),
+        crash_rate=crash_rate,
+        crash_burst=crash_burst,
+        crash_in_write=crash_in_write,
+        crash_in_recovery=crash_in_recovery,
+        max_crashes=max_crashes,
+        faults_until_s=faults_until,
+        detect_delay_s=detect_delay,
+        restart_delay_s=restart_delay,
+        persist_delay=persist_delay,
+        slow_disks=_slow_disks(slow_disk or []),
+        log_delay=log_delay,
+        max_time_s=max_time,
+        stall_timeout_s=stall_timeout,
+        trace=trace_out is not None,
+        reference=not no_reference,
+    )
+    with console.status(f"simulating {app} x {protocol} on {n} ranks (seed {seed})..."):
+        result = run_simulation(config)
+    console.print(summary_table(result))
+    if json_out is not None:
+        result.write_json(json_out)
+        console.print(f"results written to {json_out}")
+    if trace_out is not None and result.trace is not None:
+        result.trace.write(trace_out)
+        console.print(f"trace written to {trace_out}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("sim")(sim)

@@ -392,12 +392,24 @@ class RecoveryPlan:
     ``replay[r]`` is delivered to restored rank r in order before any new message; during
     replay the driver fires app timers only through ``TimerReplay`` items if
     ``replay_timers_only[r]`` is true (exact replay for message logging).
+    A rank in ``replay_timers_only`` re-executes *exactly*: it sends again, with the same seqs
+    and payloads, everything its previous incarnation sent. So other ranks keep what they got
+    from it (delivered, held or early; no orphan even if they received more than the restored
+    record's ``sent``) and drop re-sent copies by seq; consistency of such a plan is checked
+    after the replay, on live counters, not on the restored record.
     ``rolled_back_events`` is the planner's measure of work lost (for reports).
     """
 
     restore: Mapping[int, int]
     replay: Mapping[int, Sequence[ReplayItem]] = field(default_factory=dict)
     replay_timers_only: frozenset[int] = frozenset()
+    #: ``rearrive[r]``: messages the driver feeds rank r (restored or surviving) *through its
+    #: protocol*, as ``MessageArrived(src, seq, payload, piggyback=None)`` in this order, after
+    #: the replays and before any new arrival. Unlike replay items (history re-executed, handed
+    #: straight to the application) these are new to the rank, so a logging protocol logs them
+    #: before delivering them (message logging: sender-buffered messages the receiver never
+    #: logged). Drivers dedupe them by seq like any arrival.
+    rearrive: Mapping[int, Sequence[Redelivery]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------

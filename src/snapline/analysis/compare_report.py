@@ -1,0 +1,156 @@
+"""How a ``ComparisonResult`` is shown: a rich table, the interval advice, and the chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from snapline.analysis.charts import ChartPanel, ChartRow, render_comparison_chart
+from snapline.analysis.compare import BASELINE, ComparisonResult
+from snapline.analysis.metrics import TraceMetrics
+
+#: The chart's panels, in reading order; keys are ``TraceMetrics`` fields.
+PANELS: tuple[ChartPanel, ...] = (
+    ChartPanel(
+        title="checkpoints taken",
+        keys=("basic_checkpoints", "forced_checkpoints"),
+        labels=("basic", "forced"),
+    ),
+    ChartPanel(title="control messages", keys=("control_messages",)),
+    ChartPanel(title="piggybacked bytes", keys=("piggyback_bytes",)),
+    ChartPanel(title="blocking time (s)", keys=("blocking_s",)),
+    ChartPanel(title="work lost to rollback (s)", keys=("work_lost_s",)),
+    ChartPanel(title="rollback distance (checkpoints, max)", keys=("rollback_checkpoints_max",)),
+    ChartPanel(title="recovery time (s)", keys=("recovery_s",)),
+    ChartPanel(title="bytes stored", keys=("bytes_stored",)),
+    ChartPanel(title="makespan (s)", keys=("makespan_s",)),
+)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    # Three significant digits, but never scientific notation for values people read as sums.
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def comparison_table(result: ComparisonResult) -> Table:
+    """One row per protocol; a failed protocol keeps its row, marked FAILED."""
+    config = result.config
+    crashes = len(result.crash_schedule)
+    table = Table(
+        title=(
+            f"{config.app}, n={config.n}, seed {config.seed}, interval "
+            f"{_num(config.interval_s)} s, {crashes} crash{'es' if crashes != 1 else ''} "
+            "scheduled"
+        ),
+        title_justify="left",
+    )
+    for header, justify in (
+        ("protocol", "left"),
+        ("status", "left"),
+        ("crashes", "right"),
+        ("ckpts\nbasic/forced", "right"),
+        ("control\nmsgs", "right"),
+        ("piggyback\nbytes", "right"),
+        ("blocking\ns", "right"),
+        ("work\nlost s", "right"),
+        ("rollback\nckpts / s", "right"),
+        ("recovery\ns", "right"),
+        ("bytes\nstored", "right"),
+        ("makespan\ns", "right"),
+    ):
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for outcome in result.outcomes:
+        name = (
+            f"{outcome.protocol} (baseline)" if outcome.protocol == BASELINE else outcome.protocol
+        )
+        m = outcome.metrics
+        if m is None:
+            reason = outcome.failure or "failed"
+            short = reason if len(reason) <= 40 else reason[:39] + "…"
+            table.add_row(name, f"[bold red]FAILED[/] {short}", *(["-"] * 10))
+            continue
+        table.add_row(
+            name,
+            "[green]ok[/]",
+            str(m.crashes),
+            f"{m.basic_checkpoints} / {m.forced_checkpoints}",
+            _num(m.control_messages),
+            _num(m.piggyback_bytes),
+            _num(m.blocking_s),
+            _num(m.work_lost_s),
+            f"{m.rollback_checkpoints_max} / {_num(m.rollback_distance_s_max)}",
+            _num(m.recovery_s),
+            _num(m.bytes_stored),
+            _num(m.makespan_s),
+        )
+    return table
+
+
+def interval_report(result: ComparisonResult) -> list[str]:
+    """Lines on the optimal interval (Young, Daly) and where the run's interval stands."""
+    advice = result.advice
+    sources = result.advice_sources
+    if advice is None:
+        return [
+            "Optimal checkpoint interval: not computed -- "
+            + "; ".join(f"{k}: {v}" for k, v in sources.items() if "give" in v)
+        ]
+    lines = [
+        "Optimal checkpoint interval (Daly's model, exponential failures):",
+        f"  checkpoint cost C = {advice.checkpoint_cost_s:.3g} s ({sources['checkpoint_cost_s']})",
+        f"  MTBF of the job M = {advice.mtbf_s:.4g} s ({sources['mtbf_s']})",
+        f"  restart time    R = {advice.restart_s:.3g} s ({sources['restart_s']})",
+        f"  Young  sqrt(2CM)             {advice.young_s:10.4g} s   "
+        f"modeled waste {advice.young_waste:6.1%}",
+        f"  Daly   higher-order estimate {advice.daly_s:10.4g} s   "
+        f"modeled waste {advice.daly_waste:6.1%}",
+    ]
+    if advice.run_interval_s is not None and advice.run_waste is not None:
+        ratio = advice.run_vs_daly
+        assert ratio is not None
+        if 0.8 <= ratio <= 1.25:
+            verdict = "close to the optimum"
+        elif ratio < 1:
+            verdict = f"{1 / ratio:.3g}x more often than optimal"
+        else:
+            verdict = f"{ratio:.3g}x less often than optimal"
+        lines.append(
+            f"  this run's interval          {advice.run_interval_s:10.4g} s   "
+            f"modeled waste {advice.run_waste:6.1%}   ({verdict})"
+        )
+    return lines
+
+
+def _chart_values(metrics: TraceMetrics | None) -> dict[str, float | None]:
+    if metrics is None:
+        return {}
+    raw = metrics.as_dict()
+    return {
+        key: None if raw[key] is None else float(raw[key]) for panel in PANELS for key in panel.keys
+    }
+
+
+def render_comparison(result: ComparisonResult, path: Path) -> None:
+    """Write the small-multiples chart of ``result`` to ``path`` (.png or .svg)."""
+    rows = [
+        ChartRow(
+            protocol=o.protocol,
+            values=_chart_values(o.metrics),
+            failed=o.failure,
+            baseline=o.protocol == BASELINE,
+        )
+        for o in result.outcomes
+    ]
+    config = result.config
+    crashes = len(result.crash_schedule)
+    title = (
+        f"Protocol comparison: {config.app}, n={config.n}, seed {config.seed}, checkpoint "
+        f"interval {_num(config.interval_s)} s, the same {crashes} crash"
+        f"{'es' if crashes != 1 else ''} scheduled for every protocol"
+    )
+    render_comparison_chart(rows, PANELS, path, title=title)

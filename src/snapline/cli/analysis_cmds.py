@@ -1,0 +1,230 @@
+"""``snapline compare`` and ``snapline viz``: compare protocols on one workload; draw a run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from snapline.errors import ConfigError
+
+# The comparison table has eleven columns: when output goes to a file or pipe, do not wrap it
+# at rich's default of 80 columns.
+_console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def viz(
+    trace: Annotated[Path, typer.Argument(help="Trace file written by `snapline sim --trace`.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Diagram file, .png or .svg (default: TRACE as .svg)."),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a self-contained HTML page (SVG, legend, stats)."),
+    ] = None,
+    ranks: Annotated[
+        str | None,
+        typer.Option("--ranks", help="Ranks to show, e.g. 0-7 or 0-3,8 (default: up to 16)."),
+    ] = None,
+    t_from: Annotated[
+        float | None, typer.Option("--from", help="Start of the time window (s).")
+    ] = None,
+    t_to: Annotated[float | None, typer.Option("--to", help="End of the time window (s).")] = None,
+    hide_control: Annotated[
+        bool, typer.Option("--hide-control", help="Do not draw protocol control messages.")
+    ] = False,
+) -> None:
+    """Draw the space-time diagram of a run: ranks, messages, checkpoints, recovery lines."""
+    from snapline.analysis.html import write_spacetime_html
+    from snapline.analysis.metrics import summarize
+    from snapline.analysis.spacetime import layout_spacetime, parse_rank_range
+    from snapline.analysis.spacetime_plot import render_spacetime
+    from snapline.analysis.trace_view import view_trace
+    from snapline.runtime.trace import load_trace
+
+    for name, value in (("--from", t_from), ("--to", t_to)):
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{name} must be a time >= 0 in seconds, got {value}")
+    parsed = view_trace(load_trace(trace))
+    chosen = None if ranks is None else parse_rank_range(ranks, parsed.n)
+    diagram = layout_spacetime(
+        parsed, ranks=chosen, t_from=t_from, t_to=t_to, show_control=not hide_control
+    )
+    target = out if out is not None else (trace.with_suffix(".svg") if html is None else None)
+    for note in diagram.notes:
+        _console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if target is not None:
+        render_spacetime(diagram, target)
+        _console.print(f"wrote {target}", highlight=False)
+    if html is not None:
+        write_spacetime_html(diagram, summarize(parsed), html)
+        _console.print(f"wrote {html}", highlight=False)
+
+
+def _parse_params(params: list[str]) -> dict[str, object]:
+    parsed: dict[str, object] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad --param {item!r}: use KEY=VALUE, e.g. --param messages=50")
+        number: object = value
+        for kind in (int, float):
+            try:
+                number = kind(value)
+                break
+            except ValueError:
+                continue
+        parsed[key] = number
+    return parsed
+
+
+def compare(
+    app: Annotated[str, typer.Option("--app", help="Workload to run (see `snapline sim`).")] = (
+        "bank"
+    ),
+    n: Annotated[int, typer.Option("-n", help="Number of ranks.")] = 16,
+    interval_s: Annotated[
+        float, typer.Option("--interval", help="Basic checkpoint interval (s).")
+    ] = 50.0,
+    crash_rate: Annotated[
+        float, typer.Option("--crash-rate", help="Crashes per rank per second (Poisson).")
+    ] = 0.0,
+    max_crashes: Annotated[int, typer.Option("--max-crashes", help="Cap on crashes.")] = 10,
+    crash_at: Annotated[
+        list[str] | None,
+        typer.Option("--crash-at", help="Explicit crash RANK@TIME (repeatable)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the job and the faults.")] = 7,
+    protocols: Annotated[
+        str, typer.Option("--protocols", help="'all' or a comma list, e.g. two-phase,bcs.")
+    ] = "all",
+    topology: Annotated[
+        str | None, typer.Option("--topology", help="complete, ring, line, star, random:K.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="App parameter KEY=VALUE (repeatable).")
+    ] = None,
+    chart: Annotated[
+        Path | None, typer.Option("--chart", help="Write the comparison chart (.png or .svg).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full comparison as JSON.")
+    ] = None,
+    checkpoint_cost_s: Annotated[
+        float | None,
+        typer.Option("--checkpoint-cost-s", help="C for Young/Daly (default: mean write time)."),
+    ] = None,
+    mtbf_s: Annotated[
+        float | None,
+        typer.Option("--mtbf-s", help="Job MTBF for Young/Daly (default: 1/(n*crash rate))."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit with status 1 if any protocol failed.")
+    ] = False,
+) -> None:
+    """Run one workload and crash schedule under every protocol and compare their costs."""
+    import json
+
+    from rich.progress import Progress
+
+    from snapline.analysis.compare import ComparisonConfig
+    from snapline.analysis.compare import compare as run_comparison
+    from snapline.analysis.compare_report import (
+        comparison_table,
+        interval_report,
+        render_comparison,
+    )
+
+    if n < 1:
+        raise ConfigError(f"-n must be >= 1, got {n}")
+    if not interval_s > 0:
+        raise ConfigError(f"--interval must be > 0 seconds, got {interval_s}")
+    if not crash_rate >= 0:
+        raise ConfigError(f"--crash-rate must be >= 0, got {crash_rate}")
+    chosen = () if protocols == "all" else tuple(p.strip() for p in protocols.split(",") if p)
+    sim_options: dict[str, object] = {}
+    if topology is not None:
+        sim_options["topology"] = topology
+    if param:
+        sim_options["app_params"] = _parse_params(param)
+    if crash_at:
+        sim_options["crash_at"] = tuple(_parse_crash(spec) for spec in crash_at)
+    config = ComparisonConfig(
+        app=app,
+        n=n,
+        interval_s=interval_s,
+        crash_rate=crash_rate,
+        max_crashes=max_crashes,
+        seed=seed,
+        protocols=chosen,
+        checkpoint_cost_s=checkpoint_cost_s,
+        mtbf_s=mtbf_s,
+        sim_options=sim_options,
+    )
+    names = config.chosen_protocols()
+    with Progress(console=_console, transient=True) as progress:
+        task = progress.add_task("comparing", total=len(names))
+
+        def step(what: str) -> None:
+            progress.update(task, description=f"running {what}")
+            if what in names:
+                progress.advance(task)
+
+        result = run_comparison(config, progress=step)
+    _console.print(comparison_table(result))
+    if result.crash_schedule:
+        crashes = ", ".join(f"{rank}@{t:g}" for rank, t in result.crash_schedule)
+        _console.print(f"crash schedule (same for every protocol): {crashes}", highlight=False)
+    else:
+        _console.print("no crashes in this comparison", highlight=False)
+    unreported = [
+        name
+        for name, value in (
+            ("blocking time", [o.metrics.blocking_s for o in result.outcomes if o.metrics]),
+            ("bytes stored", [o.metrics.bytes_stored for o in result.outcomes if o.metrics]),
+        )
+        if value and all(v is None for v in value)
+    ]
+    if unreported:
+        _console.print(
+            f"[yellow]note:[/] the driver does not report {' or '.join(unreported)} (n/a)",
+            highlight=False,
+        )
+    for line in interval_report(result):
+        _console.print(line, highlight=False)
+    failed = [o for o in result.outcomes if not o.ok]
+    for outcome in failed:
+        _console.print(
+            f"[bold red]{outcome.protocol} failed:[/] {outcome.failure}", highlight=False
+        )
+    if chart is not None:
+        render_comparison(result, chart)
+        _console.print(f"wrote {chart}", highlight=False)
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {json_out}: {exc.strerror or exc}") from exc
+        _console.print(f"wrote {json_out}", highlight=False)
+    if strict and failed:
+        raise typer.Exit(1)
+
+
+def _parse_crash(spec: str) -> tuple[int, float]:
+    rank, sep, t = spec.partition("@")
+    try:
+        if not sep:
+            raise ValueError
+        return int(rank), float(t)
+    except ValueError:
+        raise ConfigError(f"bad --crash-at {spec!r}: use RANK@TIME, e.g. 3@12.5") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command("compare")(compare)
+    app.command("viz")(viz)

@@ -1,0 +1,488 @@
+"""Coordinated, non-blocking checkpointing: Chandy–Lamport snapshots with recorded channels.
+
+Theory of operation
+-------------------
+Assumptions: FIFO channels (a marker separates the messages sent before the sender's local
+checkpoint from those sent after it). Every rank that initiates must reach every rank through
+the directed graph. Without topology knowledge that means a strongly connected graph, and the
+constructor rejects what it can see locally (a rank with no inbound or no outbound channel);
+with ``options["edges"]`` (the job's channel list) a rank that cannot reach every rank declines
+to initiate (``requests_declined``) and the constructor raises ``ConfigError`` if no rank can.
+
+Snapshots. Any rank may initiate on ``CheckpointRequested``. A snapshot id is ``(incarnation,
+clock, initiator)``: ``clock`` is a Lamport clock over snapshots (markers carry it), so ids are
+unique and their order follows causality; "newer" always means the larger id. On initiating,
+or on the first marker of an id, a rank takes a local checkpoint (``TakeCheckpoint``), sends a
+marker on every outbound channel, and records every inbound channel whose marker is not in yet
+(all but the marker's own channel). A message arriving on a channel that one or more snapshots
+record is recorded in each of them (``RecordChannelMessage``) and delivered at once: sends are
+never held. When markers have come in on every inbound channel, the recorded channel state is
+attached to the checkpoint (``AttachToCheckpoint``, key ``channel_state``) and
+``SnapshotComplete`` is given; ``Commit`` follows once the checkpoint is also persisted.
+Several snapshots run at once without interfering: each has its own checkpoint and recording.
+
+Recovery (``plan_recovery``): a global snapshot is usable only when every rank committed its
+part. Every rank restores its part of the newest such snapshot (or the initial state if none),
+and gets the recorded messages re-delivered per channel in order. Recorded messages are the
+in-transit ones: their seqs are exactly ``received+1 .. sent`` of the cut (checked). Everyone
+rolls back; a new incarnation starts and markers of older incarnations are ignored.
+
+Garbage and output commit. Markers carry the sender's knowledge of which snapshots each rank
+has committed. A rank that learns a snapshot S is committed everywhere releases the output
+requested before its part of S and collects checkpoints below its part of S, but never below a
+part of a newer (larger id) snapshot: so the newest snapshot committed everywhere is never
+collected anywhere, and that is the one ``plan_recovery`` picks. Knowledge only travels with
+markers, so collection lags one or two snapshots behind.
+
+Costs: n_edges markers and one local checkpoint per rank per snapshot; the recorded messages
+are stored with the checkpoints; no piggyback on application messages, no blocking.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeAlias, assert_never
+
+from snapline.errors import ConfigError, RecoveryError
+from snapline.protocols.base import (
+    Action,
+    AppTimerDue,
+    AttachToCheckpoint,
+    CheckpointPersisted,
+    CheckpointRecord,
+    CheckpointRequested,
+    CheckpointWriteFailed,
+    CollectGarbage,
+    Commit,
+    ControlArrived,
+    Deliver,
+    DiscardCheckpoint,
+    Event,
+    FireAppTimer,
+    MessageArrived,
+    MessageLogged,
+    OutputRequested,
+    PeerFailed,
+    PlainData,
+    Protocol,
+    RecordChannelMessage,
+    RecoveryCompleted,
+    RecoveryPlan,
+    RecoveryView,
+    Redelivery,
+    ReleaseOutput,
+    ReplayItem,
+    SendControl,
+    SendRequested,
+    SnapshotComplete,
+    TakeCheckpoint,
+    TimerFired,
+    Transmit,
+)
+
+SnapshotId: TypeAlias = tuple[int, int, int]
+"""``(incarnation, clock, initiator)``; larger is newer."""
+
+#: Attachment key of the recorded channel state: ``{str(src): [[seq, payload], ...]}``.
+CHANNEL_STATE_KEY = "channel_state"
+#: Checkpoint indices of incarnation k start at ``k << INDEX_INCARNATION_SHIFT``, so a restored
+#: rank never reuses an index its previous incarnation wrote.
+INDEX_INCARNATION_SHIFT = 32
+
+
+class Phase(enum.Enum):
+    """Whether this rank takes part in a snapshot that is not complete yet."""
+
+    IDLE = "idle"
+    SNAPSHOTTING = "snapshotting"
+
+
+@dataclass(slots=True)
+class _Part:
+    """This rank's part of one global snapshot."""
+
+    snapshot_id: SnapshotId
+    index: int
+    #: Inbound channels whose marker has not come in: they are being recorded.
+    waiting: set[int]
+    last_output_id: int
+    recorded: dict[int, list[tuple[int, object]]] = field(default_factory=dict)
+    persisted: bool = False
+    complete: bool = False
+
+
+def reaches_all(n: int, edges: Iterable[tuple[int, int]], start: int) -> bool:
+    """True iff every rank can be reached from ``start`` along the directed ``edges``."""
+    successors: dict[int, list[int]] = {}
+    for src, dst in edges:
+        successors.setdefault(src, []).append(dst)
+    seen = {start}
+    frontier = [start]
+    while frontier:
+        for nxt in successors.get(frontier.pop(), []):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return len(seen) == n
+
+
+def _snapshot_id(data: PlainData) -> SnapshotId:
+    incarnation, clock, initiator = data
+    return (int(incarnation), int(clock), int(initiator))
+
+
+class ChandyLamport(Protocol):
+    """One rank of Chandy–Lamport snapshots (see the module docstring)."""
+
+    name = "chandy-lamport"
+    needs_fifo = True
+
+    def __init__(
+        self,
+        *,
+        rank: int,
+        n: int,
+        inbound: frozenset[int],
+        outbound: frozenset[int],
+        options: Mapping[str, PlainData] | None = None,
+    ) -> None:
+        super().__init__(rank=rank, n=n, inbound=inbound, outbound=outbound, options=options)
+        self.may_initiate = self._check_topology()
+        self.incarnation = 0
+        self.clock = 0
+        self.next_index = 1
+        self.parts: dict[SnapshotId, _Part] = {}
+        self.parts_by_index: dict[int, _Part] = {}
+        #: Committed parts not yet collected: id -> (index, last output id before it).
+        self.committed_parts: dict[SnapshotId, tuple[int, int]] = {}
+        #: What this rank knows each rank has committed (ids newer than ``known_complete``).
+        self.committed_by: dict[int, set[SnapshotId]] = {r: set() for r in range(n)}
+        self.known_complete: SnapshotId | None = None
+        #: Snapshots whose part here failed to write: later markers of them are ignored.
+        self.abandoned: set[SnapshotId] = set()
+        self.last_output_id = 0
+        self.released_output_id = 0
+        self.collected_before = 0
+        self.stats.update(
+            snapshots_initiated=0,
+            snapshots_committed=0,
+            messages_recorded=0,
+            requests_declined=0,
+            stale_markers=0,
+            checkpoints_discarded=0,
+        )
+
+    def _check_topology(self) -> bool:
+        """Whether this rank may initiate; raise ``ConfigError`` when snapshots cannot work."""
+        if self.n == 1:
+            return True
+        edges_option = self.options.get("edges")
+        if edges_option is None:
+            if not self.inbound or not self.outbound:
+                raise ConfigError(
+                    f"chandy-lamport needs every rank to reach every rank, but rank {self.rank} "
+                    f"has {'no inbound' if not self.inbound else 'no outbound'} channel; use a "
+                    "strongly connected topology, or pass options edges=[[src, dst], ...] so "
+                    "only ranks that reach everyone initiate"
+                )
+            return True
+        edges = [(int(s), int(d)) for s, d in edges_option]
+        if not any(reaches_all(self.n, edges, r) for r in range(self.n)):
+            raise ConfigError(
+                "chandy-lamport needs a rank whose markers reach every rank, and no rank of "
+                "this topology reaches all others; add channels"
+            )
+        return reaches_all(self.n, edges, self.rank)
+
+    @property
+    def phase(self) -> Phase:
+        """SNAPSHOTTING while any of this rank's parts still records channels."""
+        return (
+            Phase.SNAPSHOTTING if any(not p.complete for p in self.parts.values()) else Phase.IDLE
+        )
+
+    # ----------------------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed one event; return the actions to carry out, in order."""
+        match event:
+            case SendRequested(send_id=send_id, dst=dst, payload=payload):
+                return [Transmit(send_id=send_id, dst=dst, payload=payload)]
+            case MessageArrived(src=src, seq=seq, payload=payload):
+                return self._on_message(event, src, seq, payload)
+            case ControlArrived(src=src, control=control):
+                return self._on_marker(event, src, control)
+            case CheckpointRequested():
+                if not self.may_initiate:
+                    self.stats["requests_declined"] += 1
+                    return []
+                self.clock += 1
+                self.stats["snapshots_initiated"] += 1
+                self.stats["checkpoints_basic"] += 1
+                return self._start_part((self.incarnation, self.clock, self.rank), came_on=None)
+            case CheckpointPersisted(index=index):
+                part = self._part_at(event, index)
+                if part.persisted:
+                    raise self.error(self.phase, event, f"checkpoint {index} persisted twice")
+                part.persisted = True
+                return self._maybe_commit(part)
+            case CheckpointWriteFailed(index=index):
+                # This part can never commit, so its snapshot is unusable; stop recording it.
+                part = self._part_at(event, index)
+                self._forget(part)
+                self.abandoned.add(part.snapshot_id)
+                self.stats["checkpoints_discarded"] += 1
+                return [DiscardCheckpoint(index=index), *self._collect()]
+            case TimerFired():
+                raise self.error(self.phase, event, "chandy-lamport sets no timers")
+            case AppTimerDue(timer_id=timer_id):
+                return [FireAppTimer(timer_id=timer_id)]
+            case MessageLogged():
+                raise self.error(self.phase, event, "chandy-lamport logs no messages")
+            case OutputRequested(output_id=output_id):
+                self.last_output_id = output_id
+                return []
+            case PeerFailed() | RecoveryCompleted():
+                # Every rank restores on a failure; nothing to clean up before that.
+                return []
+            case _:
+                assert_never(event)
+
+    def _on_message(
+        self, event: MessageArrived, src: int, seq: int, payload: object
+    ) -> list[Action]:
+        if src not in self.inbound:
+            raise self.error(self.phase, event, f"message from {src}, not an inbound channel")
+        actions: list[Action] = []
+        for part in self.parts.values():
+            if src in part.waiting:
+                part.recorded.setdefault(src, []).append((seq, payload))
+                actions.append(RecordChannelMessage(snapshot_id=part.snapshot_id, src=src, seq=seq))
+                self.stats["messages_recorded"] += 1
+        actions.append(Deliver(src=src, seq=seq))
+        return actions
+
+    def _on_marker(self, event: ControlArrived, src: int, control: PlainData) -> list[Action]:
+        if src not in self.inbound:
+            raise self.error(self.phase, event, f"control from {src}, not an inbound channel")
+        if not isinstance(control, dict) or control.get("kind") != "marker":
+            raise self.error(self.phase, event, "control message is not a marker")
+        snapshot_id = _snapshot_id(control["id"])
+        if snapshot_id[0] < self.incarnation:
+            self.stats["stale_markers"] += 1  # from before the last recovery: drivers may drop
+            return []
+        self.clock = max(self.clock, snapshot_id[1])
+        actions = self._learn(control.get("committed", {}))
+        part = self.parts.get(snapshot_id)
+        if part is None and snapshot_id in self.abandoned:
+            return actions
+        if part is None:
+            if snapshot_id in self.committed_parts or (
+                self.known_complete is not None and snapshot_id <= self.known_complete
+            ):
+                raise self.error(self.phase, event, f"marker of finished snapshot {snapshot_id}")
+            self.stats["checkpoints_forced"] += 1
+            return actions + self._start_part(snapshot_id, came_on=src)
+        if src not in part.waiting:
+            raise self.error(self.phase, event, f"second marker from {src} for {snapshot_id}")
+        part.waiting.discard(src)
+        return actions + self._maybe_complete(part)
+
+    def _start_part(self, snapshot_id: SnapshotId, *, came_on: int | None) -> list[Action]:
+        index = self.next_index
+        self.next_index += 1
+        part = _Part(
+            snapshot_id=snapshot_id,
+            index=index,
+            waiting=set(self.inbound) - ({came_on} if came_on is not None else set()),
+            last_output_id=self.last_output_id,
+        )
+        self.parts[snapshot_id] = part
+        self.parts_by_index[index] = part
+        meta = {
+            "snapshot_id": list(snapshot_id),
+            "clock": self.clock,
+            "last_output_id": self.last_output_id,
+        }
+        actions: list[Action] = [TakeCheckpoint(index=index, forced=came_on is not None, meta=meta)]
+        marker = {
+            "kind": "marker",
+            "id": list(snapshot_id),
+            "committed": self._knowledge(),
+        }
+        for dst in sorted(self.outbound):
+            actions.append(SendControl(dst=dst, control=marker))
+            self.stats["control_messages"] += 1
+        return actions + self._maybe_complete(part)
+
+    def _maybe_complete(self, part: _Part) -> list[Action]:
+        if part.waiting or part.complete:
+            return []
+        part.complete = True
+        channel_state = {
+            str(src): [[seq, payload] for seq, payload in messages]
+            for src, messages in sorted(part.recorded.items())
+        }
+        return [
+            AttachToCheckpoint(index=part.index, key=CHANNEL_STATE_KEY, meta=channel_state),
+            SnapshotComplete(snapshot_id=list(part.snapshot_id), index=part.index),
+            *self._maybe_commit(part),
+        ]
+
+    def _maybe_commit(self, part: _Part) -> list[Action]:
+        if not (part.persisted and part.complete):
+            return []
+        self._forget(part)
+        self.committed_parts[part.snapshot_id] = (part.index, part.last_output_id)
+        self.stats["snapshots_committed"] += 1
+        actions: list[Action] = [Commit(index=part.index)]
+        self.committed_by[self.rank].add(part.snapshot_id)
+        return actions + self._update_complete()
+
+    def _forget(self, part: _Part) -> None:
+        del self.parts[part.snapshot_id]
+        del self.parts_by_index[part.index]
+
+    def _part_at(self, event: Event, index: int) -> _Part:
+        part = self.parts_by_index.get(index)
+        if part is None:
+            raise self.error(self.phase, event, f"no checkpoint {index} in progress")
+        return part
+
+    # ----------------------------------------------------------------------------------------
+    # Knowledge of which snapshots are committed everywhere: garbage and output commit.
+
+    def _knowledge(self) -> dict[str, list[list[int]]]:
+        return {
+            str(r): [list(i) for i in sorted(ids)] for r, ids in self.committed_by.items() if ids
+        }
+
+    def _learn(self, knowledge: Mapping[str, PlainData]) -> list[Action]:
+        for rank_key, ids in knowledge.items():
+            rank = int(rank_key)
+            if 0 <= rank < self.n:
+                self.committed_by[rank].update(
+                    i
+                    for i in map(_snapshot_id, ids)
+                    if self.known_complete is None or i > self.known_complete
+                )
+        return self._update_complete()
+
+    def _update_complete(self) -> list[Action]:
+        everywhere = set.intersection(*self.committed_by.values())
+        if not everywhere:
+            return []
+        newest = max(everywhere)
+        if self.known_complete is not None and newest <= self.known_complete:
+            return []
+        self.known_complete = newest
+        for ids in self.committed_by.values():
+            ids.difference_update({i for i in ids if i < newest})
+        actions: list[Action] = []
+        _, last_output_id = self.committed_parts[newest]
+        if last_output_id > self.released_output_id:
+            self.released_output_id = last_output_id
+            actions.append(ReleaseOutput(output_id=last_output_id))
+        return actions + self._collect()
+
+    def _collect(self) -> list[Action]:
+        """Collect below my part of ``known_complete``, never below a newer snapshot's part."""
+        if self.known_complete is None:
+            return []
+        bound, _ = self.committed_parts[self.known_complete]
+        for snapshot_id, (index, _) in self.committed_parts.items():
+            if snapshot_id > self.known_complete:
+                bound = min(bound, index)
+        for part in self.parts.values():
+            bound = min(bound, part.index)
+        if bound <= self.collected_before:
+            return []
+        self.collected_before = bound
+        for snapshot_id in [i for i, (idx, _) in self.committed_parts.items() if idx < bound]:
+            del self.committed_parts[snapshot_id]
+        return [CollectGarbage(before_index=bound)]
+
+    # ----------------------------------------------------------------------------------------
+
+    def volatile_meta(self) -> PlainData:
+        """Clock and the snapshots in progress (recovery does not need them: all restore)."""
+        return {
+            "clock": self.clock,
+            "in_progress": [list(i) for i in sorted(self.parts)],
+            "known_complete": list(self.known_complete) if self.known_complete else None,
+        }
+
+    @classmethod
+    def restored(
+        cls,
+        *,
+        record: CheckpointRecord,
+        n: int,
+        inbound: frozenset[int],
+        outbound: frozenset[int],
+        options: Mapping[str, PlainData] | None = None,
+        incarnation: int,
+    ) -> ChandyLamport:
+        """Back to this rank's part of a snapshot committed everywhere (or the initial state).
+
+        Snapshots in progress when the part was taken are abandoned: every rank rolls back.
+        """
+        proto = cls(rank=record.rank, n=n, inbound=inbound, outbound=outbound, options=options)
+        proto.incarnation = incarnation
+        proto.next_index = max(record.index + 1, incarnation << INDEX_INCARNATION_SHIFT)
+        meta = record.meta
+        if isinstance(meta, dict) and "snapshot_id" in meta:
+            snapshot_id = _snapshot_id(meta["snapshot_id"])
+            proto.clock = int(meta["clock"])
+            proto.last_output_id = proto.released_output_id = int(meta["last_output_id"])
+            # The plan restores only snapshots committed on every rank.
+            proto.known_complete = snapshot_id
+            proto.committed_parts[snapshot_id] = (record.index, proto.last_output_id)
+            for ids in proto.committed_by.values():
+                ids.add(snapshot_id)
+        return proto
+
+    @classmethod
+    def plan_recovery(cls, view: RecoveryView) -> RecoveryPlan:
+        """Everyone back to the newest snapshot committed on every rank; replay its channels."""
+        parts: dict[int, dict[SnapshotId, CheckpointRecord]] = {}
+        for rank in range(view.n):
+            parts[rank] = {}
+            for record in view.committed.get(rank, ()):
+                if isinstance(record.meta, dict) and "snapshot_id" in record.meta:
+                    parts[rank][_snapshot_id(record.meta["snapshot_id"])] = record
+        common = set.intersection(*(set(p) for p in parts.values()))
+        if not common:
+            return RecoveryPlan(restore=dict.fromkeys(range(view.n), 0))
+        newest = max(common)
+        cut = {rank: parts[rank][newest] for rank in range(view.n)}
+        replay: dict[int, list[ReplayItem]] = {}
+        for rank, record in cut.items():
+            channel_state = record.attachments.get(CHANNEL_STATE_KEY)
+            if channel_state is None:
+                raise RecoveryError(
+                    f"rank {rank}'s checkpoint {record.index} of snapshot {newest} has no "
+                    "recorded channel state; the store lost an attachment"
+                )
+            items: list[ReplayItem] = []
+            # Any channel with messages in transit has a sender that sent something.
+            sources = {int(k) for k in channel_state} | {
+                src for src in range(view.n) if src != rank and cut[src].sent.get(rank, 0) > 0
+            }
+            for src in sorted(sources):
+                recorded = channel_state.get(str(src), [])
+                expected = range(record.received.get(src, 0) + 1, cut[src].sent.get(rank, 0) + 1)
+                seqs = [int(seq) for seq, _ in recorded]
+                if seqs != list(expected):
+                    raise RecoveryError(
+                        f"snapshot {newest}: channel {src}->{rank} recorded seqs {seqs} but "
+                        f"{list(expected)} are in transit; the snapshot is corrupt"
+                    )
+                items.extend(
+                    Redelivery(src=src, seq=int(seq), payload=payload) for seq, payload in recorded
+                )
+            if items:
+                replay[rank] = items
+        return RecoveryPlan(restore={r: rec.index for r, rec in cut.items()}, replay=replay)

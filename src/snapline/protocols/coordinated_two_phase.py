@@ -1,0 +1,467 @@
+"""Coordinated, blocking checkpointing: the two-phase protocol of Koo and Toueg.
+
+Theory of operation
+-------------------
+Assumptions: reliable channels (FIFO not needed for correctness), a strongly connected graph
+(control messages are flooded; the constructor rejects a rank with no inbound or no outbound
+channel, and with ``options["edges"]`` checks the whole graph). Crashes are reported by
+``PeerFailed`` to every live rank.
+
+Dependencies. Every application message piggybacks the sender's *label*, the index of its
+latest committed checkpoint. A receiver keeps, per sender, the largest label received since
+its own latest checkpoint. A checkpoint of rank i must be accompanied by a checkpoint of j iff
+i received a message j sent after j's latest committed checkpoint (label >= j's label now).
+
+A round (id ``(serial, initiator, incarnation)``): the initiator takes a tentative checkpoint
+(``TakeCheckpoint``) and asks every rank it depends on, passing the label it saw. A rank that
+must join takes a tentative checkpoint and asks its own dependencies, recursively, so only the
+transitive dependencies take part; one that need not join, or already is in the round,
+answers yes at once. A participant votes to its parent once its checkpoint is persisted and
+its children voted; the initiator decides Commit when every vote is yes, else Abort, and the
+decision flows down the tree (``Commit`` / ``DiscardCheckpoint``). Blocking: from its
+tentative checkpoint to the decision a participant holds its application sends
+(``messages_held``) so its checkpoint is not made obsolete by its own sends.
+
+Concurrent initiators are serialized by priority (smaller ``(serial, initiator)`` first;
+serials are a Lamport clock): a request of a lower-priority round than the one a rank is in is
+refused (that round aborts), one of a higher-priority round is deferred until the current round
+ends. Waits only go from higher to lower priority, so there is no deadlock and the round of
+highest priority always finishes. Any ``PeerFailed`` aborts every round in progress; until
+``RecoveryCompleted`` no round starts, and control of an older incarnation is ignored.
+
+Control messages are flooded: an envelope ``(origin, serial, to)`` is forwarded on every
+outbound channel the first time a rank sees it. First copies of one origin's envelopes arrive
+in the order it sent them, so a decision never overtakes its request.
+
+Recovery: the recovery line is the maximum consistent cut over committed checkpoints and the
+survivors' volatile records (``recovery_line``): failed ranks restore, survivors keep running
+unless they hold an orphan. A round that committed only partly (a failure between decisions)
+is therefore still safe: the cut is computed from counters, not from round outcomes. Messages
+in transit for the cut are re-delivered from the senders' logs (kept in checkpoint meta and
+volatile meta: ``{dst: [[seq, payload], ...]}``).
+
+Costs: one int piggybacked per message; per round, flooded request, vote and decision per
+participant (each costs one control message per channel); sends held during rounds; the
+sender log is never pruned (it grows with the messages sent: known weakness).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeAlias, assert_never
+
+from snapline.errors import ConfigError, RecoveryError
+from snapline.protocols.base import (
+    Action,
+    AppTimerDue,
+    CheckpointPersisted,
+    CheckpointRecord,
+    CheckpointRequested,
+    CheckpointWriteFailed,
+    Commit,
+    ControlArrived,
+    Deliver,
+    DiscardCheckpoint,
+    Event,
+    FireAppTimer,
+    MessageArrived,
+    MessageLogged,
+    OutputRequested,
+    PeerFailed,
+    PlainData,
+    Protocol,
+    RecoveryCompleted,
+    RecoveryPlan,
+    RecoveryView,
+    Redelivery,
+    ReleaseOutput,
+    ReplayItem,
+    SendControl,
+    SendRequested,
+    TakeCheckpoint,
+    TimerFired,
+    Transmit,
+)
+from snapline.protocols.chandy_lamport import INDEX_INCARNATION_SHIFT, reaches_all
+from snapline.protocols.recovery_line import recovery_line
+
+RoundId: TypeAlias = tuple[int, int, int]
+"""``(serial, initiator, incarnation)``; a smaller ``(serial, initiator)`` has priority."""
+
+
+class Phase(enum.Enum):
+    """Where this rank is in the two-phase protocol."""
+
+    IDLE = "idle"
+    #: Tentative checkpoint taken; waiting for persistence and the children's votes.
+    COLLECTING = "collecting"
+    #: Voted yes; waiting for the initiator's decision.
+    VOTED = "voted"
+    #: A peer failed; no round until ``RecoveryCompleted``.
+    RECOVERING = "recovering"
+
+
+@dataclass(slots=True)
+class _Round:
+    """This rank's part in one round."""
+
+    round_id: RoundId
+    parent: int | None
+    index: int
+    #: Ranks asked and not yet answered.
+    waiting: set[int] = field(default_factory=set)
+    #: Ranks that joined through this rank: they get the decision from it.
+    children: set[int] = field(default_factory=set)
+    persisted: bool = False
+    all_yes: bool = True
+    #: Dependencies (sender -> label) that the tentative checkpoint covers.
+    covered: dict[int, int] = field(default_factory=dict)
+
+
+def _round_id(data: PlainData) -> RoundId:
+    serial, initiator, incarnation = data
+    return (int(serial), int(initiator), int(incarnation))
+
+
+class TwoPhaseCoordinated(Protocol):
+    """One rank of Koo–Toueg two-phase coordinated checkpointing (see the module docstring)."""
+
+    name = "two-phase"
+    needs_fifo = False
+
+    def __init__(
+        self,
+        *,
+        rank: int,
+        n: int,
+        inbound: frozenset[int],
+        outbound: frozenset[int],
+        options: Mapping[str, PlainData] | None = None,
+    ) -> None:
+        super().__init__(rank=rank, n=n, inbound=inbound, outbound=outbound, options=options)
+        self._check_topology()
+        self.phase = Phase.IDLE
+        self.incarnation = 0
+        self.serial = 0
+        self.label = 0  # index of the latest committed checkpoint
+        self.next_index = 1
+        self.deps: dict[int, int] = {}
+        self.current: _Round | None = None
+        #: Requests of higher-priority rounds, answered when the current round ends.
+        self.deferred: list[tuple[int, PlainData]] = []
+        #: Requests of rounds from a recovery this rank has not been told about yet.
+        self.future: list[tuple[int, PlainData]] = []
+        self.held: list[SendRequested] = []
+        self.sent_log: dict[int, list[tuple[int, object]]] = {}
+        self.sent_count: dict[int, int] = {}
+        self.flood_serial = 0
+        self.seen: dict[int, set[int]] = {}
+        self.stats.update(
+            messages_held=0,
+            piggyback_ints=0,
+            rounds_committed=0,
+            rounds_aborted=0,
+            requests_refused=0,
+            requests_deferred=0,
+            requests_skipped=0,
+            control_forwarded=0,
+        )
+
+    def _check_topology(self) -> None:
+        if self.n == 1:
+            return
+        edges_option = self.options.get("edges")
+        if edges_option is not None:
+            edges = [(int(s), int(d)) for s, d in edges_option]
+            if not all(reaches_all(self.n, edges, r) for r in range(self.n)):
+                raise ConfigError(
+                    "two-phase floods control messages and needs a strongly connected "
+                    "topology; add channels so every rank reaches every rank"
+                )
+        elif not self.inbound or not self.outbound:
+            raise ConfigError(
+                f"two-phase needs a strongly connected topology, but rank {self.rank} has "
+                f"{'no inbound' if not self.inbound else 'no outbound'} channel; add channels"
+            )
+
+    # ----------------------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed one event; return the actions to carry out, in order."""
+        match event:
+            case SendRequested():
+                if self.current is not None:
+                    self.held.append(event)
+                    self.stats["messages_held"] += 1
+                    return []
+                return [self._transmit(event)]
+            case MessageArrived(src=src, seq=seq, piggyback=label):
+                if src not in self.inbound or not isinstance(label, int):
+                    raise self.error(self.phase, event, "message without a label or channel")
+                self.deps[src] = max(self.deps.get(src, -1), label)
+                return [Deliver(src=src, seq=seq)]
+            case ControlArrived(src=src, control=control):
+                return self._on_envelope(event, control)
+            case CheckpointRequested():
+                if self.phase is not Phase.IDLE:
+                    self.stats["requests_skipped"] += 1
+                    return []
+                self.serial += 1
+                self.stats["checkpoints_basic"] += 1
+                return self._join((self.serial, self.rank, self.incarnation), parent=None)
+            case CheckpointPersisted(index=index):
+                rnd = self.current
+                if rnd is None or rnd.index != index or rnd.persisted:
+                    raise self.error(self.phase, event, f"checkpoint {index} is not pending")
+                rnd.persisted = True
+                return self._maybe_vote()
+            case CheckpointWriteFailed(index=index):
+                rnd = self.current
+                if rnd is None or rnd.index != index:
+                    raise self.error(self.phase, event, f"checkpoint {index} is not pending")
+                rnd.persisted = True
+                rnd.all_yes = False  # a vote of no: the round aborts
+                return self._maybe_vote()
+            case TimerFired():
+                raise self.error(self.phase, event, "two-phase sets no timers")
+            case AppTimerDue(timer_id=timer_id):
+                return [FireAppTimer(timer_id=timer_id)]
+            case MessageLogged():
+                raise self.error(self.phase, event, "two-phase logs no messages")
+            case OutputRequested(output_id=output_id):
+                # Output commit needs a recoverable state; a committed checkpoint after the
+                # output is not enough on its own (partial commits), so release at once and
+                # say so: output commit is not provided by this protocol.
+                return [ReleaseOutput(output_id=output_id)]
+            case PeerFailed():
+                actions = self._end_round(commit=False) if self.current else []
+                self.phase = Phase.RECOVERING
+                self.deferred.clear()
+                return actions
+            case RecoveryCompleted(incarnation=incarnation):
+                self.incarnation = incarnation
+                self.phase = Phase.IDLE
+                future, self.future = self.future, []
+                actions = []
+                for src, body in future:
+                    actions += self._on_request(src, body)
+                return actions
+            case _:
+                assert_never(event)
+
+    def _transmit(self, send: SendRequested) -> Transmit:
+        seq = self.sent_count.get(send.dst, 0) + 1
+        self.sent_count[send.dst] = seq
+        self.sent_log.setdefault(send.dst, []).append((seq, send.payload))
+        self.stats["piggyback_ints"] += 1
+        return Transmit(
+            send_id=send.send_id, dst=send.dst, payload=send.payload, piggyback=self.label
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Rounds.
+
+    def _join(self, round_id: RoundId, *, parent: int | None) -> list[Action]:
+        index = self.next_index
+        self.next_index += 1
+        if parent is not None:
+            self.stats["checkpoints_forced"] += 1
+        rnd = _Round(round_id=round_id, parent=parent, index=index, covered=dict(self.deps))
+        self.current = rnd
+        self.phase = Phase.COLLECTING
+        self.deps = {}
+        actions: list[Action] = [
+            TakeCheckpoint(index=index, forced=parent is not None, meta=self._meta())
+        ]
+        for dep, label in sorted(rnd.covered.items()):
+            rnd.waiting.add(dep)
+            actions += self._send_to(dep, {"t": "req", "round": list(round_id), "label": label})
+        return actions
+
+    def _meta(self) -> PlainData:
+        return {
+            "serial": self.serial,
+            "log": {
+                str(dst): [[seq, payload] for seq, payload in entries]
+                for dst, entries in sorted(self.sent_log.items())
+            },
+        }
+
+    def _on_request(self, src: int, body: PlainData) -> list[Action]:
+        round_id = _round_id(body["round"])
+        label = int(body["label"])
+        self.serial = max(self.serial, round_id[0])
+        if round_id[2] > self.incarnation:
+            # Started after a recovery this rank has not heard of yet: answer after it.
+            self.future.append((src, body))
+            return []
+        if round_id[2] < self.incarnation or self.phase is Phase.RECOVERING:
+            return []  # started before a failure: the round is dead
+        rnd = self.current
+        if rnd is not None and rnd.round_id == round_id:
+            return self._vote_to(src, round_id, yes=True, joined=False)
+        if label < self.label:
+            # My latest committed checkpoint already covers what the requester received.
+            return self._vote_to(src, round_id, yes=True, joined=False)
+        if rnd is None:
+            return self._join(round_id, parent=src)
+        if round_id[:2] < rnd.round_id[:2]:
+            self.deferred.append((src, body))
+            self.stats["requests_deferred"] += 1
+            return []
+        self.stats["requests_refused"] += 1
+        return self._vote_to(src, round_id, yes=False, joined=False)
+
+    def _vote_to(self, dst: int, round_id: RoundId, *, yes: bool, joined: bool) -> list[Action]:
+        return self._send_to(
+            dst, {"t": "vote", "round": list(round_id), "yes": yes, "joined": joined}
+        )
+
+    def _on_vote(self, event: Event, src: int, body: PlainData) -> list[Action]:
+        rnd = self.current
+        if rnd is None or rnd.round_id != _round_id(body["round"]):
+            return []  # a vote for a round this rank already left (failure abort)
+        if src not in rnd.waiting:
+            raise self.error(self.phase, event, f"unexpected vote from {src}")
+        rnd.waiting.discard(src)
+        if body["joined"]:
+            rnd.children.add(src)
+        rnd.all_yes = rnd.all_yes and bool(body["yes"])
+        return self._maybe_vote()
+
+    def _maybe_vote(self) -> list[Action]:
+        rnd = self.current
+        assert rnd is not None
+        if rnd.waiting or not rnd.persisted or self.phase is not Phase.COLLECTING:
+            return []
+        if rnd.parent is None:
+            return self._end_round(commit=rnd.all_yes)
+        self.phase = Phase.VOTED
+        return self._vote_to(rnd.parent, rnd.round_id, yes=rnd.all_yes, joined=True)
+
+    def _on_decision(self, event: Event, body: PlainData) -> list[Action]:
+        rnd = self.current
+        if rnd is None or rnd.round_id != _round_id(body["round"]):
+            return []  # this rank left the round on a failure, or never joined it
+        if self.phase is not Phase.VOTED:
+            raise self.error(self.phase, event, "decision before this rank voted")
+        return self._end_round(commit=bool(body["commit"]))
+
+    def _end_round(self, *, commit: bool) -> list[Action]:
+        rnd = self.current
+        assert rnd is not None
+        self.current = None
+        self.phase = Phase.IDLE
+        actions: list[Action] = []
+        if commit and rnd.persisted:
+            actions.append(Commit(index=rnd.index))
+            self.label = rnd.index
+            self.stats["rounds_committed"] += 1
+        else:
+            actions.append(DiscardCheckpoint(index=rnd.index))
+            self.stats["rounds_aborted"] += 1
+            for src, label in rnd.covered.items():
+                self.deps[src] = max(self.deps.get(src, -1), label)
+        for child in sorted(rnd.children):
+            actions += self._send_to(
+                child, {"t": "decide", "round": list(rnd.round_id), "commit": commit}
+            )
+        held, self.held = self.held, []
+        actions += [self._transmit(send) for send in held]
+        deferred, self.deferred = self.deferred, []
+        for src, body in deferred:
+            actions += self._on_request(src, body)
+        return actions
+
+    # ----------------------------------------------------------------------------------------
+    # Flooding: control to a rank that may not be a neighbour.
+
+    def _send_to(self, dst: int, body: PlainData) -> list[Action]:
+        self.flood_serial += 1
+        envelope = {"o": self.rank, "k": self.flood_serial, "to": dst, "b": body}
+        self.seen.setdefault(self.rank, set()).add(self.flood_serial)
+        return self._forward(envelope)
+
+    def _forward(self, envelope: PlainData) -> list[Action]:
+        self.stats["control_messages"] += len(self.outbound)
+        return [SendControl(dst=dst, control=envelope) for dst in sorted(self.outbound)]
+
+    def _on_envelope(self, event: ControlArrived, envelope: PlainData) -> list[Action]:
+        if event.src not in self.inbound or not isinstance(envelope, dict):
+            raise self.error(self.phase, event, "control from a non-inbound rank or malformed")
+        origin, serial = int(envelope["o"]), int(envelope["k"])
+        seen = self.seen.setdefault(origin, set())
+        if serial in seen:
+            return []
+        seen.add(serial)
+        if envelope["to"] != self.rank:
+            self.stats["control_forwarded"] += 1
+            return self._forward(envelope)
+        body = envelope["b"]
+        match body["t"]:
+            case "req":
+                return self._on_request(origin, body)
+            case "vote":
+                return self._on_vote(event, origin, body)
+            case "decide":
+                return self._on_decision(event, body)
+            case other:
+                raise self.error(self.phase, event, f"unknown control {other!r}")
+
+    # ----------------------------------------------------------------------------------------
+
+    def volatile_meta(self) -> PlainData:
+        """Serial and sender log, as a checkpoint taken now would store them."""
+        return self._meta()
+
+    @classmethod
+    def restored(
+        cls,
+        *,
+        record: CheckpointRecord,
+        n: int,
+        inbound: frozenset[int],
+        outbound: frozenset[int],
+        options: Mapping[str, PlainData] | None = None,
+        incarnation: int,
+    ) -> TwoPhaseCoordinated:
+        """Back to a committed checkpoint: its label, serial and sender log; no round."""
+        proto = cls(rank=record.rank, n=n, inbound=inbound, outbound=outbound, options=options)
+        proto.incarnation = incarnation
+        proto.label = record.index
+        proto.next_index = max(record.index + 1, incarnation << INDEX_INCARNATION_SHIFT)
+        proto.sent_count = {int(d): int(c) for d, c in record.sent.items()}
+        meta = record.meta
+        if isinstance(meta, dict):
+            proto.serial = int(meta["serial"])
+            proto.sent_log = {
+                int(dst): [(int(seq), payload) for seq, payload in entries]
+                for dst, entries in meta["log"].items()
+            }
+        # Envelopes are numbered per incarnation so receivers never mistake them for old ones.
+        proto.flood_serial = incarnation << INDEX_INCARNATION_SHIFT
+        return proto
+
+    @classmethod
+    def plan_recovery(cls, view: RecoveryView) -> RecoveryPlan:
+        """Maximum consistent cut; restored ranks get their in-transit messages from logs."""
+        line = recovery_line(view)
+        replay: dict[int, list[ReplayItem]] = {}
+        for (src, dst), seqs in sorted(line.in_transit.items()):
+            if dst not in line.restore:
+                continue  # a survivor still gets them from the channel
+            meta = line.cut[src].meta
+            log = meta.get("log", {}) if isinstance(meta, dict) else {}
+            entries = {int(seq): payload for seq, payload in log.get(str(dst), [])}
+            missing = [seq for seq in seqs if seq not in entries]
+            if missing:
+                raise RecoveryError(
+                    f"rank {src}'s sender log lacks messages {missing} to rank {dst}; "
+                    "the stored checkpoint meta is incomplete"
+                )
+            replay.setdefault(dst, []).extend(
+                Redelivery(src=src, seq=seq, payload=entries[seq]) for seq in seqs
+            )
+        return RecoveryPlan(restore=dict(line.restore), replay=replay)

@@ -1,0 +1,91 @@
+"""No checkpointing: the baseline every protocol is measured against.
+
+Theory of operation
+-------------------
+Assumptions: none beyond reliable channels. Guarantee: after any failure the job restarts
+from scratch -- every rank rolls back to its initial state (checkpoint 0) -- which is trivially
+a consistent cut (all counters are zero), so no message can be an orphan and nothing is in
+transit. Piggyback: nothing. Cost: no checkpoints, no control messages, no failure-free
+overhead; all work done before a failure is lost.
+
+Every message is transmitted as soon as the application sends it and delivered as soon as it
+arrives; application timers fire when due; outputs are released at once (there is nothing to
+recover, so waiting would not make them safer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar, assert_never
+
+from snapline.protocols.base import (
+    Action,
+    AppTimerDue,
+    CheckpointPersisted,
+    CheckpointRecord,
+    CheckpointRequested,
+    CheckpointWriteFailed,
+    ControlArrived,
+    Deliver,
+    Event,
+    FireAppTimer,
+    MessageArrived,
+    MessageLogged,
+    OutputRequested,
+    PeerFailed,
+    PlainData,
+    Protocol,
+    RecoveryCompleted,
+    RecoveryPlan,
+    RecoveryView,
+    ReleaseOutput,
+    SendRequested,
+    TimerFired,
+    Transmit,
+)
+
+
+class NoCheckpointing(Protocol):
+    """Transmit and deliver immediately; recover by restarting every rank from scratch."""
+
+    name: ClassVar[str] = "none"
+    needs_fifo: ClassVar[bool] = False
+
+    def handle(self, event: Event) -> list[Action]:
+        """Pass messages, timers and outputs straight through; take no checkpoints."""
+        match event:
+            case SendRequested(send_id=send_id, dst=dst, payload=payload):
+                return [Transmit(send_id=send_id, dst=dst, payload=payload)]
+            case MessageArrived(src=src, seq=seq):
+                return [Deliver(src=src, seq=seq)]
+            case AppTimerDue(timer_id=timer_id):
+                return [FireAppTimer(timer_id=timer_id)]
+            case OutputRequested(output_id=output_id):
+                return [ReleaseOutput(output_id=output_id)]
+            case CheckpointRequested() | PeerFailed() | RecoveryCompleted():
+                return []
+            case ControlArrived() | CheckpointPersisted() | CheckpointWriteFailed():
+                raise self.error("running", event, "this protocol never sends or checkpoints")
+            case TimerFired() | MessageLogged():
+                raise self.error("running", event, "this protocol sets no timers and logs nothing")
+            case _:
+                assert_never(event)
+
+    @classmethod
+    def restored(
+        cls,
+        *,
+        record: CheckpointRecord,
+        n: int,
+        inbound: frozenset[int],
+        outbound: frozenset[int],
+        options: Mapping[str, PlainData] | None = None,
+        incarnation: int,
+    ) -> NoCheckpointing:
+        """A fresh object: the only checkpoint this protocol restores is the initial one."""
+        return cls(rank=record.rank, n=n, inbound=inbound, outbound=outbound, options=options)
+
+    @classmethod
+    def plan_recovery(cls, view: RecoveryView) -> RecoveryPlan:
+        """Restart every rank from its initial state (index 0): restart from scratch."""
+        return RecoveryPlan(restore=dict.fromkeys(range(view.n), 0))

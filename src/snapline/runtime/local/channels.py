@@ -1,0 +1,483 @@
+"""Reliable FIFO channels between the ranks of one job, over Unix sockets.
+
+Theory of operation
+-------------------
+Each directed channel ``src -> dst`` is one Unix stream socket that ``src`` opens to ``dst``'s
+listening socket ``<socket_dir>/rank-<dst>.sock`` (the directory is 0700, the peer proves it
+holds the job secret, see ``wire``). A stream socket is already reliable and FIFO while both
+ends live; what it cannot do is survive the death of an end. So:
+
+* Application messages carry the engine's per-channel sequence number. The sender keeps every
+  message the receiver has not yet *acknowledged* (the receiver acks cumulatively after handing
+  messages to its engine). When the channel is reconnected -- the receiver restarted -- the
+  sender resends every unacknowledged message, in order. The receiver drops any message whose
+  sequence number it has already passed (duplicates), so resending is always safe.
+* Every frame carries the job's *recovery epoch* when it was sent. After a recovery that rolled
+  rank ``s`` back to a checkpoint whose ``sent[dst]`` is ``c``, the receiver drops frames of an
+  older epoch from ``s`` with ``seq > c`` (they belong to the undone future of ``s``; the new
+  incarnation will send its own) and drops old-epoch control frames from ``s``. A rank that was
+  itself rolled back drops every old-epoch control frame addressed to its undone past.
+* Control messages (markers, votes) share the socket, so they stay FIFO with the application
+  messages they separate; they are not resent after a reconnect because a reconnect only
+  happens across a recovery, which makes old control frames obsolete.
+
+Writes are batched: frames queue in a per-channel buffer and go out in one ``send`` per loop
+turn (non-blocking; a full socket buffer registers for write readiness instead of blocking the
+rank). Connections are accepted and authenticated on a small acceptor thread so that a stranger
+that connects and stays silent can never stall the rank's event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import queue
+import selectors
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snapline.runtime.local.wire import (
+    FrameReader,
+    WireError,
+    accept_handshake,
+    connect_handshake,
+    frame,
+)
+
+APP = 0
+CONTROL = 1
+ACK = 2
+_RECV_BYTES = 256 * 1024
+
+
+def rank_socket_path(socket_dir: Path, rank: int) -> Path:
+    """The listening socket of ``rank``."""
+    return socket_dir / f"rank-{rank}.sock"
+
+
+@dataclass(slots=True)
+class Outbound:
+    """Our end of channel ``self -> dst``."""
+
+    dst: int
+    sock: socket.socket | None = None
+    reader: FrameReader = field(default_factory=FrameReader)
+    pending: bytearray = field(default_factory=bytearray)
+    unacked: deque[tuple[int, bytes]] = field(default_factory=deque)
+    writing: bool = False
+    ever_connected: bool = False
+
+
+@dataclass(slots=True)
+class Inbound:
+    """Our end of channel ``src -> self``: frames read but not yet handed to the engine."""
+
+    src: int
+    sock: socket.socket | None = None
+    reader: FrameReader = field(default_factory=FrameReader)
+    frames: deque[list[Any]] = field(default_factory=deque)
+    expected_seq: int = 1
+    acked_seq: int = 0
+    ack_due: bool = False
+    #: ``(epoch, cut)``: frames from an epoch before ``epoch`` with seq above ``cut`` are void.
+    rolled_back: tuple[int, int] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class TransportStats:
+    """Counters for reports and the status line."""
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    duplicates_dropped: int = 0
+    stale_dropped: int = 0
+    gaps: int = 0
+    rejected_connections: int = 0
+    resent: int = 0
+
+
+class Transport:
+    """All channels of one rank; driven by the rank's single-threaded event loop."""
+
+    def __init__(
+        self,
+        *,
+        rank: int,
+        inbound: frozenset[int],
+        outbound: frozenset[int],
+        socket_dir: Path,
+        secret: bytes,
+        selector: selectors.BaseSelector,
+        wake: Callable[[], None],
+        log: Callable[..., None],
+    ) -> None:
+        self.rank = rank
+        self.socket_dir = socket_dir
+        self.secret = secret
+        self.selector = selector
+        self.epoch = 0
+        self.self_restored_epoch = 0
+        self.stats = TransportStats()
+        self.out = {d: Outbound(d) for d in sorted(outbound)}
+        self.inn = {s: Inbound(s) for s in sorted(inbound)}
+        self._wake = wake
+        self._log = log
+        self._accepted: queue.Queue[tuple[socket.socket, int]] = queue.Queue()
+        self._listener: socket.socket | None = None
+        self._closing = False
+
+    # ---------------------------------------------------------------- listening / accepting
+
+    def listen(self) -> None:
+        """Bind our socket and start the acceptor thread."""
+        path = rank_socket_path(self.socket_dir, self.rank)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.listen(128)
+        self._listener = sock
+        threading.Thread(target=self._accept_loop, name="snapline-accept", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._closing:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                hello = accept_handshake(conn, self.secret, "channel")
+                src = hello.get("rank")
+                if not isinstance(src, int) or src not in self.inn:
+                    raise WireError(f"rank {src!r} has no channel to rank {self.rank}")
+            except WireError as exc:
+                self.stats.rejected_connections += 1
+                self._log("connection_rejected", why=str(exc))
+                conn.close()
+                continue
+            self._accepted.put((conn, src))
+            self._wake()
+
+    def adopt_accepted(self) -> None:
+        """Register connections the acceptor authenticated (called on the event loop)."""
+        while True:
+            try:
+                conn, src = self._accepted.get_nowait()
+            except queue.Empty:
+                return
+            link = self.inn[src]
+            if link.sock is not None:
+                # The previous incarnation's socket: read what is left, then replace it.
+                self._drain_and_close_inbound(link)
+            conn.setblocking(False)
+            link.sock = conn
+            link.reader = FrameReader()
+            self.selector.register(conn, selectors.EVENT_READ, ("in", src))
+
+    def _drain_and_close_inbound(self, link: Inbound) -> None:
+        sock = link.sock
+        assert sock is not None
+        with contextlib.suppress(OSError):
+            sock.setblocking(True)
+            sock.settimeout(0.5)
+            while True:
+                data = sock.recv(_RECV_BYTES)
+                if not data:
+                    break
+                self._take_inbound(link, data)
+        self._close_inbound(link)
+
+    # ---------------------------------------------------------------- connecting
+
+    def connect(self, dst: int) -> bool:
+        """(Re)connect channel ``self -> dst``; True when connected. Resends unacked messages."""
+        link = self.out[dst]
+        if link.sock is not None:
+            return True
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(rank_socket_path(self.socket_dir, dst)))
+            connect_handshake(sock, self.secret, "channel", {"rank": self.rank})
+        except (OSError, WireError) as exc:
+            sock.close()
+            self._log("connect_failed", dst=dst, why=str(exc))
+            return False
+        sock.setblocking(False)
+        link.sock = sock
+        link.reader = FrameReader()
+        if link.ever_connected:
+            # Reconnect: whatever was queued for the dead socket is obsolete except the
+            # unacknowledged application messages, which go out again in order.
+            link.pending = bytearray(b"".join(f for _, f in link.unacked))
+            self.stats.resent += len(link.unacked)
+        link.ever_connected = True
+        link.writing = False
+        self.selector.register(sock, selectors.EVENT_READ, ("out", dst))
+        return True
+
+    def connected_all(self) -> bool:
+        """True when every outbound channel is connected."""
+        return all(link.sock is not None for link in self.out.values())
+
+    # ---------------------------------------------------------------- sending
+
+    def send_app(self, dst: int, seq: int, payload: object, piggyback: object) -> None:
+        """Queue an application message (kept until acknowledged)."""
+        link = self.out[dst]
+        data = frame([APP, self.epoch, seq, payload, piggyback])
+        link.unacked.append((seq, data))
+        link.pending += data
+        self.stats.frames_sent += 1
+
+    def send_control(self, dst: int, control: object) -> None:
+        """Queue a protocol control message (FIFO with the application messages)."""
+        link = self.out[dst]
+        link.pending += frame([CONTROL, self.epoch, control])
+
+    def flush(self) -> None:
+        """Write as much of every channel's queued bytes as the sockets take right now."""
+        for link in self.out.values():
+            if link.pending and link.sock is not None:
+                self._write(link)
+        for inb in self.inn.values():
+            if inb.ack_due and inb.sock is not None:
+                inb.ack_due = False
+                with contextlib.suppress(OSError):
+                    inb.sock.send(frame([ACK, inb.acked_seq]))
+
+    def flush_blocking(self, timeout_s: float) -> None:
+        """Push every queued byte into the kernel (before a checkpoint counts the sends)."""
+        for link in self.out.values():
+            sock = link.sock
+            if link.pending and sock is not None:
+                try:
+                    sock.settimeout(timeout_s)
+                    sock.sendall(link.pending)
+                    link.pending.clear()
+                except OSError:
+                    self._lost_outbound(link)
+                    continue
+                finally:
+                    if link.sock is not None:
+                        link.sock.setblocking(False)
+                self._set_writing(link, False)
+
+    def _write(self, link: Outbound) -> None:
+        sock = link.sock
+        assert sock is not None
+        try:
+            sent = sock.send(link.pending)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost_outbound(link)
+            return
+        del link.pending[:sent]
+        self._set_writing(link, bool(link.pending))
+
+    def _set_writing(self, link: Outbound, on: bool) -> None:
+        if link.sock is None or link.writing == on:
+            return
+        link.writing = on
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        self.selector.modify(link.sock, events, ("out", link.dst))
+
+    # ---------------------------------------------------------------- receiving
+
+    def on_event(self, tag: tuple[str, int], mask: int) -> None:
+        """A registered socket is readable or writable."""
+        kind, peer = tag
+        if kind == "out":
+            link = self.out[peer]
+            if mask & selectors.EVENT_WRITE and link.sock is not None:
+                self._write(link)
+            if mask & selectors.EVENT_READ and link.sock is not None:
+                self._read_acks(link)
+        else:
+            inb = self.inn[peer]
+            if inb.sock is None:
+                return
+            try:
+                data = inb.sock.recv(_RECV_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_inbound(inb)
+                return
+            self._take_inbound(inb, data)
+
+    def _take_inbound(self, inb: Inbound, data: bytes) -> None:
+        try:
+            frames = inb.reader.feed(data)
+        except WireError as exc:
+            self._log("bad_frame", src=inb.src, why=str(exc))
+            self._close_inbound(inb)
+            return
+        inb.frames.extend(frames)
+        self.stats.frames_received += len(frames)
+
+    def _read_acks(self, link: Outbound) -> None:
+        sock = link.sock
+        assert sock is not None
+        try:
+            data = sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost_outbound(link)
+            return
+        try:
+            frames = link.reader.feed(data)
+        except WireError:
+            self._lost_outbound(link)
+            return
+        for f in frames:
+            if f[0] == ACK:
+                upto = int(f[1])
+                while link.unacked and link.unacked[0][0] <= upto:
+                    link.unacked.popleft()
+
+    def _lost_outbound(self, link: Outbound) -> None:
+        if link.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(link.sock)
+            link.sock.close()
+            link.sock = None
+        link.writing = False
+
+    def _close_inbound(self, inb: Inbound) -> None:
+        if inb.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(inb.sock)
+            inb.sock.close()
+            inb.sock = None
+
+    def disconnected_outbound(self) -> list[int]:
+        """Outbound channels with no live socket."""
+        return [d for d, link in self.out.items() if link.sock is None]
+
+    # ---------------------------------------------------------------- handing frames over
+
+    def next_frame(self, src: int) -> list[Any] | None:
+        """The next frame from ``src`` that the engine should see, or None.
+
+        Applies the recovery-epoch filter and drops duplicate application messages.
+        """
+        inb = self.inn[src]
+        frames = inb.frames
+        while frames:
+            f = frames.popleft()
+            kind, epoch = f[0], f[1]
+            if kind == CONTROL:
+                if epoch < self.self_restored_epoch or (
+                    inb.rolled_back is not None and epoch < inb.rolled_back[0]
+                ):
+                    self.stats.stale_dropped += 1
+                    continue
+                return f
+            if kind != APP:
+                continue
+            seq = int(f[2])
+            if (
+                inb.rolled_back is not None
+                and epoch < inb.rolled_back[0]
+                and seq > inb.rolled_back[1]
+            ):
+                self.stats.stale_dropped += 1
+                continue
+            if seq < inb.expected_seq:
+                self.stats.duplicates_dropped += 1
+                continue
+            if seq > inb.expected_seq:
+                # A message the channel should have carried never came: count it loudly (the
+                # checkers will report the loss) rather than stall the channel forever.
+                self.stats.gaps += 1
+                self._log("channel_gap", src=src, expected=inb.expected_seq, got=seq)
+            inb.expected_seq = seq + 1
+            inb.acked_seq = seq
+            inb.ack_due = True
+            return f
+        return None
+
+    def has_frames(self) -> bool:
+        """True if some inbound channel holds frames not yet handed over."""
+        return any(inb.frames for inb in self.inn.values())
+
+    # ---------------------------------------------------------------- recovery
+
+    def begin_recovery(
+        self,
+        *,
+        epoch: int,
+        self_restored: bool,
+        sent_cut: dict[int, int] | None,
+        rolled_back: dict[int, int],
+    ) -> None:
+        """Enter recovery epoch ``epoch`` (before the engine resumes and sends anything new).
+
+        ``sent_cut`` (when this rank was rolled back) is its restored ``sent[dst]``: queued
+        messages beyond it are void. ``rolled_back[src]`` is ``sent[self]`` of each
+        rolled-back peer's restored checkpoint: older-epoch frames beyond it are void.
+        """
+        self.epoch = epoch
+        if self_restored:
+            self.self_restored_epoch = epoch
+            for dst, link in self.out.items():
+                cut = (sent_cut or {}).get(dst, 0)
+                link.unacked = deque(item for item in link.unacked if item[0] <= cut)
+                # Unsent control bytes belong to the undone past: rebuild the queue from the
+                # messages that are still valid (the receiver drops what it already has).
+                link.pending = bytearray(b"".join(f for _, f in link.unacked))
+        for src, inb in self.inn.items():
+            if src in rolled_back:
+                inb.rolled_back = (epoch, rolled_back[src])
+
+    def set_expected(
+        self, received: dict[int, int], *, all_sources: bool, only: dict[int, int]
+    ) -> None:
+        """After a restore or replay: the next sequence number each channel must carry."""
+        for src, inb in self.inn.items():
+            if all_sources or src in only:
+                inb.expected_seq = received.get(src, 0) + 1
+                inb.acked_seq = received.get(src, 0)
+
+    def drain_dead(self, dead: set[int], timeout_s: float) -> None:
+        """Read what dead peers left in our sockets (they died; EOF comes promptly)."""
+        for src in dead:
+            inb = self.inn.get(src)
+            if inb is not None and inb.sock is not None:
+                self._drain_and_close_inbound(inb)
+        for dst in dead:
+            link = self.out.get(dst)
+            if link is not None:
+                self._lost_outbound(link)
+
+    def close(self) -> None:
+        """Close every socket and stop accepting."""
+        self._closing = True
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            with contextlib.suppress(OSError):
+                rank_socket_path(self.socket_dir, self.rank).unlink()
+        for link in self.out.values():
+            self._lost_outbound(link)
+        for inb in self.inn.values():
+            self._close_inbound(inb)
+
+
+def is_retryable(exc: OSError) -> bool:
+    """Connection errors that mean 'the peer is not listening yet'."""
+    return exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN)

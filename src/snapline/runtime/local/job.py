@@ -1,0 +1,711 @@
+"""Running a local job: start, recover from failures, detect termination, report.
+
+Theory of operation
+-------------------
+The supervisor (``supervisor.Supervisor``) notices failures; this module is the *recovery
+coordinator*. Recovery is stop-the-world, in rounds:
+
+1. **Freeze** every surviving rank: it tells its protocol ``PeerFailed``, reads what the dead
+   left in its sockets, makes its pending stable writes durable, stops running its engine and
+   answers with its *volatile record* (current counters and protocol data).
+2. **Plan**: read every rank's ledger (committed checkpoint records, attachments, message logs)
+   -- survivors have drained, the dead wrote nothing more -- build the ``RecoveryView`` and call
+   the protocol class's pure ``plan_recovery``, the very function the simulator calls.
+3. **Restore**: respawn each failed rank (after a backoff if it keeps failing; past the
+   restart limit the job ends with ``RuntimeFailure``) and rebuild every rank the plan rolls
+   back -- survivors in place, from the store -- under a new recovery epoch.
+4. **Reconnect and resume**: channels to new processes are reopened (unacknowledged messages
+   are resent; see ``channels``); each rank learns the channel cuts of the rolled-back ranks,
+   restored ranks replay the plan's messages before anything new, and every rank is told
+   ``RecoveryCompleted``.
+
+A failure during a round starts a new round; ranks already rebuilt in the aborted round count as
+failed again (their state is a stored one, not a volatile one). ``--resume`` after the whole job
+died is the same procedure with every rank failed and no volatile records.
+
+Termination: when every rank reports it is done, holds no timers, undelivered or unsent
+messages, and the job-wide number of sends requested equals the number delivered, the
+supervisor probes all ranks twice; identical quiescent answers mean nothing is in flight, and
+the job stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snapline.errors import ConfigError, RuntimeFailure, SnaplineError
+from snapline.protocols import protocol_class
+from snapline.protocols.base import CheckpointRecord, RecoveryPlan, RecoveryView, initial_record
+from snapline.runtime.local.config import JobConfig, load_job, save_job
+from snapline.runtime.local.ledger import LedgerView, ledger_path, read_ledger
+from snapline.runtime.local.plain import record_from_plain, replay_to_plain
+from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
+from snapline.runtime.local.supervisor import Supervisor, write_log_line
+from snapline.runtime.local.tracefile import merge_trace
+from snapline.runtime.sim.checks import CheckFailed, RecoveryChecker
+from snapline.topology import Topology
+
+_STEP_TIMEOUT_S = 30.0
+
+
+class _RoundAborted(Exception):
+    """A rank failed while a recovery round waited for it."""
+
+
+@dataclass(slots=True, kw_only=True)
+class RunResult:
+    """What a finished local job reports."""
+
+    results: dict[int, Any]
+    outputs: dict[int, list[Any]]
+    stats: dict[int, dict[str, Any]]
+    recoveries: list[dict[str, Any]]
+    restarts: int
+    elapsed_s: float
+    store: Path
+    trace_path: Path | None
+    protocol: str
+    n: int
+    messages_delivered: int = 0
+    checkpoints_committed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    #: Guarantees the supervisor saw violated (plan or recovered cut); empty on a correct run.
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class Kill:
+    """Fault injection: SIGKILL ``rank`` ``at_s`` seconds after every rank started running."""
+
+    rank: int
+    at_s: float
+    done: bool = False
+
+
+class LocalJob:
+    """One run (or resumed run) of a job on this machine."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        resume: bool = False,
+        kills: list[tuple[int, float]] | None = None,
+        on_status: Callable[[JobStatus], None] | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.store_dir = Path(config.store).resolve()
+        self.resume = resume
+        self.kills = [Kill(rank=r, at_s=t) for r, t in (kills or [])]
+        for kill in self.kills:
+            if not 0 <= kill.rank < config.n:
+                raise ConfigError(f"--kill names rank {kill.rank}, but ranks are 0..{config.n - 1}")
+        self.on_status = on_status
+        self.protocol_cls = protocol_class(config.protocol)
+        topo = Topology.from_edges(config.n, [(int(s), int(d)) for s, d in config.edges])
+        self.edges = topo.edges
+        self.epoch = 0
+        self.recoveries: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+        self.restarts = 0
+        self.violations: list[str] = []
+        self._recovery_checker = RecoveryChecker()
+        self._log_fd = -1
+        self._status: JobStatus | None = None
+        self._status_due_s = 0.0
+        self._rate_mark: tuple[float, int] = (0.0, 0)
+        self._t0 = time.monotonic()
+        self._probe_seq = 0
+        self._rebuilt_this_round: set[int] = set()
+        #: When every rank first ran (``--kill`` times count from here, not from the spawn).
+        self._running_since_s: float | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def log(self, event: str, **fields: object) -> None:
+        """Structured log line in ``<store>/logs/supervisor.jsonl``."""
+        if self._log_fd >= 0:
+            write_log_line(self._log_fd, event, **fields)
+
+    def _boot(self, rank: int) -> dict[str, Any]:
+        return {
+            "config": self.config.to_json(),
+            "rank": rank,
+            "secret": self._secret,
+            "socket_dir": str(self._socket_dir),
+            "t0": self._t0,
+        }
+
+    def _prepare_store(self) -> None:
+        store = self.store_dir
+        if self.resume:
+            previous = load_job(store)
+            if (previous.app, previous.n, previous.protocol) != (
+                self.config.app,
+                self.config.n,
+                self.config.protocol,
+            ):
+                raise ConfigError(
+                    f"{store} holds a job of app {previous.app!r}, n={previous.n}, protocol "
+                    f"{previous.protocol!r}; resume it with the same app, -n and --protocol"
+                )
+            with contextlib.suppress(ConfigError):
+                old = read_status(store)
+                if old.state in ("running", "recovering") and _pid_is_supervisor(old):
+                    raise ConfigError(
+                        f"the job in {store} still runs (supervisor pid {old.supervisor_pid}); "
+                        "stop it before resuming"
+                    )
+        elif (store / "job.json").exists():
+            raise ConfigError(
+                f"{store} already holds a job; continue it with --resume, or use a new --store"
+            )
+        store.mkdir(mode=0o700, parents=True, exist_ok=True)
+        trace_dir = store / "trace"
+        if self.resume and trace_dir.exists():
+            # Times restart at zero in a resumed run: keep the old run's events apart.
+            trace_dir.rename(store / f"trace-before-{int(time.time() * 1000)}")
+        for sub in ("logs", "trace", "ledger"):
+            (store / sub).mkdir(mode=0o700, exist_ok=True)
+        save_job(store, self.config)
+
+    # ------------------------------------------------------------------ status
+
+    def _publish(self, state: str, *, force: bool = False, note: str = "") -> None:
+        now = time.monotonic()
+        if not force and now < self._status_due_s:
+            return
+        self._status_due_s = now + 0.25
+        sup = self._sup
+        delivered = sum(int(s.counters.get("delivered", 0)) for s in sup.slots)
+        t_mark, d_mark = self._rate_mark
+        rate = (delivered - d_mark) / (now - t_mark) if now > t_mark and t_mark else 0.0
+        if now - t_mark >= 1.0 or not t_mark:
+            self._rate_mark = (now, delivered)
+        status = self._status
+        assert status is not None
+        status.state = state
+        status.incarnation = self.epoch
+        status.recoveries = len(self.recoveries)
+        status.checkpoints_committed = sum(
+            int(s.counters.get("committed", 0)) > 0 for s in sup.slots
+        )
+        status.recovery_line = {str(s.rank): int(s.counters.get("committed", 0)) for s in sup.slots}
+        if rate > 0 or state != "running":
+            status.messages_per_s = round(max(rate, 0.0), 1)
+        status.messages_delivered = delivered
+        status.note = note or status.note
+        status.ranks = [
+            RankStatus(
+                rank=s.rank,
+                pid=s.pid,
+                state=s.state,
+                incarnation=s.incarnation,
+                restarts=s.restarts,
+                last_checkpoint=int(s.counters.get("committed", 0)),
+            )
+            for s in sup.slots
+        ]
+        write_status(self.store_dir, status)
+        if self.on_status is not None:
+            self.on_status(status)
+
+    # ------------------------------------------------------------------ waiting
+
+    def _wait_replies(self, ranks: list[int], op: str, round_id: int | None) -> dict[int, Any]:
+        """Wait for ``op`` replies from ``ranks``; a death aborts the round."""
+        sup = self._sup
+        deadline = time.monotonic() + _STEP_TIMEOUT_S
+        got: dict[int, Any] = {}
+        while True:
+            for rank in ranks:
+                msg = sup.slots[rank].replies.get(op)
+                if msg is not None and (round_id is None or msg.get("round") == round_id):
+                    got[rank] = msg
+            if len(got) == len(ranks):
+                for rank in ranks:
+                    sup.slots[rank].replies.pop(op, None)
+                return got
+            if sup.dead:
+                raise _RoundAborted
+            if time.monotonic() > deadline:
+                missing = sorted(set(ranks) - set(got))
+                for rank in missing:
+                    sup.kill(rank, f"no {op} reply within {_STEP_TIMEOUT_S}s")
+                sup.poll(0.5)
+                raise _RoundAborted
+            self._fire_kills()
+            sup.poll(0.05)
+            self._publish("recovering")
+
+    def _wait_hello(self, ranks: list[int]) -> None:
+        sup = self._sup
+        deadline = time.monotonic() + _STEP_TIMEOUT_S
+        while not all(sup.slots[r].sock is not None for r in ranks):
+            if sup.dead:
+                raise _RoundAborted
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(
+                    f"ranks {[r for r in ranks if sup.slots[r].sock is None]} did not connect "
+                    f"within {_STEP_TIMEOUT_S}s; see {self.store_dir / 'logs'}"
+                )
+            sup.poll(0.05)
+
+    def _fire_kills(self) -> None:
+        if self._running_since_s is None:
+            return
+        elapsed = time.monotonic() - self._running_since_s
+        for kill in self.kills:
+            if not kill.done and elapsed >= kill.at_s:
+                kill.done = True
+                self._sup.kill(kill.rank, f"--kill {kill.rank}@{kill.at_s}s")
+
+    # ------------------------------------------------------------------ main
+
+    def run(self) -> RunResult:
+        """Run the job to completion (or ``RuntimeFailure``)."""
+        self._prepare_store()
+        self._log_fd = os.open(
+            self.store_dir / "logs" / "supervisor.jsonl",
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+            0o600,
+        )
+        self._secret = secrets.token_bytes(32)
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="snapline-"))  # mode 0700
+        self._t0 = time.monotonic()
+        started = time.time()
+        self._status = JobStatus(
+            job_id=secrets.token_hex(6),
+            app=self.config.app,
+            protocol=self.config.protocol,
+            n=self.config.n,
+            supervisor_pid=os.getpid(),
+            state="starting",
+            started_at=started,
+            socket_dir=str(self._socket_dir),
+        )
+        self._sup = Supervisor(
+            n=self.config.n,
+            socket_dir=self._socket_dir,
+            store_dir=self.store_dir,
+            secret=self._secret,
+            heartbeat_timeout_s=self.config.heartbeat_timeout_s,
+            log=self.log,
+        )
+        self.log("job_start", config=self.config.to_json(), resume=self.resume)
+        try:
+            self._start()
+            self._main_loop()
+            return self._finish()
+        except BaseException as exc:
+            self.log("job_failed", error=repr(exc))
+            with contextlib.suppress(Exception):
+                self._publish("failed", force=True, note=str(exc))
+            raise
+        finally:
+            self._sup.close()
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            if self._log_fd >= 0:
+                os.close(self._log_fd)
+                self._log_fd = -1
+
+    def _start(self) -> None:
+        sup = self._sup
+        ranks = list(range(self.config.n))
+        for rank in ranks:
+            sup.spawn(rank, self._boot(rank))
+        if self.resume:
+            self._recover(set(ranks), whole_job=True)
+            return
+        try:
+            self._wait_hello(ranks)
+            for rank in ranks:
+                sup.send(rank, {"op": "init"})
+            self._wait_replies(ranks, "ready", None)
+            for rank in ranks:
+                sup.send(rank, {"op": "connect"})
+            self._wait_replies(ranks, "connected", None)
+        except _RoundAborted:
+            # A rank died before the job ran at all: recover like any failure (from scratch).
+            self._recover(set(sup.take_dead()))
+            return
+        for rank in ranks:
+            sup.slots[rank].state = "running"
+            sup.send(rank, {"op": "resume", "epoch": 0, "recovery": False})
+        self._running_since_s = time.monotonic()
+        self._publish("running", force=True)
+
+    def _main_loop(self) -> None:
+        sup = self._sup
+        deadline = self._t0 + self.config.timeout_s
+        while True:
+            dead = sup.take_dead()
+            if dead:
+                self._recover(set(dead))
+                continue
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(
+                    f"the job did not finish within {self.config.timeout_s:g}s "
+                    "(raise --timeout, or check that every rank calls ctx.finish())"
+                )
+            if self._looks_quiescent() and self._confirm_termination():
+                return
+            self._fire_kills()
+            sup.poll(0.05)
+            self._publish("running")
+
+    def _looks_quiescent(self) -> bool:
+        counters = [s.counters for s in self._sup.slots]
+        if not all(c.get("ready") and not c.get("frozen") for c in counters):
+            return False
+        if not all(
+            c.get("done")
+            and not c.get("undelivered")
+            and not c.get("unsent")
+            and not c.get("timers")
+            for c in counters
+        ):
+            return False
+        return sum(int(c["requested"]) for c in counters) == sum(
+            int(c["delivered"]) for c in counters
+        )
+
+    def _confirm_termination(self) -> bool:
+        sup = self._sup
+        ranks = list(range(self.config.n))
+        answers: list[dict[int, Any]] = []
+        for _ in range(2):
+            self._probe_seq += 1
+            for rank in ranks:
+                sup.slots[rank].replies.pop("probe_reply", None)
+                sup.send(rank, {"op": "probe", "seq": self._probe_seq})
+            try:
+                answers.append(self._wait_replies(ranks, "probe_reply", None))
+            except _RoundAborted:
+                return False
+        first, second = answers
+        keys = ("done", "requested", "delivered", "undelivered", "unsent", "timers", "activity")
+        for rank in ranks:
+            a, b = first[rank], second[rank]
+            if any(a.get(k) != b.get(k) for k in keys):
+                return False
+            sup.slots[rank].counters.update(b)
+        return self._looks_quiescent()
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self, failed: set[int], *, whole_job: bool = False) -> None:
+        sup = self._sup
+        t_detect = time.monotonic() - self._t0
+        for rank in sorted(failed):
+            self.failures.append(
+                {"t": round(t_detect, 6), "rank": rank, "pid": sup.slots[rank].pid}
+            )
+        newly = set(failed)
+        while True:
+            try:
+                plan, restored = self._recovery_round(failed, newly, whole_job=whole_job)
+                break
+            except _RoundAborted:
+                more = set(sup.take_dead())
+                t_now = time.monotonic() - self._t0
+                for rank in sorted(more):
+                    self.failures.append(
+                        {"t": round(t_now, 6), "rank": rank, "pid": sup.slots[rank].pid}
+                    )
+                newly = more
+                failed = failed | more | self._rebuilt_this_round
+                self.log("recovery_round_aborted", failed=sorted(failed))
+        t_done = time.monotonic() - self._t0
+        self.recoveries.append(
+            {
+                "t_detect": round(t_detect, 6),
+                "t_done": round(t_done, 6),
+                "failed": sorted(failed),
+                "restore": {str(r): int(i) for r, i in plan.restore.items()},
+                "replayed": sum(len(v) for v in plan.replay.values()),
+                "whole_job": whole_job,
+            }
+        )
+        if self._running_since_s is None:
+            self._running_since_s = time.monotonic()
+        self.log("recovered", failed=sorted(failed), restore=dict(plan.restore), epoch=self.epoch)
+        self._publish("running", force=True)
+        del restored
+
+    def _recovery_round(
+        self, failed: set[int], newly: set[int], *, whole_job: bool
+    ) -> tuple[RecoveryPlan, set[int]]:
+        sup = self._sup
+        n = self.config.n
+        self._rebuilt_this_round = set()
+        self.epoch += 1
+        round_id = self.epoch
+        epoch = self.epoch
+        self._publish("recovering", force=True)
+        survivors = [r for r in range(n) if r not in failed]
+        for rank in failed:
+            sup.slots[rank].state = "failed"
+        # Freeze every live process, survivors and ranks rebuilt by an aborted round alike (the
+        # latter may already run); only the survivors' volatile records count.
+        live = [r for r in range(n) if sup.slots[r].alive and sup.slots[r].sock is not None]
+        for rank in live:
+            sup.slots[rank].state = "frozen" if rank in survivors else "failed"
+            sup.send(
+                rank,
+                {
+                    "op": "freeze",
+                    "round": round_id,
+                    "failed": sorted(failed),
+                    "newly_failed": sorted(newly),
+                },
+            )
+        frozen = self._wait_replies(sorted(set(live) | set(survivors)), "frozen", round_id)
+        volatile = {
+            r: record_from_plain(msg["volatile"])
+            for r, msg in frozen.items()
+            if r in survivors and msg.get("volatile") is not None
+        }
+        ledgers = {r: read_ledger(ledger_path(self.store_dir, r), r) for r in range(n)}
+        plan = self._plan(failed, volatile, ledgers)
+        for rank in sorted(failed):
+            self._restart(rank, whole_job=whole_job)
+        respawned = sorted(r for r in failed if not sup.slots[r].alive or sup.slots[r].sock is None)
+        self._wait_hello(sorted(failed))
+        del respawned
+        restored = set(plan.restore)
+        records = {r: self._record_of(ledgers[r], plan.restore[r]) for r in restored}
+        for rank in sorted(restored):
+            replay = plan.replay.get(rank, ())
+            sup.send(
+                rank,
+                {
+                    "op": "restore",
+                    "round": round_id,
+                    "index": int(plan.restore[rank]),
+                    "epoch": epoch,
+                    "replay": replay_to_plain(replay),
+                    "timers_only": rank in plan.replay_timers_only,
+                },
+            )
+            self._rebuilt_this_round.add(rank)
+        self._wait_replies(sorted(restored), "ready", round_id)
+        everyone = list(range(n))
+        for rank in everyone:
+            sup.send(rank, {"op": "connect", "round": round_id})
+        self._wait_replies(everyone, "connected", round_id)
+        for rank in everyone:
+            cuts = {src: rec.sent.get(rank, 0) for src, rec in records.items() if src != rank}
+            sup.slots[rank].state = "running"
+            sup.slots[rank].incarnation = epoch if rank in restored else sup.slots[rank].incarnation
+            sup.send(
+                rank,
+                {
+                    "op": "resume",
+                    "round": round_id,
+                    "epoch": epoch,
+                    "recovery": True,
+                    "restored": sorted(restored),
+                    "cuts": cuts,
+                },
+            )
+        self._check_recovered_cut(self._wait_replies(everyone, "resumed", round_id))
+        return plan, restored
+
+    def _check_recovered_cut(self, replies: dict[int, Any]) -> None:
+        sent = {r: {int(k): int(v) for k, v in m["sent"].items()} for r, m in replies.items()}
+        received = {
+            r: {int(k): int(v) for k, v in m["received"].items()} for r, m in replies.items()
+        }
+        try:
+            self._recovery_checker.check_cut(sorted(self.edges), sent, received)
+        except CheckFailed as exc:
+            self.violations.append(str(exc))
+            self.log("check_failed", error=str(exc))
+
+    def _plan(
+        self,
+        failed: set[int],
+        volatile: dict[int, CheckpointRecord],
+        ledgers: dict[int, LedgerView],
+    ) -> RecoveryPlan:
+        view = RecoveryView(
+            n=self.config.n,
+            failed=frozenset(failed),
+            committed={r: lv.committed_records() for r, lv in ledgers.items()},
+            volatile=volatile,
+            message_logs={r: list(lv.message_log) for r, lv in ledgers.items()},
+            edges=frozenset(self.edges),
+        )
+        self.log(
+            "plan_input",
+            failed=sorted(failed),
+            committed={r: [rec.index for rec in recs][-4:] for r, recs in view.committed.items()},
+            volatile={r: [dict(v.sent), dict(v.received)] for r, v in volatile.items()},
+        )
+        try:
+            plan = self.protocol_cls.plan_recovery(view)
+        except SnaplineError as exc:
+            raise RuntimeFailure(f"recovery planning failed: {exc}") from exc
+        try:
+            self._recovery_checker.validate_plan(
+                view, plan, {r: {rec.index for rec in recs} for r, recs in view.committed.items()}
+            )
+        except CheckFailed as exc:
+            raise RuntimeFailure(f"{self.config.protocol}.plan_recovery: {exc}") from exc
+        return plan
+
+    @staticmethod
+    def _record_of(ledger: LedgerView, index: int) -> CheckpointRecord:
+        if index == 0:
+            return initial_record(ledger.rank)
+        for record in ledger.committed_records():
+            if record.index == index:
+                return record
+        raise RuntimeFailure(
+            f"the recovery plan restores rank {ledger.rank} to checkpoint {index}, which its "
+            "ledger does not hold as committed"
+        )
+
+    def _restart(self, rank: int, *, whole_job: bool) -> None:
+        sup = self._sup
+        slot = sup.slots[rank]
+        if slot.alive:
+            return  # started already (a resumed job's first round), or rebuilt in place
+        if not whole_job:
+            self.restarts += 1
+            slot.restarts += 1
+            if self.restarts > self.config.max_restarts:
+                history = ", ".join(f"rank {f['rank']} at {f['t']:.2f}s" for f in self.failures)
+                fatal = "; ".join(f"rank {s.rank}: {s.fatal}" for s in sup.slots if s.fatal)
+                raise RuntimeFailure(
+                    f"restart limit reached: {self.restarts - 1} restarts allowed "
+                    f"(--max-restarts {self.config.max_restarts}); failures: {history}"
+                    + (f"; errors: {fatal}" if fatal else "")
+                    + f". Logs: {self.store_dir / 'logs'}"
+                )
+            since_start = time.monotonic() - slot.last_start_s
+            slot.recent_failures = slot.recent_failures + 1 if since_start < 5.0 else 1
+            delay_s = min(
+                self.config.backoff_initial_s * 2 ** (slot.recent_failures - 1),
+                self.config.backoff_max_s,
+            )
+            if slot.recent_failures > 1:
+                self.log("backoff", rank=rank, delay_s=delay_s)
+                end = time.monotonic() + delay_s
+                while time.monotonic() < end:
+                    sup.poll(min(0.05, end - time.monotonic()))
+                    if sup.dead:
+                        raise _RoundAborted
+        if not slot.alive:
+            slot.state = "restarting"
+            sup.spawn(rank, self._boot(rank))
+
+    # ------------------------------------------------------------------ finish
+
+    def _finish(self) -> RunResult:
+        sup = self._sup
+        ranks = list(range(self.config.n))
+        for rank in ranks:
+            sup.send(rank, {"op": "stop"})
+        deadline = time.monotonic() + _STEP_TIMEOUT_S
+        while not all(sup.slots[r].result is not None for r in ranks):
+            if sup.take_dead():
+                raise RuntimeFailure("a rank failed while the job was stopping; run with --resume")
+            if time.monotonic() > deadline:
+                raise RuntimeFailure("ranks did not report their results in time")
+            sup.poll(0.05)
+        sup.reap_finished(timeout_s=5.0)
+        for slot in sup.slots:
+            slot.state = "finished"
+        results = {r: sup.slots[r].result["result"] for r in ranks}  # type: ignore[index]
+        stats = {r: dict(sup.slots[r].result["stats"]) for r in ranks}  # type: ignore[index]
+        ledgers = {r: read_ledger(ledger_path(self.store_dir, r), r) for r in ranks}
+        outputs = {r: list(ledgers[r].outputs) for r in ranks}
+        elapsed = time.monotonic() - self._t0
+        trace_path = None
+        if self.config.trace:
+            trace_path = merge_trace(
+                self.store_dir,
+                n=self.config.n,
+                protocol=self.config.protocol,
+                app=self.config.app,
+                seed=self.config.seed,
+                edges=sorted(self.edges),
+                recoveries=self.recoveries,
+                failures=self.failures,
+                stats={"elapsed_s": elapsed, "restarts": self.restarts},
+            )
+        committed = sum(len(lv.committed_records()) - 1 for lv in ledgers.values())
+        result = RunResult(
+            results=results,
+            outputs=outputs,
+            stats=stats,
+            recoveries=self.recoveries,
+            restarts=self.restarts,
+            elapsed_s=elapsed,
+            store=self.store_dir,
+            trace_path=trace_path,
+            protocol=self.config.protocol,
+            n=self.config.n,
+            messages_delivered=sum(int(s.get("messages_delivered", 0)) for s in stats.values()),
+            checkpoints_committed=committed,
+            failures=self.failures,
+            violations=self.violations,
+        )
+        write_summary(self.store_dir, result)
+        self.log("job_finished", elapsed_s=elapsed, restarts=self.restarts)
+        self._publish("finished", force=True)
+        return result
+
+
+def write_summary(store_dir: Path, result: RunResult) -> None:
+    """``<store>/summary.json``: the final report of a run."""
+    import json
+
+    from snapline.runtime.local.wire import pack, unpack
+
+    # Round-trip through msgpack + repr so numpy arrays and tuples become JSON-able.
+    def plain(obj: object) -> object:
+        return json.loads(json.dumps(unpack(pack(obj)), default=_jsonable))
+
+    summary = {
+        "protocol": result.protocol,
+        "n": result.n,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "restarts": result.restarts,
+        "recoveries": result.recoveries,
+        "failures": result.failures,
+        "messages_delivered": result.messages_delivered,
+        "checkpoints_committed": result.checkpoints_committed,
+        "violations": result.violations,
+        "results": plain({str(k): v for k, v in result.results.items()}),
+        "stats": plain({str(k): v for k, v in result.stats.items()}),
+    }
+    path = store_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+
+
+def _jsonable(obj: object) -> object:
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(obj, bytes):
+        return obj.hex()
+    return repr(obj)
+
+
+def _pid_is_supervisor(status: JobStatus) -> bool:
+    from snapline.runtime.local.status import pid_alive
+
+    return status.supervisor_pid != os.getpid() and pid_alive(status.supervisor_pid)

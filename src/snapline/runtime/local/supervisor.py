@@ -1,0 +1,336 @@
+"""The supervisor's process management: spawning rank workers and noticing when they fail.
+
+Theory of operation
+-------------------
+The ``snapline run`` process is the supervisor. It spawns one worker process per rank
+(``python -m snapline.runtime.local.worker``; boot data and the job secret go through the
+child's stdin), accepts each worker's authenticated control connection on
+``<socket_dir>/control.sock``, and is the job's failure detector:
+
+* **Exit** -- a worker that exits or is killed (``kill -9`` from anywhere) is noticed at once:
+  the supervisor holds a pidfd for each child in its selector (readable the moment the child
+  dies) and also sees its control socket close.
+* **Hang** -- a worker that stops sending heartbeats (an endless handler, ``SIGSTOP``) for
+  ``heartbeat_timeout_s`` is declared failed and killed with SIGKILL, so a hang becomes a crash
+  and can never come back to life behind the recovery's back.
+
+Workers are children of the supervisor so their exit is observable without polling; if the
+supervisor dies the workers see their control link close and exit, so nothing is orphaned.
+This module only observes and reports; ``job`` decides what to do about failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snapline.runtime.local.wire import FrameReader, WireError, accept_handshake, frame, pack
+
+#: How long a freshly spawned worker may take to connect before it counts as failed.
+STARTUP_TIMEOUT_S = 30.0
+
+
+@dataclass(slots=True)
+class RankSlot:
+    """The supervisor's view of one rank's current worker process."""
+
+    rank: int
+    proc: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+    pidfd: int | None = None
+    sock: socket.socket | None = None
+    reader: FrameReader = field(default_factory=FrameReader)
+    out: bytearray = field(default_factory=bytearray)
+    state: str = "starting"
+    alive: bool = False
+    last_hb_s: float = 0.0
+    counters: dict[str, Any] = field(default_factory=dict)
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restarts: int = 0
+    incarnation: int = 0
+    recent_failures: int = 0
+    last_start_s: float = 0.0
+    stopped: bool = False
+    fatal: str | None = None
+    result: dict[str, Any] | None = None
+
+
+class Supervisor:
+    """Spawns workers, carries control messages, detects exits and hangs."""
+
+    def __init__(
+        self,
+        *,
+        n: int,
+        socket_dir: Path,
+        store_dir: Path,
+        secret: bytes,
+        heartbeat_timeout_s: float,
+        log: Callable[..., None],
+    ) -> None:
+        self.n = n
+        self.socket_dir = socket_dir
+        self.store_dir = store_dir
+        self.secret = secret
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.log = log
+        self.slots = [RankSlot(r) for r in range(n)]
+        self.sel = selectors.DefaultSelector()
+        self.dead: list[int] = []
+        self._accepted: queue.Queue[tuple[socket.socket, dict[str, Any]]] = queue.Queue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", -1))
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(socket_dir / "control.sock"))
+        self._listener.listen(256)
+        self._closing = False
+        self.rejected_connections = 0
+        threading.Thread(target=self._accept_loop, name="snapline-control", daemon=True).start()
+
+    # ------------------------------------------------------------------ connections
+
+    def _accept_loop(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                hello = accept_handshake(conn, self.secret, "control")
+            except WireError as exc:
+                self.rejected_connections += 1
+                self.log("control_rejected", why=str(exc))
+                conn.close()
+                continue
+            self._accepted.put((conn, hello))
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+
+    def _adopt(self) -> None:
+        while True:
+            try:
+                conn, hello = self._accepted.get_nowait()
+            except queue.Empty:
+                return
+            rank, pid = hello.get("rank"), hello.get("pid")
+            slot = self.slots[rank] if isinstance(rank, int) and 0 <= rank < self.n else None
+            if slot is None or slot.pid != pid or not slot.alive:
+                self.log("control_unexpected", rank=rank, pid=pid)
+                conn.close()
+                continue
+            conn.setblocking(False)
+            if slot.sock is not None:
+                self._drop_sock(slot)
+            slot.sock = conn
+            slot.reader = FrameReader()
+            slot.last_hb_s = time.monotonic()
+            self.sel.register(conn, selectors.EVENT_READ, ("ctl", slot.rank))
+
+    def _drop_sock(self, slot: RankSlot) -> None:
+        if slot.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(slot.sock)
+            slot.sock.close()
+            slot.sock = None
+
+    # ------------------------------------------------------------------ processes
+
+    def spawn(self, rank: int, boot: dict[str, Any]) -> None:
+        """Start a worker for ``rank`` (its boot data and the secret go through stdin)."""
+        slot = self.slots[rank]
+        logs = self.store_dir / "logs"
+        with open(logs / f"rank-{rank}.stderr", "ab") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "snapline.runtime.local.worker"],
+                stdin=subprocess.PIPE,
+                stdout=err,
+                stderr=err,
+                close_fds=True,
+            )
+        assert proc.stdin is not None
+        proc.stdin.write(pack(boot))
+        proc.stdin.close()
+        slot.proc = proc
+        slot.pid = proc.pid
+        slot.alive = True
+        slot.state = "starting"
+        slot.counters = {}
+        slot.replies = {}
+        slot.stopped = False
+        slot.last_start_s = time.monotonic()
+        slot.last_hb_s = time.monotonic()
+        try:
+            slot.pidfd = os.pidfd_open(proc.pid)
+            self.sel.register(slot.pidfd, selectors.EVENT_READ, ("pid", rank))
+        except (AttributeError, OSError):
+            slot.pidfd = None  # fall back to polling waitpid in check_children
+        self.log("spawned", rank=rank, pid=proc.pid)
+
+    def send(self, rank: int, msg: dict[str, Any]) -> None:
+        """Queue a control message to ``rank`` (dropped if it is not connected)."""
+        slot = self.slots[rank]
+        if slot.sock is None or not slot.alive:
+            return
+        slot.out += frame(msg)
+        self._flush(slot)
+
+    def _flush(self, slot: RankSlot) -> None:
+        sock = slot.sock
+        if sock is None or not slot.out:
+            return
+        try:
+            sent = sock.send(slot.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return
+        del slot.out[:sent]
+
+    def kill(self, rank: int, why: str) -> None:
+        """SIGKILL the worker of ``rank`` (its death is then noticed like any other)."""
+        pid = self.slots[rank].pid
+        if pid is not None and self.slots[rank].alive:
+            self.log("kill", rank=rank, pid=pid, why=why)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _reap(self, rank: int, why: str) -> None:
+        slot = self.slots[rank]
+        if not slot.alive:
+            return
+        slot.alive = False
+        code: int | None = None
+        if slot.proc is not None:
+            # SIGKILL first: a hung (SIGSTOPped) worker must not survive its replacement.
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = slot.proc.wait(timeout=5.0)
+        if slot.pidfd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(slot.pidfd)
+            os.close(slot.pidfd)
+            slot.pidfd = None
+        self._drop_sock(slot)
+        slot.out.clear()
+        slot.state = "finished" if slot.stopped else "failed"
+        if not slot.stopped:
+            self.dead.append(rank)
+            self.log("rank_failed", rank=rank, pid=slot.pid, exit_code=code, why=why)
+
+    # ------------------------------------------------------------------ polling
+
+    def poll(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for anything, handle it, and check for hangs."""
+        for key, _mask in self.sel.select(max(0.0, timeout_s)):
+            kind, rank = key.data
+            if kind == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_r.recv(4096)
+            elif kind == "pid":
+                self._reap(rank, "exited")
+            else:
+                self._read(self.slots[rank])
+        self._adopt()
+        self.check_children()
+
+    def check_children(self) -> None:
+        """Notice exits (when pidfds are unavailable) and hangs."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if not slot.alive:
+                continue
+            if slot.proc is not None and slot.pidfd is None and slot.proc.poll() is not None:
+                self._reap(slot.rank, "exited")
+            elif now - slot.last_hb_s > self._silence_limit_s(slot) and not slot.stopped:
+                self.log("hang_detected", rank=slot.rank, silent_s=round(now - slot.last_hb_s, 3))
+                self._reap(slot.rank, "no heartbeat")
+
+    def _silence_limit_s(self, slot: RankSlot) -> float:
+        # Until its control link is up a worker is still importing and booting, which takes
+        # seconds on a loaded machine; heartbeats are only expected after that.
+        return self.heartbeat_timeout_s if slot.sock is not None else STARTUP_TIMEOUT_S
+
+    def _read(self, slot: RankSlot) -> None:
+        sock = slot.sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_sock(slot)
+            if slot.alive and not slot.stopped:
+                self._reap(slot.rank, "control link closed")
+            return
+        try:
+            messages = slot.reader.feed(data)
+        except WireError as exc:
+            self.log("bad_control_frame", rank=slot.rank, why=str(exc))
+            self._reap(slot.rank, "bad control frame")
+            return
+        slot.last_hb_s = time.monotonic()
+        for msg in messages:
+            op = msg.get("op")
+            if op == "hb":
+                slot.counters = msg
+            elif op == "fatal":
+                slot.fatal = str(msg.get("error"))
+                self.log("rank_fatal", rank=slot.rank, error=slot.fatal)
+            elif op == "result":
+                slot.result = msg
+                slot.stopped = True
+            else:
+                slot.replies[str(op)] = msg
+
+    def reap_finished(self, timeout_s: float) -> None:
+        """Wait for workers that reported their result to exit."""
+        for slot in self.slots:
+            if slot.alive and slot.stopped and slot.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    slot.proc.wait(timeout=timeout_s)
+                if slot.proc.poll() is not None:
+                    self._reap(slot.rank, "finished")
+
+    def take_dead(self) -> list[int]:
+        """Ranks found dead since the last call."""
+        dead, self.dead = self.dead, []
+        return dead
+
+    def close(self) -> None:
+        """Kill whatever still runs and release sockets."""
+        self._closing = True
+        for slot in self.slots:
+            if slot.alive:
+                slot.stopped = True
+                self.kill(slot.rank, "supervisor closing")
+                self._reap(slot.rank, "closing")
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with contextlib.suppress(OSError):
+            (self.socket_dir / "control.sock").unlink()
+
+
+def write_log_line(fd: int, event: str, **fields: object) -> None:
+    """One JSON line in the supervisor's structured log."""
+    line = {"ts": time.time(), "who": "supervisor", "event": event, **fields}
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(line, default=repr) + "\n").encode())

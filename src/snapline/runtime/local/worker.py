@@ -1,0 +1,759 @@
+"""One rank of a local job, as its own OS process: ``python -m snapline.runtime.local.worker``.
+
+Theory of operation
+-------------------
+The worker reads its boot data (job config, rank, the job secret) from stdin, opens its store
+(``<store>/rank-N``) and ledger, listens for channels, and connects to the supervisor's control
+socket. From then on it runs one single-threaded event loop (``selectors``) that multiplexes
+the channel sockets, the control link, timers (application, protocol, the basic checkpoint
+schedule, heartbeats) and completions posted by the stable-storage thread. Application code
+and protocol code therefore run on one thread, one event at a time, exactly as in the simulator
+-- both go through the same ``RankEngine``; this module is only the ``EnginePort`` and the loop.
+
+The supervisor drives the life cycle with control messages:
+
+``init`` / ``restore`` -> build the engine (fresh, or from a committed checkpoint) -> ``ready``
+``connect`` -> open every outbound channel (resending unacknowledged messages) -> ``connected``
+``resume`` -> start the app or replay the recovery plan, then run freely
+``freeze`` -> a peer failed: tell the protocol, read what dead peers left in our sockets, make
+    pending stable writes durable, stop running the engine, answer with the volatile record
+``probe`` -> counters for termination detection; ``stop`` -> release the rest, report result.
+
+Heartbeats go to the supervisor from the loop itself, so a hung loop (an endless handler, a
+SIGSTOP) stops them and is detected. If the supervisor disappears the control link closes and
+the worker exits: a job never leaves orphans behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import os
+import selectors
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from snapline.errors import SnaplineError
+from snapline.protocols import protocol_class
+from snapline.protocols.base import (
+    CheckpointRecord,
+    PlainData,
+    Protocol,
+    initial_record,
+)
+from snapline.runtime.engine import CheckpointImage, RankEngine
+from snapline.runtime.local.channels import APP, CONTROL, Transport
+from snapline.runtime.local.config import JobConfig, app_factory, app_seed
+from snapline.runtime.local.ledger import ledger_path, read_ledger
+from snapline.runtime.local.plain import (
+    record_to_plain,
+    replay_from_plain,
+    requests_basic_checkpoints,
+)
+from snapline.runtime.local.stable import Completion, LedgerJob, OutputJob, SaveJob, StableWriter
+from snapline.runtime.local.wire import FrameReader, WireError, connect_handshake, frame, pack
+from snapline.topology import Topology
+
+_FRAMES_PER_TURN = 4096
+_FRAMES_PER_CHANNEL = 256
+
+
+class Worker:
+    """The event loop and ``EnginePort`` of one rank (see the module docstring)."""
+
+    def __init__(self, boot: dict[str, Any]) -> None:
+        self.config = JobConfig.from_json(boot["config"])
+        self.rank = int(boot["rank"])
+        self.n = self.config.n
+        self.secret: bytes = boot["secret"]
+        self.socket_dir = Path(boot["socket_dir"])
+        self.store_dir = Path(self.config.store)
+        self.t0 = float(boot["t0"])
+        self.pid = os.getpid()
+        topology = Topology.from_edges(self.n, [(int(s), int(d)) for s, d in self.config.edges])
+        self.edges = topology.edges
+        self.inbound = topology.inbound(self.rank)
+        self.outbound = topology.outbound(self.rank)
+        self.protocol_cls: type[Protocol] = protocol_class(self.config.protocol)
+        self.factory = app_factory(self.config.app, self.config.app_options)
+        self.protocol_options: dict[str, PlainData] = {
+            "edges": sorted([list(e) for e in self.edges]),
+            **self.config.protocol_options,
+        }
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", 0))
+        logs = self.store_dir / "logs"
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._log_fd = os.open(
+            logs / f"rank-{self.rank}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        self._trace_fd = (
+            os.open(
+                self.store_dir / "trace" / f"rank-{self.rank}.jsonl",
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                0o600,
+            )
+            if self.config.trace
+            else -1
+        )
+        self._trace_buf: list[str] = []
+        self.transport = Transport(
+            rank=self.rank,
+            inbound=self.inbound,
+            outbound=self.outbound,
+            socket_dir=self.socket_dir,
+            secret=self.secret,
+            selector=self.sel,
+            wake=self._wake,
+            log=self.log,
+        )
+        from snapline.store import open_store  # imported late: the store is heavier
+
+        self.store = open_store(self.store_dir / f"rank-{self.rank}")
+        self._completions: deque[Completion] = deque()
+        self._completions_lock = threading.Lock()
+        self.writer = StableWriter(ledger_path(self.store_dir, self.rank), self.rank, self._post)
+        self.engine: RankEngine | None = None
+        self.generation = 0
+        self.frozen = True
+        self.stopping = False
+        self.incarnation = 0
+        self._resume_plan: dict[str, Any] | None = None
+        self._timers: list[tuple[float, int, str, Any, int]] = []
+        self._timer_seq = 0
+        self._proto_timers: dict[str, int] = {}
+        self._app_timers: dict[str, int] = {}
+        self._requests_basic = requests_basic_checkpoints(self.config.protocol, self.rank)
+        self._next_checkpoint_s = float("inf")
+        self._hb_due_s = 0.0
+        self._gc_before = 0
+        self._last_committed = 0
+        self._activity = 0
+        self._pending_save: Any = None
+        self._control: socket.socket | None = None
+        self._control_reader = FrameReader()
+        self._control_out = bytearray()
+
+    # ------------------------------------------------------------------------------ utilities
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def _post(self, completions: list[Completion]) -> None:
+        with self._completions_lock:
+            self._completions.extend(completions)
+        self._wake()
+
+    def log(self, event: str, **fields: object) -> None:
+        """Append one structured log line (JSON) to ``<store>/logs/rank-N.jsonl``."""
+        line = {"ts": time.time(), "rank": self.rank, "pid": self.pid, "event": event, **fields}
+        with contextlib.suppress(OSError):
+            os.write(self._log_fd, (json.dumps(line, default=repr) + "\n").encode())
+
+    def _t(self) -> float:
+        return round(time.monotonic() - self.t0, 6)
+
+    def _trace(self, kind: str, **fields: object) -> None:
+        if self._trace_fd >= 0:
+            event = {"t": self._t(), "rank": self.rank, "kind": kind, **fields}
+            self._trace_buf.append(json.dumps(event, default=repr))
+
+    def _flush_trace(self) -> None:
+        if self._trace_buf:
+            data = ("\n".join(self._trace_buf) + "\n").encode()
+            self._trace_buf.clear()
+            with contextlib.suppress(OSError):
+                os.write(self._trace_fd, data)
+
+    def _send_control_link(self, msg: dict[str, Any]) -> None:
+        self._control_out += frame(msg)
+        self._flush_control()
+
+    def _flush_control(self) -> None:
+        sock = self._control
+        if sock is None or not self._control_out:
+            return
+        try:
+            sent = sock.send(self._control_out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.stopping = True
+            return
+        del self._control_out[:sent]
+
+    # ------------------------------------------------------------------------------ EnginePort
+
+    def now(self) -> float:
+        """Monotonic seconds (comparable across the job's processes on one machine)."""
+        return time.monotonic()
+
+    def transmit(self, src: int, dst: int, seq: int, payload: object, piggyback: PlainData) -> None:
+        """Queue an application message on channel ``src -> dst``."""
+        self.transport.send_app(dst, seq, payload, piggyback)
+        if self._trace_fd >= 0:
+            pb = 0 if piggyback is None else len(pack(piggyback))
+            self._trace("send", dst=dst, seq=seq, piggyback_bytes=pb)
+
+    def send_control(self, src: int, dst: int, control: PlainData) -> None:
+        """Queue a protocol control message to ``dst``."""
+        if dst not in self.transport.out:
+            self.log("control_without_channel", dst=dst)
+            return
+        self.transport.send_control(dst, control)
+        self._trace("control_send", dst=dst, what=_what(control))
+
+    def persist_checkpoint(self, rank: int, image: CheckpointImage) -> None:
+        """Capture the state now (``save_async``) and let the stable thread finish the write."""
+        record = image.record
+        # Messages this checkpoint counts as sent must be in the kernel before it can persist.
+        self.transport.flush_blocking(timeout_s=1.0)
+        try:
+            pending = self.store.save_async(
+                image.state,
+                step=record.index,
+                meta={"rank": rank, "index": record.index, "forced": record.forced},
+                overwrite=True,
+            )
+        except SnaplineError as exc:
+            self.log("checkpoint_capture_failed", index=record.index, why=str(exc))
+            self._post([("write_failed", self.generation, record.index, str(exc))])
+            return
+        self._pending_save = pending
+        ledger_record = {"k": "ckpt", **record_to_plain(record), "extras": dict(image.extras)}
+        self.writer.put(
+            SaveJob(
+                generation=self.generation,
+                index=record.index,
+                pending=pending,
+                record=ledger_record,
+            )
+        )
+
+    def attach_to_checkpoint(self, rank: int, index: int, key: str, meta: PlainData) -> None:
+        """Record an attachment to checkpoint ``index`` in the ledger."""
+        record = {"k": "attach", "index": index, "key": key, "meta": meta}
+        self.writer.put(LedgerJob(generation=self.generation, record=record))
+
+    def commit_checkpoint(self, rank: int, index: int) -> None:
+        """Write the commit marker of checkpoint ``index``."""
+        self._last_committed = max(self._last_committed, index)
+        self.writer.put(
+            LedgerJob(generation=self.generation, record={"k": "commit", "index": index})
+        )
+
+    def discard_checkpoint(self, rank: int, index: int) -> None:
+        """Mark checkpoint ``index`` as never to commit."""
+        self.writer.put(
+            LedgerJob(generation=self.generation, record={"k": "discard", "index": index})
+        )
+
+    def collect_garbage(self, rank: int, before_index: int) -> None:
+        """Record the horizon; states below it are deleted from the store when idle."""
+        self.writer.put(
+            LedgerJob(generation=self.generation, record={"k": "gc", "before": before_index})
+        )
+        self._gc_before = max(self._gc_before, before_index)
+
+    def set_protocol_timer(self, rank: int, name: str, delay_s: float) -> None:
+        """Arm (or re-arm) protocol timer ``name``."""
+        self._timer_seq += 1
+        self._proto_timers[name] = self._timer_seq
+        heapq.heappush(
+            self._timers,
+            (time.monotonic() + delay_s, self._timer_seq, "p", name, self.generation),
+        )
+
+    def set_app_timer(self, rank: int, timer_id: int, name: str, delay_s: float) -> None:
+        """Arm application timer ``timer_id`` (the engine ignores replaced ones)."""
+        self._timer_seq += 1
+        self._app_timers[name] = timer_id
+        heapq.heappush(
+            self._timers,
+            (time.monotonic() + delay_s, self._timer_seq, "a", (timer_id, name), self.generation),
+        )
+
+    def log_message(self, rank: int, entry_id: int, entry: PlainData) -> None:
+        """Append a message-log entry; ``message_logged`` follows once it is durable."""
+        self.writer.put(
+            LedgerJob(
+                generation=self.generation, record={"k": "log", "entry": entry}, entry_id=entry_id
+            )
+        )
+
+    def release_output(self, rank: int, items: list[object]) -> None:
+        """Release outputs (numbered, so a re-execution after rollback is not released twice)."""
+        engine = self.engine
+        assert engine is not None
+        last_id = engine.output_id - len(engine.pending_outputs())
+        self.writer.put(OutputJob(first_id=last_id - len(items) + 1, items=list(items)))
+
+    def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
+        """Trace the delivery."""
+        self._activity += 1
+        self._trace("deliver", src=src, seq=seq)
+
+    def rank_finished(self, rank: int) -> None:
+        """The process called ``ctx.finish()``."""
+        self.log("finished")
+
+    def record(self, rank: int, kind: str, **fields: object) -> None:
+        """A trace event from the engine."""
+        self._trace(kind, **fields)
+
+    # ------------------------------------------------------------------------------ life cycle
+
+    def _new_protocol(self, record: CheckpointRecord | None, incarnation: int) -> Protocol:
+        if record is None:
+            return self.protocol_cls(
+                rank=self.rank,
+                n=self.n,
+                inbound=self.inbound,
+                outbound=self.outbound,
+                options=self.protocol_options,
+            )
+        return self.protocol_cls.restored(
+            record=record,
+            n=self.n,
+            inbound=self.inbound,
+            outbound=self.outbound,
+            options=self.protocol_options,
+            incarnation=incarnation,
+        )
+
+    def _reset_timers(self) -> None:
+        self.generation += 1
+        self._timers.clear()
+        self._proto_timers.clear()
+        self._app_timers.clear()
+        with self._completions_lock:
+            self._completions.clear()
+
+    def _build_fresh(self) -> None:
+        import random
+
+        self._reset_timers()
+        process = self.factory(self.rank, self.n)
+        self.engine = RankEngine(
+            rank=self.rank,
+            n=self.n,
+            inbound=self.inbound,
+            outbound=self.outbound,
+            process=process,
+            protocol=self._new_protocol(None, 0),
+            port=self,
+            rng=random.Random(app_seed(self.config.seed, self.rank)),
+            trace=self.config.trace,
+            incarnation=0,
+        )
+
+    def _build_restored(self, index: int, incarnation: int) -> None:
+        self._reset_timers()
+        # Void the ledger's records of later checkpoints (an undone future) before anything new.
+        self.writer.put(
+            LedgerJob(generation=self.generation, record={"k": "restore", "index": index})
+        )
+        process = self.factory(self.rank, self.n)
+        if index == 0:
+            import random
+
+            self.engine = RankEngine(
+                rank=self.rank,
+                n=self.n,
+                inbound=self.inbound,
+                outbound=self.outbound,
+                process=process,
+                protocol=self._new_protocol(initial_record(self.rank), incarnation),
+                port=self,
+                rng=random.Random(app_seed(self.config.seed, self.rank)),
+                trace=self.config.trace,
+                incarnation=incarnation,
+            )
+        else:
+            view = read_ledger(ledger_path(self.store_dir, self.rank), self.rank)
+            record = view.persisted[index]
+            state = self.store.load(index)
+            image = CheckpointImage(record=record, state=state, extras=view.extras[index])
+            self.engine = RankEngine.restored(
+                image=image,
+                n=self.n,
+                inbound=self.inbound,
+                outbound=self.outbound,
+                process=process,
+                protocol=self._new_protocol(record, incarnation),
+                port=self,
+                trace=self.config.trace,
+                incarnation=incarnation,
+            )
+        self._last_committed = index
+        assert self.engine is not None
+        self._trace("restore", index=index, received=dict(self.engine.received))
+
+    def _on_control(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "init":
+            self._build_fresh()
+            self._resume_plan = {"start": True, "restored": False}
+            self._send_control_link({"op": "ready", "rank": self.rank})
+        elif op == "restore":
+            index = int(msg["index"])
+            self.incarnation = int(msg["epoch"])
+            self._build_restored(index, self.incarnation)
+            self._resume_plan = {
+                "start": index == 0,
+                "restored": True,
+                "replay": msg.get("replay", []),
+                "timers_only": bool(msg.get("timers_only", False)),
+            }
+            self.writer.drain()
+            self._send_control_link({"op": "ready", "rank": self.rank, "round": msg.get("round")})
+        elif op == "connect":
+            self._connect_all(float(msg.get("timeout_s", 10.0)))
+            self._send_control_link(
+                {"op": "connected", "rank": self.rank, "round": msg.get("round")}
+            )
+        elif op == "resume":
+            self._resume(msg)
+        elif op == "freeze":
+            self._freeze(msg)
+        elif op == "probe":
+            self._send_control_link(
+                {"op": "probe_reply", "seq": msg.get("seq"), **self._counters()}
+            )
+        elif op == "stop":
+            self._stop()
+        else:
+            self.log("unknown_control", op=op)
+
+    def _connect_all(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            missing = [
+                d for d in self.transport.disconnected_outbound() if not self.transport.connect(d)
+            ]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise SnaplineError(f"rank {self.rank} could not connect to ranks {missing}")
+            time.sleep(0.01)
+
+    def _resume(self, msg: dict[str, Any]) -> None:
+        engine = self.engine
+        plan = self._resume_plan
+        assert engine is not None
+        epoch = int(msg.get("epoch", 0))
+        recovery = bool(msg.get("recovery", False))
+        restored = frozenset(int(r) for r in msg.get("restored", []))
+        self_restored = plan is not None and bool(plan.get("restored"))
+        # A survivor may have delivered more from a rolled-back sender than its checkpoint
+        # sent (message logging replays the rest exactly): keep what was delivered.
+        cuts = {
+            int(k): max(int(v), engine.received.get(int(k), 0))
+            for k, v in (msg.get("cuts") or {}).items()
+        }
+        self.transport.begin_recovery(
+            epoch=epoch,
+            self_restored=self_restored,
+            sent_cut=dict(engine.sent) if self_restored else None,
+            rolled_back=cuts,
+        )
+        if plan is not None:
+            self._resume_plan = None
+            if plan.get("start"):
+                engine.start(defer_timers=bool(plan.get("timers_only")))
+            if self_restored:
+                engine.resume(
+                    replay_from_plain(plan.get("replay", [])),
+                    timers_only=bool(plan.get("timers_only")),
+                )
+        else:
+            for src, cut in cuts.items():
+                if src in engine.inbound_set:
+                    engine.forget_messages_from(src, cut)
+        self.transport.set_expected(dict(engine.received), all_sources=self_restored, only=cuts)
+        if recovery:
+            engine.recovery_completed(restored, epoch)
+        # Counters right after restore and replay, before anything new: the supervisor checks
+        # that the recovered state is a consistent cut.
+        self._send_control_link(
+            {
+                "op": "resumed",
+                "round": msg.get("round"),
+                "sent": dict(engine.sent),
+                "received": dict(engine.received),
+            }
+        )
+        self.frozen = False
+        now = time.monotonic()
+        if self._requests_basic:
+            self._next_checkpoint_s = now + self.config.interval_s
+        self.log("resumed", epoch=epoch, restored=sorted(restored))
+
+    def _freeze(self, msg: dict[str, Any]) -> None:
+        engine = self.engine
+        failed = [int(r) for r in msg.get("failed", [])]
+        newly = [int(r) for r in msg.get("newly_failed", failed)]
+        if engine is not None and not self.frozen:
+            for rank in newly:
+                if rank != self.rank:
+                    engine.peer_failed(rank)
+            self.transport.flush()
+        self.frozen = True
+        self.transport.drain_dead(set(failed), timeout_s=0.5)
+        self.writer.drain()
+        volatile = record_to_plain(engine.volatile_record()) if engine is not None else None
+        self._send_control_link(
+            {"op": "frozen", "rank": self.rank, "round": msg.get("round"), "volatile": volatile}
+        )
+
+    def _counters(self) -> dict[str, Any]:
+        engine = self.engine
+        if engine is None:
+            return {"ready": False}
+        return {
+            "ready": True,
+            "frozen": self.frozen,
+            "done": engine.done,
+            "requested": engine.requested_sends,
+            "delivered": sum(engine.received.values()),
+            "sent": sum(engine.sent.values()),
+            "undelivered": engine.undelivered_arrivals(),
+            "unsent": len(engine.in_transit_unsent()),
+            "timers": len(self._app_timers),
+            "activity": self._activity,
+            "committed": self._last_committed,
+            "gaps": self.transport.stats.gaps,
+        }
+
+    def _stop(self) -> None:
+        engine = self.engine
+        if engine is not None:
+            # The job is complete and nothing can roll it back any more: release what is left.
+            rest = engine.pending_outputs()
+            if rest:
+                first = engine.output_id - len(rest) + 1
+                self.writer.put(OutputJob(first_id=first, items=rest))
+        self.writer.drain()
+        self._flush_trace()
+        result = engine.process.result() if engine is not None else None
+        stats: dict[str, Any] = {}
+        if engine is not None:
+            stats = {**engine.protocol.stats, **engine.stats}
+        stats.update(
+            {
+                "sent_per_channel": dict(engine.sent) if engine is not None else {},
+                "duplicates_dropped": self.transport.stats.duplicates_dropped,
+                "stale_dropped": self.transport.stats.stale_dropped,
+                "gaps": self.transport.stats.gaps,
+                "rejected_connections": self.transport.stats.rejected_connections,
+                "resent": self.transport.stats.resent,
+            }
+        )
+        self._send_control_link(
+            {"op": "result", "rank": self.rank, "result": result, "stats": stats}
+        )
+        self.stopping = True
+
+    # ------------------------------------------------------------------------------ event loop
+
+    def run(self) -> None:
+        """Connect, then run the loop until told to stop or the supervisor goes away."""
+        self.transport.listen()
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.connect(str(self.socket_dir / "control.sock"))
+        connect_handshake(control, self.secret, "control", {"rank": self.rank, "pid": self.pid})
+        control.setblocking(False)
+        self._control = control
+        self.sel.register(control, selectors.EVENT_READ, ("control", 0))
+        self._send_control_link({"op": "hello", "rank": self.rank, "pid": self.pid})
+        self.log("started")
+        try:
+            while not self.stopping:
+                self._turn()
+        finally:
+            self._flush_control_blocking()
+            self._flush_trace()
+            self.transport.close()
+            self.writer.close()
+
+    def _flush_control_blocking(self) -> None:
+        sock = self._control
+        if sock is not None and self._control_out:
+            with contextlib.suppress(OSError):
+                sock.setblocking(True)
+                sock.settimeout(2.0)
+                sock.sendall(self._control_out)
+                self._control_out.clear()
+
+    def _turn(self) -> None:
+        now = time.monotonic()
+        deadline = self._hb_due_s
+        if not self.frozen:
+            if self._timers:
+                deadline = min(deadline, self._timers[0][0])
+            deadline = min(deadline, self._next_checkpoint_s)
+            if self.transport.has_frames() or self._completions:
+                deadline = now
+        for key, mask in self.sel.select(max(0.0, deadline - now)):
+            kind, peer = key.data
+            if kind == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_r.recv(4096)
+            elif kind == "control":
+                self._read_control()
+            else:
+                self.transport.on_event((kind, peer), mask)
+        self.transport.adopt_accepted()
+        if not self.frozen and self.engine is not None:
+            self._run_completions()
+            self._fire_timers()
+            self._deliver_frames()
+        self.transport.flush()
+        self._flush_control()
+        self._flush_trace()
+        now = time.monotonic()
+        if now >= self._hb_due_s:
+            self._hb_due_s = now + self.config.heartbeat_interval_s
+            self._send_control_link({"op": "hb", "rank": self.rank, **self._counters()})
+        if self._gc_before and not self.frozen:
+            self._gc_step()
+
+    def _read_control(self) -> None:
+        sock = self._control
+        assert sock is not None
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # The supervisor is gone: never outlive it.
+            self.log("supervisor_gone")
+            self.stopping = True
+            self._control = None
+            return
+        try:
+            messages = self._control_reader.feed(data)
+        except WireError as exc:
+            self.log("bad_control_frame", why=str(exc))
+            self.stopping = True
+            return
+        for msg in messages:
+            self._on_control(msg)
+
+    def _run_completions(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        while True:
+            with self._completions_lock:
+                if not self._completions:
+                    return
+                item = self._completions.popleft()
+            kind = item[0]
+            if kind == "released":
+                continue
+            if item[1] != self.generation:
+                continue  # written for an engine that a restore replaced
+            if kind == "persisted":
+                engine.checkpoint_persisted(int(item[2]))
+            elif kind == "write_failed":
+                engine.checkpoint_write_failed(int(item[2]), str(item[3]))
+            elif kind == "logged":
+                engine.message_logged(int(item[2]))
+
+    def _fire_timers(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, token, kind, key, gen = heapq.heappop(timers)
+            if gen != self.generation:
+                continue
+            if kind == "p":
+                if self._proto_timers.get(key) == token:
+                    del self._proto_timers[key]
+                    engine.protocol_timer_fired(key)
+            else:
+                timer_id, name = key
+                if self._app_timers.get(name) == timer_id:
+                    del self._app_timers[name]
+                engine.app_timer_due(timer_id, name)
+        if now >= self._next_checkpoint_s:
+            self._next_checkpoint_s = now + self.config.interval_s
+            engine.checkpoint_requested()
+
+    def _deliver_frames(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        transport = self.transport
+        budget = _FRAMES_PER_TURN
+        while budget > 0 and transport.has_frames():
+            for src in transport.inn:
+                for _ in range(_FRAMES_PER_CHANNEL):
+                    f = transport.next_frame(src)
+                    if f is None:
+                        break
+                    budget -= 1
+                    if f[0] == APP:
+                        engine.message_arrived(src, int(f[2]), f[3], f[4])
+                    elif f[0] == CONTROL:
+                        self._trace("control_recv", src=src, what=_what(f[2]))
+                        engine.control_arrived(src, f[2])
+
+    def _gc_step(self) -> None:
+        # Deleting waits for a pending save_async; do it only when the store is idle.
+        pending = self._pending_save
+        if pending is not None and not pending.done():
+            return
+        for step in self.store.steps():
+            if step < self._gc_before and step > 0:
+                try:
+                    self.store.delete(step)
+                except SnaplineError as exc:
+                    self.log("gc_failed", step=step, why=str(exc))
+                return
+        self._gc_before = 0
+
+
+def _what(control: PlainData) -> str:
+    if isinstance(control, dict):
+        for key in ("type", "kind", "what", "op"):
+            if key in control:
+                return str(control[key])
+    if isinstance(control, list | tuple) and control and isinstance(control[0], str):
+        return control[0]
+    return type(control).__name__
+
+
+def main() -> None:
+    """Entry point: boot data (msgpack) on stdin, then run until stopped."""
+    from snapline.runtime.local.wire import unpack
+
+    boot = unpack(sys.stdin.buffer.read())
+    sys.stdin.close()
+    worker = Worker(boot)
+    try:
+        worker.run()
+    except Exception as exc:
+        worker.log("fatal", error=repr(exc), traceback=traceback.format_exc())
+        with contextlib.suppress(Exception):
+            worker._send_control_link({"op": "fatal", "rank": worker.rank, "error": repr(exc)})
+            worker._flush_control_blocking()
+        raise SystemExit(3) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Checkers: separate objects that watch every simulated run and fail it on a violation.
+
+* ``ChannelChecker`` -- nothing lost, nothing delivered twice: in the surviving history each
+  channel's delivered seqs are exactly ``1..k``, each payload equals what the sender's
+  surviving history sent with that seq, and at the end every sent message was delivered.
+  It keeps, per channel, the payloads the sender's surviving history sent; a rollback trims
+  that log to what is still sent or already delivered, and a re-sent message whose seq was
+  already delivered must carry the same payload (otherwise the delivery is an orphan).
+* ``RecoveryChecker`` -- every recovery plan restores every failed rank to a committed
+  checkpoint, and after restore and replay no channel has more delivered than sent (the
+  recovered state is a consistent cut). The pre-replay cut is also checked with
+  ``is_consistent`` and counted, but not failed: message logging restores an inconsistent cut
+  on purpose and makes it consistent by deterministic replay.
+* ``InvariantChecker`` -- the app's invariant holds on the recovered cut after every recovery
+  and on the final state; the app's final check holds on the results.
+* ``ReferenceChecker`` -- a deterministic app ends with exactly the failure-free results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from snapline.protocols.base import RecoveryPlan, RecoveryView
+
+
+class CheckFailed(Exception):
+    """A checker found a violation; the driver turns it into a ``SimulationError``."""
+
+    def __init__(self, checker: str, message: str) -> None:
+        self.checker = checker
+        super().__init__(f"{checker}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    """How one checker fared on a run."""
+
+    name: str
+    passed: bool
+    runs: int
+    detail: str = ""
+
+
+def values_equal(a: object, b: object) -> bool:
+    """Structural equality that understands numpy arrays inside plain data."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(np.array_equal(a, b))
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(values_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+class ChannelChecker:
+    """Exactly-once, in-order, payload-faithful delivery in the surviving history."""
+
+    name = "exactly-once delivery"
+    __slots__ = ("deliveries", "logs", "n", "track_payloads")
+
+    def __init__(self, n: int, *, track_payloads: bool) -> None:
+        self.n = n
+        self.track_payloads = track_payloads
+        #: Per channel key ``src * n + dst``: payloads sent in the surviving history.
+        self.logs: dict[int, list[object]] = {}
+        #: Per channel: how many messages the receiver has delivered (surviving history).
+        self.deliveries: dict[int, int] = {}
+
+    def sent(self, src: int, dst: int, seq: int, payload: object) -> None:
+        """The sender transmitted ``seq``."""
+        if not self.track_payloads:
+            return
+        key = src * self.n + dst
+        log = self.logs.get(key)
+        if log is None:
+            log = self.logs[key] = []
+        if seq == len(log) + 1:
+            log.append(payload)
+        elif seq <= len(log):
+            # Re-sent after a rollback. Only messages already delivered stay in the log (see
+            # rollback), so this seq was delivered: the replay must reproduce it exactly.
+            if not values_equal(log[seq - 1], payload):
+                raise CheckFailed(
+                    self.name,
+                    f"rank {src} re-sent message {seq} to rank {dst} with a different payload "
+                    f"after a rollback, but rank {dst} had already delivered the old one "
+                    "(orphan message)",
+                )
+        else:
+            raise CheckFailed(
+                self.name, f"rank {src} sent seq {seq} to rank {dst} after only {len(log)}"
+            )
+
+    def delivered(self, src: int, dst: int, seq: int, payload: object) -> None:
+        """The receiver handed ``seq`` to the application."""
+        key = src * self.n + dst
+        got = self.deliveries.get(key, 0)
+        if seq != got + 1:
+            raise CheckFailed(
+                self.name,
+                f"rank {dst} delivered message {seq} from rank {src} after {got} "
+                f"({'duplicate' if seq <= got else 'gap'})",
+            )
+        self.deliveries[key] = seq
+        if not self.track_payloads:
+            return
+        log = self.logs.get(key, [])
+        if seq > len(log):
+            raise CheckFailed(
+                self.name,
+                f"rank {dst} delivered message {seq} from rank {src}, which the sender's "
+                f"surviving history never sent (it sent {len(log)}): orphan or invented message",
+            )
+        if not values_equal(log[seq - 1], payload):
+            raise CheckFailed(
+                self.name,
+                f"rank {dst} delivered message {seq} from rank {src} with a payload that "
+                "differs from the one sent",
+            )
+
+    def rollback(
+        self,
+        sent: Mapping[int, Mapping[int, int]],
+        received: Mapping[int, Mapping[int, int]],
+        ranks: set[int],
+        *,
+        exact: frozenset[int] = frozenset(),
+    ) -> None:
+        """Ranks in ``ranks`` were restored; ``sent``/``received``: every rank's counters."""
+        for key in set(self.deliveries) | set(self.logs):
+            src, dst = divmod(key, self.n)
+            if src not in ranks and dst not in ranks:
+                continue
+            if dst in ranks:
+                self.deliveries[key] = received[dst].get(src, 0)
+            if self.track_payloads:
+                log = self.logs.get(key)
+                if log is not None and src not in exact:
+                    # An exact re-execution (message logging) must send the same messages
+                    # again, so its whole log stays and every re-send is compared with it.
+                    keep = max(sent[src].get(dst, 0), self.deliveries.get(key, 0))
+                    del log[keep:]
+
+    def in_transit(self, sent: Mapping[int, Mapping[int, int]]) -> list[object]:
+        """Payloads sent and not delivered, per the surviving history."""
+        out: list[object] = []
+        for key, log in self.logs.items():
+            src, dst = divmod(key, self.n)
+            out.extend(log[self.deliveries.get(key, 0) : sent[src].get(dst, 0)])
+        return out
+
+    def check_end(self, sent: Mapping[int, Mapping[int, int]]) -> None:
+        """At the end every sent message was delivered exactly once."""
+        for src, per_dst in sent.items():
+            for dst, count in per_dst.items():
+                got = self.deliveries.get(src * self.n + dst, 0)
+                if got != count:
+                    raise CheckFailed(
+                        self.name,
+                        f"channel {src}->{dst}: {count} messages sent, {got} delivered "
+                        f"({'lost' if got < count else 'extra'} messages)",
+                    )
+                if self.track_payloads and len(self.logs.get(src * self.n + dst, [])) != count:
+                    raise CheckFailed(self.name, f"channel {src}->{dst}: send log out of step")
+
+
+class RecoveryChecker:
+    """Recovery plans restore every failed rank; the recovered state is a consistent cut."""
+
+    name = "consistent recovery"
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.inconsistent_before_replay = 0
+
+    def validate_plan(
+        self, view: RecoveryView, plan: RecoveryPlan, committed_indices: Mapping[int, set[int]]
+    ) -> None:
+        """The plan restores every failed rank to a committed checkpoint."""
+        self.runs += 1
+        missing = sorted(view.failed - set(plan.restore))
+        if missing:
+            raise CheckFailed(self.name, f"plan leaves failed ranks {missing} unrestored")
+        for rank, index in plan.restore.items():
+            if not 0 <= rank < view.n:
+                raise CheckFailed(self.name, f"plan restores unknown rank {rank}")
+            if index != 0 and index not in committed_indices[rank]:
+                raise CheckFailed(
+                    self.name,
+                    f"plan restores rank {rank} to checkpoint {index}, which is not committed "
+                    f"(committed: {sorted(committed_indices[rank])})",
+                )
+        extra = sorted(set(plan.replay) - set(plan.restore))
+        if extra:
+            raise CheckFailed(self.name, f"plan replays to ranks {extra} it does not restore")
+
+    def check_cut(
+        self,
+        edges: Sequence[tuple[int, int]],
+        sent: Mapping[int, Mapping[int, int]],
+        received: Mapping[int, Mapping[int, int]],
+    ) -> None:
+        """After restore and replay no channel has delivered more than was sent (no orphan)."""
+        for src, dst in edges:
+            got = received[dst].get(src, 0)
+            put = sent[src].get(dst, 0)
+            if got > put:
+                raise CheckFailed(
+                    self.name,
+                    f"orphan messages after recovery: rank {dst} has delivered {got} messages "
+                    f"from rank {src}, which has sent only {put}",
+                )
+
+
+def compare_results(expected: Sequence[object], got: Sequence[object]) -> str | None:
+    """None if the results match, else a description of the first difference."""
+    if len(expected) != len(got):
+        return f"{len(got)} results, expected {len(expected)}"
+    for rank, (want, have) in enumerate(zip(expected, got, strict=True)):
+        if not values_equal(want, have):
+            return f"rank {rank} ended with {_short(have)}, failure-free run gives {_short(want)}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,153 @@
+"""Cutting encoded leaves into content-addressed chunks.
+
+Theory of operation
+-------------------
+A save should write only what changed. Each leaf of at least ``small_leaf_bytes`` is cut on
+its own at fixed offsets ``0, C, 2C, ...`` (``C`` = the chunk size), so a change inside one
+array touches only the chunks covering the changed bytes, and changes elsewhere never shift
+them. Leaves smaller than that are packed together, each at a 64-byte aligned offset (so a
+loaded array view is aligned for any dtype), into pack chunks of at most ``C`` bytes; a
+change to a small leaf rewrites one pack.
+
+The default chunk size is 4 MiB: a contiguous 1% change of a 1 GiB state (10 MiB) then
+writes 12-16 MiB (about 1.2-1.6%), while keeping per-file costs (create, fsync, rename) to
+256 files per GiB, which keeps a full save near raw sequential write speed. Smaller chunks
+get closer to exactly 1% but pay more per-file overhead.
+
+A chunk's id is the xxh3_128 hash (hex) of its uncompressed bytes; it names the chunk's file
+and is checked on every load. The hash runs at memory speed (about 15-20 GB/s on one core).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from snapline.errors import ConfigError
+from snapline.state.codec import Leaf
+
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+"""Default chunk size (see the module docstring for the trade-off)."""
+
+MIN_CHUNK_BYTES = 4096
+ALIGN_BYTES = 64
+
+
+def chunk_id(data: bytes | memoryview | np.ndarray[Any, Any]) -> str:
+    """The content address of a chunk: xxh3_128 of its bytes, as 32 hex digits."""
+    return str(xxhash.xxh3_128_hexdigest(data))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Extent:
+    """A byte range ``[offset, offset+length)`` of chunk number ``chunk`` of the plan."""
+
+    chunk: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkSpec:
+    """One chunk to write: the pieces of leaf data (in order) that make up its bytes.
+
+    ``pieces`` are ``(leaf_index, start, stop)`` byte ranges of leaf data; ``pad_after`` holds
+    the zero padding, in bytes, to place after each piece (for alignment inside packs).
+    """
+
+    pieces: tuple[tuple[int, int, int], ...]
+    pad_after: tuple[int, ...]
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkPlan:
+    """How the leaves of one state map onto chunks."""
+
+    chunks: list[ChunkSpec]
+    leaf_extents: list[list[Extent]]
+    total_bytes: int
+
+
+def plan_chunks(
+    leaves: list[Leaf],
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    small_leaf_bytes: int | None = None,
+) -> ChunkPlan:
+    """Cut ``leaves`` into chunks of at most ``chunk_bytes`` (see the module docstring)."""
+    if chunk_bytes < MIN_CHUNK_BYTES:
+        raise ConfigError(f"chunk size {chunk_bytes} is below the minimum {MIN_CHUNK_BYTES}")
+    small = chunk_bytes // 4 if small_leaf_bytes is None else min(small_leaf_bytes, chunk_bytes)
+    chunks: list[ChunkSpec] = []
+    extents: list[list[Extent]] = [[] for _ in leaves]
+    total = 0
+
+    for index, leaf in enumerate(leaves):
+        n = leaf.nbytes
+        total += n
+        if n < small or n == 0:
+            continue
+        for start in range(0, n, chunk_bytes):
+            stop = min(n, start + chunk_bytes)
+            extents[index].append(Extent(chunk=len(chunks), offset=0, length=stop - start))
+            chunks.append(
+                ChunkSpec(pieces=((index, start, stop),), pad_after=(0,), size=stop - start)
+            )
+
+    # Packs come after every big leaf's chunks, so the open pack's index is len(chunks).
+    pieces: list[tuple[int, int, int]] = []
+    pads: list[int] = []
+    used = 0
+
+    def close_pack() -> None:
+        nonlocal pieces, pads, used
+        if pieces:
+            # The last piece needs no padding after it.
+            size = used - pads[-1]
+            chunks.append(ChunkSpec(pieces=tuple(pieces), pad_after=(*pads[:-1], 0), size=size))
+        pieces, pads, used = [], [], 0
+
+    for index, leaf in enumerate(leaves):
+        n = leaf.nbytes
+        if n >= small or n == 0:
+            continue
+        if used + n > chunk_bytes:
+            close_pack()
+        pad = -(used + n) % ALIGN_BYTES
+        extents[index].append(Extent(chunk=len(chunks), offset=used, length=n))
+        pieces.append((index, 0, n))
+        pads.append(pad)
+        used += n + pad
+    close_pack()
+    return ChunkPlan(chunks=chunks, leaf_extents=extents, total_bytes=total)
+
+
+def chunk_views(
+    spec: ChunkSpec, leaf_data: list[np.ndarray[Any, np.dtype[np.uint8]]]
+) -> Iterator[memoryview]:
+    """The byte pieces of one chunk, zero-copy where possible (padding as small zero blocks)."""
+    for (leaf_index, start, stop), pad in zip(spec.pieces, spec.pad_after, strict=True):
+        yield memoryview(leaf_data[leaf_index][start:stop])  # type: ignore[arg-type]
+        if pad:
+            yield memoryview(bytes(pad))
+
+
+def chunk_bytes_of(
+    spec: ChunkSpec, leaf_data: list[np.ndarray[Any, np.dtype[np.uint8]]]
+) -> memoryview:
+    """One contiguous buffer holding the chunk (no copy for a single-piece chunk)."""
+    if len(spec.pieces) == 1 and spec.pad_after[0] == 0:
+        leaf_index, start, stop = spec.pieces[0]
+        return memoryview(leaf_data[leaf_index][start:stop])  # type: ignore[arg-type]
+    buf = bytearray(spec.size)
+    pos = 0
+    for view in chunk_views(spec, leaf_data):
+        buf[pos : pos + view.nbytes] = view
+        pos += view.nbytes
+    assert pos == spec.size
+    return memoryview(buf)

@@ -1,0 +1,263 @@
+"""``LocalDirectory``: a store in a local directory (``file://`` URLs and plain paths).
+
+Theory of operation
+-------------------
+Every blob is written to ``.<name>.tmp-<pid>-<n>`` in its final directory, fsync'd, and
+renamed onto its final name with ``os.replace``; the directories that gained or lost names
+are fsync'd by ``sync()``, before the manifest is committed and after it. A ``kill -9`` at
+any moment therefore leaves either no file or a complete, fsync'd file under each final name,
+plus perhaps a temporary file that ``remove_partial_writes`` (run by gc) deletes.
+
+The writer lock is ``fcntl.flock`` on ``<root>/lock``. It is held for a whole save, gc or
+delete, so a gc can never delete a chunk that a concurrent save decided to reuse. A second
+writer **waits** up to ``lock_timeout_s`` and then raises ``StoreLocked`` naming the holder's
+pid; readers take no lock. flock locks belong to an open file, so two ``Store`` objects in
+one process exclude each other as two processes do; the kernel drops the lock when its
+holder dies, so a killed saver never leaves the store locked.
+
+A full disk (``ENOSPC``), file-size limit (``EFBIG``) or quota error becomes ``StoreError``;
+the temporary file is removed and nothing committed is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from snapline.errors import NotAStore, StoreError, StoreLocked
+from snapline.store.backend import MARKER_KEY, Backend, MissingKey, RenameFinalizer
+
+_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_TMP = re.compile(r"^\..*\.tmp-\d+-\d+$")
+_LOCK_NAME = "lock"
+_LOCK_POLL_S = 0.02
+
+
+def _check_key(key: str) -> None:
+    if not _KEY.match(key) or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StoreError(f"refusing key {key!r}: it would name a path outside the store")
+
+
+def _os_error(exc: OSError, what: str) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the disk is full; free space (or run `snapline gc`) and save again"
+    elif exc.errno == errno.EFBIG:
+        hint = "the file size limit was reached; raise it (ulimit -f) and save again"
+    else:
+        hint = "check the path and its permissions"
+    return StoreError(
+        f"{what} failed: {exc.strerror or exc} ({hint}); committed checkpoints are intact"
+    )
+
+
+class LocalDirectory(Backend):
+    """A store rooted at a local directory; see the module docstring."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+        self.finalizer = RenameFinalizer()
+        self._counter = itertools.count()
+        self._dirty_dirs: set[Path] = set()
+        self._known_dirs: set[Path] = set()
+        self._mutex = threading.Lock()
+
+    # -- open -----------------------------------------------------------------------------
+    def is_initialized(self) -> bool:
+        """True when the marker exists; ``NotAStore`` for a file or a foreign directory."""
+        if not self.root.exists():
+            return False
+        if not self.root.is_dir():
+            raise NotAStore(f"{self.root} is a file, not a snapline store directory")
+        if (self.root / MARKER_KEY).is_file():
+            return True
+        if any(self.root.iterdir()):
+            raise NotAStore(
+                f"{self.root} is a non-empty directory without {MARKER_KEY}: not a snapline "
+                "store. Pick an empty or missing directory for a new store"
+            )
+        return False
+
+    def initialize(self, marker: bytes) -> None:
+        """Create the directory tree and the marker file (atomically)."""
+        try:
+            for sub in ("", "chunks", "manifests"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, f"creating store {self.root}") from exc
+        self._dirty_dirs.add(self.root.parent)
+        self.write(MARKER_KEY, [memoryview(marker)])
+        self.sync()
+
+    # -- read -----------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / key
+
+    def read(self, key: str) -> bytes:
+        """The whole file."""
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise MissingKey(f"{path} is missing") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading {path}") from exc
+
+    def read_into(self, key: str, buffer: memoryview) -> int:
+        """``readinto`` straight into the caller's buffer (no intermediate copy)."""
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                want = min(size, buffer.nbytes)
+                got = 0
+                while got < want:
+                    n = f.readinto(buffer[got:want])
+                    if not n:
+                        break
+                    got += n
+                return size if got == want else got
+        except FileNotFoundError:
+            raise MissingKey(f"{path} is missing") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading {path}") from exc
+
+    def size(self, key: str) -> int | None:
+        """``st_size`` of the file, or None."""
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error(exc, f"checking {key}") from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Final names under ``prefix`` (temporary files are skipped)."""
+        base = self._path(prefix.rstrip("/"))
+        out: list[str] = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            out.extend(f"{rel}/{name}" for name in files if not name.startswith("."))
+        return sorted(out)
+
+    # -- write ----------------------------------------------------------------------------
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            with self._mutex:
+                self._dirty_dirs.add(directory.parent)
+        with self._mutex:
+            self._known_dirs.add(directory)
+
+    def write(self, key: str, pieces: Sequence[memoryview]) -> None:
+        """Temp file, write, fsync, rename; the directory is fsync'd by ``sync()``."""
+        path = self._path(key)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{next(self._counter)}"
+        try:
+            self._ensure_dir(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                for piece in pieces:
+                    view = piece.cast("B") if piece.format != "B" else piece
+                    done = 0
+                    while done < view.nbytes:
+                        done += os.write(fd, view[done:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            # The original error is the one to report.
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise _os_error(exc, f"writing {path}") from exc
+        with self._mutex:
+            self._dirty_dirs.add(path.parent)
+
+    def sync(self) -> None:
+        """fsync every directory that gained or lost a name since the last sync."""
+        with self._mutex:
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
+        # Children first, so a new subdirectory's entries are durable before its own name.
+        for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise _os_error(exc, f"syncing directory {directory}") from exc
+
+    def delete(self, key: str) -> None:
+        """Unlink the file (missing is fine)."""
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, f"deleting {path}") from exc
+        with self._mutex:
+            self._dirty_dirs.add(path.parent)
+
+    def remove_partial_writes(self) -> int:
+        """Delete temporary files left by writers that crashed (call under the lock)."""
+        removed = 0
+        for sub in ("chunks", "manifests", ""):
+            base = self.root / sub
+            walker: Iterator[tuple[str, list[str], list[str]]]
+            walker = os.walk(base) if sub else iter([(str(base), [], os.listdir(base))])
+            for dirpath, _dirs, files in walker:
+                for name in files:
+                    if _TMP.match(name):
+                        (Path(dirpath) / name).unlink(missing_ok=True)
+                        removed += 1
+                        with self._mutex:
+                            self._dirty_dirs.add(Path(dirpath))
+        self.sync()
+        return removed
+
+    # -- lock -----------------------------------------------------------------------------
+    @contextmanager
+    def writer_lock(self, timeout_s: float) -> Iterator[None]:
+        """``flock`` on ``<root>/lock``, polling until ``timeout_s`` (see module docstring)."""
+        path = self.root / _LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _os_error(exc, f"opening lock file {path}") from exc
+        try:
+            deadline = time.monotonic() + max(0.0, timeout_s)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+                        raise StoreLocked(
+                            f"store {self.root} is locked by another writer (pid {holder}) "
+                            f"for more than {timeout_s:g} s; wait for its save/gc to finish "
+                            "or open the store with a larger lock_timeout_s"
+                        ) from None
+                    time.sleep(_LOCK_POLL_S)
+            # The pid is only informational (for the StoreLocked message).
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -1,0 +1,170 @@
+"""Real jobs on real processes: kill -9 of random ranks from outside, automatic recovery.
+
+Every protocol x every example app runs once with at least one kill -9 sent by this test (not
+by the job) to a pid read from the job's status file; the run must end with exactly the
+failure-free result (nothing lost or duplicated) and pass the simulator's checkers. The soak
+test behind ``slow`` kills several random ranks per run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snapline.apps import APPS
+from snapline.protocols import protocol_names
+from snapline.runtime.local import RunResult, read_status, run
+from snapline.runtime.local.verify import check_run
+from snapline.runtime.sim import SimConfig, run_simulation
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def small_params(app: str) -> dict[str, Any]:
+    """Parameters that make ``app`` run for a second or two on a few local ranks."""
+    spec = APPS[app]
+    if "step_s" in spec.params:  # paced by timers
+        return {spec.size_param: 100, "step_s": 0.01}
+    return {spec.size_param: 1000}  # as fast as messages go
+
+
+def failure_free_deliveries(app: str, n: int, params: dict[str, Any]) -> int:
+    """How many messages the job delivers without failures (from the simulator)."""
+    result = run_simulation(
+        SimConfig(
+            app=app,
+            n=n,
+            app_params=params,
+            topology=APPS[app].default_topology,
+            interval_s=None,
+            reference=False,
+        )
+    )
+    return int(result.stats["messages_delivered"])
+
+
+class JobThread(threading.Thread):
+    """Runs ``snapline.run`` (supervisor in this process, ranks as real child processes)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(daemon=True)
+        self.kwargs = kwargs
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = run(**self.kwargs)
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+
+    def outcome(self, timeout_s: float = 90.0) -> RunResult:
+        self.join(timeout_s)
+        assert not self.is_alive(), "the job did not finish in time"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def wait_running(store: Path, timeout_s: float = 30.0) -> dict[int, int]:
+    """Wait until every rank runs; return rank -> pid from the status file."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = read_status(store)
+        except Exception:
+            time.sleep(0.05)
+            continue
+        if status.state == "running" and all(r.state == "running" for r in status.ranks):
+            return {r.rank: int(r.pid) for r in status.ranks if r.pid is not None}
+        time.sleep(0.05)
+    raise AssertionError(f"job in {store} never ran")
+
+
+def wait_progress(store: Path, delivered: int, timeout_s: float = 60.0) -> None:
+    """Wait until the job has delivered at least ``delivered`` messages (status file)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = read_status(store)
+        if status.messages_delivered >= delivered and status.state == "running":
+            return
+        assert status.state in ("starting", "running", "recovering"), status.state
+        time.sleep(0.02)
+    raise AssertionError(f"job in {store} made no progress to {delivered} messages")
+
+
+def kill_from_outside(store: Path, rank: int) -> int:
+    """kill -9 the current pid of ``rank`` as listed in the status file."""
+    pid = wait_running(store)[rank]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+CASES = [(p, a) for p in protocol_names() for a in sorted(APPS)]
+
+
+@pytest.mark.parametrize(("protocol", "app"), CASES)
+def test_kill_random_rank_recovers_exactly(tmp_path: Path, protocol: str, app: str) -> None:
+    rng = random.Random(zlib.crc32(f"{protocol}/{app}".encode()))
+    n = 3
+    params = small_params(app)
+    topology = APPS[app].default_topology
+    total = failure_free_deliveries(app, n, params)
+    store = tmp_path / "job"
+    job = JobThread(
+        app=app,
+        n=n,
+        store=store,
+        protocol=protocol,
+        topology=topology,
+        interval="0.2s",
+        app_options=params,
+        timeout="60s",
+    )
+    job.start()
+    wait_running(store)
+    # Kill at a random point of the run, measured in progress so that it is never too late.
+    wait_progress(store, int(total * rng.uniform(0.2, 0.5)))
+    victim = rng.randrange(n)
+    killed_pid = kill_from_outside(store, victim)
+    result = job.outcome()
+
+    assert [f["rank"] for f in result.failures] == [victim]
+    assert result.failures[0]["pid"] == killed_pid
+    assert len(result.recoveries) == 1
+    assert str(victim) in result.recoveries[0]["restore"]
+    problems = check_run(result, app=app, app_params=params, topology=topology)
+    assert problems == [], problems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", protocol_names())
+def test_soak_several_random_kills(tmp_path: Path, protocol: str) -> None:
+    rng = random.Random(zlib.crc32(protocol.encode()))
+    n = 5
+    params = {"messages": 300, "step_s": 0.01}
+    store = tmp_path / "job"
+    job = JobThread(
+        app="bank", n=n, store=store, protocol=protocol, interval="0.3s", app_options=params
+    )
+    job.start()
+    kills = 0
+    for _ in range(3):
+        wait_running(store)
+        time.sleep(rng.uniform(0.3, 0.8))
+        if not job.is_alive():
+            break
+        kill_from_outside(store, rng.randrange(n))
+        kills += 1
+    result = job.outcome(timeout_s=120.0)
+    assert len(result.failures) == kills
+    assert check_run(result, app="bank", app_params=params, topology="complete") == []

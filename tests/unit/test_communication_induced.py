@@ -1,0 +1,113 @@
+"""BCS and FDAS: forced checkpoints, piggybacks, recovery through the in-memory link."""
+
+from __future__ import annotations
+
+import pytest
+
+from snapline.errors import ProtocolError
+from snapline.protocols.base import (
+    CheckpointRequested,
+    Deliver,
+    MessageArrived,
+    Redelivery,
+    TakeCheckpoint,
+)
+from snapline.protocols.communication_induced import BCS, FDAS
+from snapline.protocols.link import InMemoryLink
+from snapline.topology import Topology
+
+BOTH_WAYS = Topology.complete(2).edges
+
+
+def test_bcs_forces_a_checkpoint_with_the_senders_index() -> None:
+    proto = BCS(rank=1, n=2, inbound=frozenset({0}), outbound=frozenset({0}))
+    actions = proto.handle(MessageArrived(src=0, seq=1, payload="x", piggyback=3))
+    assert actions == [
+        TakeCheckpoint(index=3, forced=True, meta=actions[0].meta),  # type: ignore[union-attr]
+        Deliver(src=0, seq=1),
+    ]
+    # Equal or smaller index: delivered at once. A basic checkpoint takes the next index.
+    assert proto.handle(MessageArrived(src=0, seq=2, payload="y", piggyback=3)) == [
+        Deliver(src=0, seq=2)
+    ]
+    basic = proto.handle(CheckpointRequested())
+    assert [a.index for a in basic if isinstance(a, TakeCheckpoint)] == [4]
+    assert proto.stats["checkpoints_forced"] == 1
+    assert proto.stats["checkpoints_basic"] == 1
+
+
+def test_fdas_forces_only_after_a_send_and_on_new_dependencies() -> None:
+    proto = FDAS(rank=1, n=3, inbound=frozenset({0, 2}), outbound=frozenset({0}))
+    # Nothing sent in this interval: new dependency absorbed, no checkpoint.
+    assert proto.handle(MessageArrived(src=0, seq=1, payload=0, piggyback=[1, 0, 0])) == [
+        Deliver(src=0, seq=1)
+    ]
+    assert proto.dv == [1, 0, 0]
+    from snapline.protocols.base import SendRequested, Transmit
+
+    sent = proto.handle(SendRequested(send_id=1, dst=0, payload="p"))
+    assert sent == [Transmit(send_id=1, dst=0, payload="p", piggyback=[1, 0, 0])]
+    # Known dependency: no checkpoint even after a send.
+    assert proto.handle(MessageArrived(src=0, seq=2, payload=0, piggyback=[1, 0, 0])) == [
+        Deliver(src=0, seq=2)
+    ]
+    # New dependency after a send: forced checkpoint first, then the vector merges.
+    actions = proto.handle(MessageArrived(src=2, seq=1, payload=0, piggyback=[0, 0, 2]))
+    assert isinstance(actions[0], TakeCheckpoint) and actions[0].forced and actions[0].index == 1
+    assert actions[1] == Deliver(src=2, seq=1)
+    assert actions[0].meta["dv"] == [1, 1, 0]
+    assert proto.dv == [1, 1, 2]
+    with pytest.raises(ProtocolError, match="dependency vector"):
+        proto.handle(MessageArrived(src=0, seq=3, payload=0, piggyback=[1]))
+
+
+def test_the_domino_workload_under_cic_rolls_back_to_the_latest_checkpoints() -> None:
+    for cls in (BCS, FDAS):
+        link = InMemoryLink.build(cls, 2, BOTH_WAYS, {"gc": False})
+        for k in range(1, 5):
+            link.request_checkpoint(0)
+            link.send(0, 1, f"a{k}")
+            link.deliver(0, 1)
+            link.request_checkpoint(1)
+            link.send(1, 0, f"b{k}")
+            link.deliver(1, 0)
+            link.persist_all()
+        newest = {r: link.committed_index(r) for r in range(2)}
+        forced = sum(link.ranks[r].protocol.stats["checkpoints_forced"] for r in range(2))
+        assert forced > 0, cls.name
+        link.crash(1)
+        plan = link.recover()
+        # Rank 1 restores its newest checkpoint; rank 0 goes back at most to its newest one.
+        assert plan.restore[1] == newest[1], cls.name
+        assert plan.restore.get(0, newest[0]) == newest[0], cls.name
+
+
+def test_restored_fdas_keeps_its_dependency_vector_and_resends_in_transit() -> None:
+    link = InMemoryLink.build(FDAS, 2, BOTH_WAYS, {"gc": False})
+    link.send(0, 1, "m1")
+    link.request_checkpoint(0)
+    link.send(0, 1, "m2")
+    link.deliver(0, 1)
+    link.request_checkpoint(1)
+    link.persist_all()
+    link.crash(1)
+    plan = link.recover()
+    assert plan.restore == {1: 1}
+    assert list(plan.replay[1]) == [Redelivery(src=0, seq=2, payload="m2")]
+    proto = link.ranks[1].protocol
+    assert isinstance(proto, FDAS)
+    assert proto.dv == [0, 1]
+
+
+def test_bcs_recovery_handles_a_rank_without_a_checkpoint_of_an_index() -> None:
+    link = InMemoryLink.build(BCS, 3, Topology.ring(3).edges, {"gc": False})
+    link.request_checkpoint(0)
+    link.request_checkpoint(0)  # 0@2; ranks 1 and 2 never see index 1
+    link.send(0, 1, "x")
+    link.deliver(0, 1)  # forces 1@2
+    link.persist_all()
+    assert [r.index for r in link.ranks[1].committed] == [0, 2]
+    link.crash(0)
+    link.crash(1)
+    plan = link.recover()
+    assert plan.restore == {0: 2, 1: 2}

@@ -1,0 +1,103 @@
+"""Manifest format: checksum catches every flipped bit, versions and paths are validated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from snapline.errors import CorruptCheckpoint, UnsupportedFormat
+from snapline.store.manifest import (
+    FORMAT_VERSION,
+    ChunkRef,
+    LeafRef,
+    Manifest,
+    chunk_key,
+    parse_manifest,
+    step_of_manifest_key,
+)
+
+CID = "0123456789abcdef0123456789abcdef"
+
+
+def sample() -> Manifest:
+    return Manifest(
+        step=7,
+        created_unix_s=1795000000.125,
+        chunk_bytes=4096,
+        chunks=(ChunkRef(id=CID, size=100, stored_size=100, codec="raw"),),
+        skeleton=(0, 80, 20),
+        leaves=(
+            LeafRef(
+                path="state['w']", kind="array", dtype="<f4", shape=(4, 5), extents=((0, 0, 80),)
+            ),
+        ),
+        meta={"epoch": 3, "note": "ok"},
+        total_bytes=100,
+        written_bytes=100,
+    )
+
+
+def test_roundtrip_and_human_readable() -> None:
+    data = sample().to_bytes()
+    assert parse_manifest(data, where="m") == sample()
+    text = data.decode()
+    assert '"format_version": 1' in text and "\n" in text
+    assert json.loads(text)["checksum"].startswith("xxh3_128:")
+
+
+def test_every_single_bit_flip_is_detected() -> None:
+    data = sample().to_bytes()
+    for i in range(len(data)):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[i] ^= 1 << bit
+            with pytest.raises(CorruptCheckpoint):
+                parse_manifest(bytes(damaged), where="m")
+
+
+def test_every_truncation_is_detected() -> None:
+    data = sample().to_bytes()
+    for n in range(len(data)):
+        with pytest.raises(CorruptCheckpoint):
+            parse_manifest(data[:n], where="m")
+
+
+def _rewrite(obj: dict[str, object]) -> bytes:
+    # Re-sign a modified body the way a (malicious or newer) writer would.
+    import xxhash
+
+    obj.pop("checksum", None)
+    body = json.dumps(obj, indent=1, sort_keys=True).encode()
+    obj["checksum"] = "xxh3_128:" + xxhash.xxh3_128_hexdigest(body)
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+def test_newer_format_is_unsupported() -> None:
+    obj = json.loads(sample().to_bytes())
+    obj["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(UnsupportedFormat, match="Upgrade"):
+        parse_manifest(_rewrite(obj), where="m")
+
+
+@pytest.mark.parametrize("bad_id", ["../../etc/passwd", "/abs", CID[:-1] + "G", CID + "/.."])
+def test_chunk_outside_the_store_is_refused(bad_id: str) -> None:
+    obj = json.loads(sample().to_bytes())
+    obj["chunks"][0]["id"] = bad_id
+    with pytest.raises(CorruptCheckpoint, match="outside the store"):
+        parse_manifest(_rewrite(obj), where="m")
+    with pytest.raises(CorruptCheckpoint):
+        chunk_key(bad_id, "raw")
+
+
+def test_extent_outside_its_chunk_is_refused() -> None:
+    obj = json.loads(sample().to_bytes())
+    obj["leaves"][0]["extents"] = [[0, 90, 80]]
+    with pytest.raises(CorruptCheckpoint, match="outside its chunk"):
+        parse_manifest(_rewrite(obj), where="m")
+
+
+def test_manifest_keys() -> None:
+    assert step_of_manifest_key("manifests/000000000042.json") == 42
+    assert step_of_manifest_key("manifests/.000000000042.json.tmp-1-2") is None
+    assert step_of_manifest_key("chunks/000000000042.json") is None
