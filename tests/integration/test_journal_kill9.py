@@ -26,9 +26,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from snapline.errors import JournalError
 from snapline.journal import KEY_VALUE, JournalConfig, JournalWarning, open_journal
 
 THREADS = 4
+PREFIX_CHECKED = 20_000
 
 # Shared by the child (as source) and the parent: op ``seq`` of thread ``t``.
 OP_SOURCE = """
@@ -62,12 +66,11 @@ def work(t):
             os.write(1, f"{t} {seq}\\n".encode())
             seq += 1
 
-for t in range(%d):
-    threading.Thread(target=work, args=(t,), daemon=True).start()
 os.write(1, b"ready\\n")
+for t in range(THREADS_N):
+    threading.Thread(target=work, args=(t,), daemon=True).start()
 threading.Event().wait()
-"""
-    % THREADS
+""".replace("THREADS_N", str(THREADS))
 )
 
 _ns: dict[str, Any] = {}
@@ -102,11 +105,13 @@ def test_acknowledged_ops_survive_kill_9(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n", f"child did not start (seed {seed})"
-        time.sleep(rng.uniform(0.0, 0.15))
-        os.kill(child.pid, signal.SIGKILL)
-        out, _ = child.communicate()
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"ready\n", f"child did not start (seed {seed})"
+            time.sleep(rng.uniform(0.0, 0.15))
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            out, _ = child.communicate()
         assert child.returncode == -signal.SIGKILL
         acked = list(prefix)
         for line in out.decode().splitlines():
@@ -117,23 +122,52 @@ def test_acknowledged_ops_survive_kill_9(tmp_path: Path) -> None:
         context = f"seed {seed}, round {round_}"
         for t in range(THREADS):
             mine = {k: v for k, v in state.items() if k.startswith(f"{t}:")}
-            matches = [
-                n for n in range(acked[t], acked[t] + 3) if _thread_state(t, n) == mine
-            ]
+            matches = [n for n in range(acked[t], acked[t] + 3) if _thread_state(t, n) == mine]
             assert matches, f"thread {t}: state is no prefix >= acked {acked[t]} ({context})"
             # Every prefix of an op stream gives a different state (checked in the test
             # below), so the recovered prefix is known exactly.
-            assert len(matches) == 1
+            assert len(matches) == 1 and matches[0] < PREFIX_CHECKED
             prefix[t] = matches[0]
         assert last_txid == sum(prefix), f"log holds other ops than the prefixes ({context})"
     assert acked_total > 100, f"too few ops were acknowledged to test anything (seed {seed})"
 
 
 def test_every_prefix_of_an_op_stream_gives_a_different_state() -> None:
-    seen: set[str] = set()
+    # Distinct fingerprints imply distinct states; the fingerprint (number of keys, sum and
+    # sum of squares of the key numbers) is kept up to date incrementally to stay linear.
+    seen: set[tuple[int, int, int]] = set()
     state: dict[str, Any] = {}
-    for seq in range(5000):
-        KEY_VALUE.apply(state, op_for(0, seq))
-        fingerprint = repr(sorted(state.items()))
+    count = total = squares = 0
+    for seq in range(PREFIX_CHECKED):
+        op = op_for(0, seq)
+        number = int(op["key"].split(":")[1])
+        if op["op"] == "set" and op["key"] not in state:
+            count, total, squares = count + 1, total + number, squares + number * number
+        elif op["op"] == "delete" and op["key"] in state:
+            count, total, squares = count - 1, total - number, squares - number * number
+        KEY_VALUE.apply(state, op)
+        fingerprint = (count, total, squares)
         assert fingerprint not in seen, seq
         seen.add(fingerprint)
+
+
+def test_a_writer_in_another_process_locks_out_this_one(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    holder = (
+        "import sys\nfrom snapline.journal import KEY_VALUE, JournalConfig, open_journal\n"
+        "j = open_journal(sys.argv[1], KEY_VALUE, JournalConfig(checkpointer='off'))\n"
+        "print('open', flush=True)\nsys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", holder, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"open\n"
+        with pytest.raises(JournalError, match=rf"already open for writing.*pid {child.pid}"):
+            open_journal(directory, KEY_VALUE, JournalConfig(checkpointer="off"))
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate()
+    _recover(directory)  # the kernel released the lock of the killed writer

@@ -66,6 +66,7 @@ def test_sweep_only_failed_ranks_roll_back_and_results_match() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_long_sweep() -> None:
-    seen = sweep(range(400, 5400))
-    assert seen["multi-rank recoveries"] >= 250, seen
+    seen = sweep(range(400, 3400))
+    assert seen["multi-rank recoveries"] >= 1000, seen

@@ -23,13 +23,13 @@ from snapline.journal import (
     JournalConfig,
     JournalWarning,
     StateMachine,
+    _writer,
     inspect_journal,
     kv_clear,
     kv_delete,
     kv_set,
     open_journal,
 )
-from snapline.journal import _writer
 from snapline.journal._format import inprogress_name, parse_segment_name
 
 MANUAL = JournalConfig(checkpoint_period_s=None, checkpoint_every_ops=None, checkpointer="off")
@@ -296,9 +296,11 @@ def test_retention_keeps_n_images_and_the_edits_after_the_oldest(tmp_path: Path)
 
 
 def test_a_second_writer_gets_a_clear_error(tmp_path: Path) -> None:
-    with open_journal(tmp_path / "j", KEY_VALUE, MANUAL):
-        with pytest.raises(JournalError, match="already open for writing"):
-            open_journal(tmp_path / "j", KEY_VALUE, MANUAL)
+    with (
+        open_journal(tmp_path / "j", KEY_VALUE, MANUAL),
+        pytest.raises(JournalError, match="already open for writing"),
+    ):
+        open_journal(tmp_path / "j", KEY_VALUE, MANUAL)
     open_journal(tmp_path / "j", KEY_VALUE, MANUAL).close()  # released on close
 
 
@@ -329,7 +331,7 @@ def test_bad_ops_are_rejected_and_not_logged(tmp_path: Path) -> None:
         with pytest.raises(JournalError, match="rejected"):
             journal.append({"op": "explode"})
         with pytest.raises(JournalError, match="rejected"):
-            journal.append(kv_set(["unhashable"], 1))
+            journal.append({"op": "set", "key": ["unhashable"], "value": 1})
         assert journal.append(kv_set("ok", 1)) == 1
     with open_journal(tmp_path / "j", KEY_VALUE, MANUAL) as journal:
         assert journal.state == {"ok": 1}

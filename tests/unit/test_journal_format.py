@@ -38,7 +38,11 @@ def test_names_sort_in_txid_order_and_parse_back(tmp_path: Path) -> None:
 
 def test_ops_round_trip_as_plain_data() -> None:
     op = {"op": "set", "key": 3, "value": [1, (2, 3), b"x", None, 1.5]}
-    assert decode_op(encode_op(op)) == {"op": "set", "key": 3, "value": [1, [2, 3], b"x", None, 1.5]}
+    assert decode_op(encode_op(op)) == {
+        "op": "set",
+        "key": 3,
+        "value": [1, [2, 3], b"x", None, 1.5],
+    }
 
 
 def test_unencodable_op_is_an_encode_error() -> None:

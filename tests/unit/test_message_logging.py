@@ -288,6 +288,8 @@ def test_history_concatenates_lives_and_stops_each_at_its_first_gap() -> None:
         history_position({"life": 4, "delivered": 3}, log)
     with pytest.raises(RecoveryError, match="not a message-logging entry"):
         history(["junk"])
+    with pytest.raises(RecoveryError, match="not a message-logging entry"):
+        history_position({"life": 1, "delivered": 0}, [{"kind": "marker"}])
     newest = CheckpointRecord(
         rank=0, index=9, forced=False, sent={}, received={}, meta={"life": 0, "delivered": 2}
     )

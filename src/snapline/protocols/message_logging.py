@@ -51,8 +51,11 @@ already logged, so ``ReleaseOutput`` is immediate.
 Costs: one synchronous stable write per received message and per timer before it is handled
 (latency), one int piggybacked per message on channels with a reverse channel, sender buffers of
 unacknowledged messages (stored with checkpoints), no coordination and no rollback of survivors.
-Drivers must (1) keep an app timer pending until ``FireAppTimer`` runs it and always run it
-then, and (2) never let a crashed rank's late log writes land after its recovery was planned.
+Drivers must keep an app timer pending until ``FireAppTimer`` runs it (a checkpoint taken in
+between keeps it) and never let a crashed rank's late log writes land after its recovery was
+planned. Known gap: if a handler re-arms a timer between its ``AppTimerDue`` and its
+``FireAppTimer``, the engine skips the stale firing but ``TimerReplay`` (which names only the
+timer) would run it; exact replay then needs replay-stable timer ids in the determinant.
 """
 
 from __future__ import annotations
@@ -151,6 +154,7 @@ def history_position(meta: PlainData, log: Sequence[PlainData]) -> int:
     if meta is None:
         return 0
     life, delivered = int(meta["life"]), int(meta["delivered"])
+    history(log)  # validates every entry before they are sorted by life
     earlier = history([e for e in log if int(e["life"]) < life])
     mine = history([e for e in log if int(e["life"]) == life])
     if delivered > len(mine):

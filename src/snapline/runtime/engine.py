@@ -365,7 +365,16 @@ class RankEngine:
             return True
         self._arrived_upto[src] = seq
         self._arrived[(src, seq)] = payload
-        self._feed(MessageArrived(src=src, seq=seq, payload=payload, piggyback=piggyback))
+        execute = self._execute
+        for action in self.protocol.handle(
+            MessageArrived(src=src, seq=seq, payload=payload, piggyback=piggyback)
+        ):
+            execute(action)
+        if self._early:
+            self._release_early(src)
+        return True
+
+    def _release_early(self, src: int) -> None:
         early_waiting = self._early.get(src)
         while early_waiting:
             nxt = self._arrived_upto[src] + 1
@@ -375,7 +384,8 @@ class RankEngine:
             self._arrived_upto[src] = nxt
             self._arrived[(src, nxt)] = item[0]
             self._feed(MessageArrived(src=src, seq=nxt, payload=item[0], piggyback=item[1]))
-        return True
+        if not early_waiting:
+            self._early.pop(src, None)
 
     def control_arrived(self, src: int, control: PlainData) -> None:
         """A protocol control message arrived from ``src``."""
@@ -405,7 +415,9 @@ class RankEngine:
         if current is None or current[0] != timer_id:
             return
         self._due[timer_id] = name
-        self._feed(AppTimerDue(timer_id=timer_id, name=name))
+        execute = self._execute
+        for action in self.protocol.handle(AppTimerDue(timer_id=timer_id, name=name)):
+            execute(action)
 
     def message_logged(self, entry_id: int) -> None:
         """A ``LogMessage`` entry is on stable storage."""
@@ -603,6 +615,8 @@ class RankEngine:
 
     def _drain(self, requests: deque[tuple[Any, ...]]) -> None:
         self._pending.append(requests)
+        protocol = self.protocol
+        execute = self._execute
         try:
             while requests:
                 request = requests.popleft()
@@ -610,7 +624,10 @@ class RankEngine:
                     self.send_id += 1
                     send_id = self.send_id
                     self._unsent[send_id] = (request[1], request[2])
-                    self._feed(SendRequested(send_id=send_id, dst=request[1], payload=request[2]))
+                    for action in protocol.handle(
+                        SendRequested(send_id=send_id, dst=request[1], payload=request[2])
+                    ):
+                        execute(action)
                 else:
                     self.output_id += 1
                     self._outputs[self.output_id] = request[1]

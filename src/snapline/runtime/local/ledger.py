@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,18 +72,28 @@ class LedgerWriter:
         os.ftruncate(self._fd, good)  # drop a torn tail before appending after it
         os.lseek(self._fd, good, os.SEEK_SET)
         self._dirty = False
+        # The stable-storage thread and the rank's loop both append (see ``stable``).
+        self._lock = threading.Lock()
 
     def append(self, record: dict[str, PlainData]) -> None:
         """Append one record (not yet durable)."""
         body = pack(record)
-        os.write(self._fd, _HEAD.pack(len(body), xxhash.xxh64_intdigest(body)) + body)
-        self._dirty = True
+        data = _HEAD.pack(len(body), xxhash.xxh64_intdigest(body)) + body
+        with self._lock:
+            os.write(self._fd, data)
+            self._dirty = True
+
+    def append_durable(self, record: dict[str, PlainData]) -> None:
+        """Append one record and fsync before returning."""
+        self.append(record)
+        self.sync()
 
     def sync(self) -> None:
         """fsync what was appended since the last sync."""
-        if self._dirty:
-            os.fsync(self._fd)
-            self._dirty = False
+        with self._lock:
+            if self._dirty:
+                os.fsync(self._fd)
+                self._dirty = False
 
     def close(self) -> None:
         """Sync and close the file."""

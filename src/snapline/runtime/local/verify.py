@@ -38,7 +38,9 @@ def check_channels(result: RunResult) -> str | None:
                 received = {int(k): int(v) for k, v in event.get("received", {}).items()}
                 checker.rollback({}, {rank: received}, {rank})
             elif kind == "deliver":
-                checker.delivered(int(event["src"]), rank, int(event["seq"]), None)
+                checker.delivered(
+                    src=int(event["src"]), dst=rank, seq=int(event["seq"]), payload=None
+                )
         final_sent = {
             rank: {int(k): int(v) for k, v in stats.get("sent_per_channel", {}).items()}
             for rank, stats in result.stats.items()

@@ -241,29 +241,26 @@ class Worker:
             )
         )
 
+    # Attachments, commit markers, discards and the gc horizon are written durably *now*, on
+    # the loop: the protocol's next actions (a gossip of the commit, a marker, released output)
+    # may tell other ranks about them, and a recovery must never see less than they were told.
+
     def attach_to_checkpoint(self, rank: int, index: int, key: str, meta: PlainData) -> None:
-        """Record an attachment to checkpoint ``index`` in the ledger."""
-        record = {"k": "attach", "index": index, "key": key, "meta": meta}
-        self.writer.put(LedgerJob(generation=self.generation, record=record))
+        """Record an attachment to checkpoint ``index`` in the ledger (durably)."""
+        self.writer.ledger.append_durable({"k": "attach", "index": index, "key": key, "meta": meta})
 
     def commit_checkpoint(self, rank: int, index: int) -> None:
-        """Write the commit marker of checkpoint ``index``."""
+        """Write the commit marker of checkpoint ``index`` (durably)."""
         self._last_committed = max(self._last_committed, index)
-        self.writer.put(
-            LedgerJob(generation=self.generation, record={"k": "commit", "index": index})
-        )
+        self.writer.ledger.append_durable({"k": "commit", "index": index})
 
     def discard_checkpoint(self, rank: int, index: int) -> None:
         """Mark checkpoint ``index`` as never to commit."""
-        self.writer.put(
-            LedgerJob(generation=self.generation, record={"k": "discard", "index": index})
-        )
+        self.writer.ledger.append_durable({"k": "discard", "index": index})
 
     def collect_garbage(self, rank: int, before_index: int) -> None:
         """Record the horizon; states below it are deleted from the store when idle."""
-        self.writer.put(
-            LedgerJob(generation=self.generation, record={"k": "gc", "before": before_index})
-        )
+        self.writer.ledger.append_durable({"k": "gc", "before": before_index})
         self._gc_before = max(self._gc_before, before_index)
 
     def set_protocol_timer(self, rank: int, name: str, delay_s: float) -> None:

@@ -110,8 +110,8 @@ class ChannelChecker:
                 self.name, f"rank {src} sent seq {seq} to rank {dst} after only {len(log)}"
             )
 
-    def delivered(self, src: int, dst: int, seq: int, payload: object) -> None:
-        """The receiver handed ``seq`` to the application."""
+    def delivered(self, dst: int, src: int, seq: int, payload: object) -> None:
+        """Receiver ``dst`` handed ``seq`` from ``src`` to the application (port order)."""
         key = src * self.n + dst
         got = self.deliveries.get(key, 0)
         if seq != got + 1:

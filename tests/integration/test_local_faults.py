@@ -1,0 +1,227 @@
+"""Faults beyond a single crash: whole-job kill and --resume, strangers, hangs, restart limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snapline.errors import RuntimeFailure
+from snapline.runtime.local import RunResult, read_status, run
+from snapline.runtime.local.status import pid_alive
+from snapline.runtime.local.verify import check_run
+from snapline.runtime.local.wire import WireError, connect_handshake, frame
+from snapline.runtime.process import Context, Process
+
+pytestmark = pytest.mark.timeout(120)
+
+BANK = {"messages": 100, "step_s": 0.01}
+
+
+class JobThread(threading.Thread):
+    """Runs ``snapline.run`` in this process; the ranks are real child processes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(daemon=True)
+        self.kwargs = kwargs
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = run(**self.kwargs)
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+
+    def outcome(self, timeout_s: float = 90.0) -> RunResult:
+        self.join(timeout_s)
+        assert not self.is_alive(), "the job did not finish in time"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def wait_for(store: Path, predicate: Any, timeout_s: float = 60.0) -> Any:
+    """Poll the status file until ``predicate(status)`` holds; return the status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = read_status(store)
+        except Exception:
+            time.sleep(0.05)
+            continue
+        if predicate(status):
+            return status
+        assert status.state not in ("finished", "failed"), f"job ended early: {status.state}"
+        time.sleep(0.02)
+    raise AssertionError(f"status of {store} never satisfied the condition")
+
+
+def running_with_progress(delivered: int) -> Any:
+    return lambda s: s.state == "running" and s.messages_delivered >= delivered
+
+
+def test_whole_job_kill_then_resume_continues_from_recovery_line(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    cmd = [sys.executable, "-m", "snapline", "run", "bank", "-n", "3", "--store", str(store)]
+    cmd += ["--interval", "0.15s", "-p", "messages=200", "-p", "step_s=0.01"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        status = wait_for(
+            store,
+            lambda s: s.state == "running"
+            and s.messages_delivered >= 150
+            and all(r.last_checkpoint > 0 for r in s.ranks),
+        )
+        # The machine "reboots": supervisor and every worker die at once, by kill -9.
+        pids = [status.supervisor_pid] + [int(r.pid) for r in status.ranks]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(pid_alive(p) for p in pids[1:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(pid_alive(p) for p in pids[1:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    result = run("bank", store=store, resume=True)
+    restore = result.recoveries[0]["restore"]
+    assert result.recoveries[0]["whole_job"]
+    assert sorted(restore) == ["0", "1", "2"]
+    # Continued from the recovery line, not from scratch.
+    assert all(index > 0 for index in restore.values()), restore
+    params = {"messages": 200, "step_s": 0.01}
+    assert check_run(result, app="bank", app_params=params, topology="complete") == []
+
+    ps = subprocess.run(
+        [sys.executable, "-m", "snapline", "ps", str(store)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "finished" in ps.stdout
+
+
+def test_stranger_cannot_join_channels(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    job = JobThread(app="bank", n=3, store=store, interval="0.2s", app_options=BANK)
+    job.start()
+    status = wait_for(store, running_with_progress(20))
+    socket_dir = Path(status.socket_dir)
+    assert socket_dir.stat().st_mode & 0o777 == 0o700
+
+    # 1. No secret at all: push a forged application frame at rank 0.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(socket_dir / "rank-0.sock"))
+        sock.settimeout(5.0)
+        sock.sendall(frame([0, 0, 1, 10**9, None]) * 3)
+        closed = b""
+        with pytest.raises(OSError):
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionResetError("closed by the job")
+                closed += chunk
+
+    # 2. A wrong secret, speaking the protocol correctly.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(socket_dir / "rank-0.sock"))
+        with pytest.raises(WireError):
+            connect_handshake(sock, b"x" * 32, "channel", {"rank": 1})
+
+    # 3. The supervisor's control socket turns away a wrong secret too.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(socket_dir / "control.sock"))
+        with pytest.raises(WireError):
+            connect_handshake(sock, b"y" * 32, "control", {"rank": 0, "pid": os.getpid()})
+
+    result = job.outcome()
+    assert result.stats[0]["rejected_connections"] >= 2
+    assert result.failures == []
+    assert check_run(result, app="bank", app_params=BANK, topology="complete") == []
+
+
+def test_hung_rank_is_detected_by_heartbeats(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    job = JobThread(
+        app="bank",
+        n=3,
+        store=store,
+        interval="0.2s",
+        app_options=BANK,
+        heartbeat_timeout="1s",
+    )
+    job.start()
+    status = wait_for(store, running_with_progress(30))
+    pid = int(status.ranks[1].pid)
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    result = job.outcome()
+    assert [f["rank"] for f in result.failures] == [1]
+    detect_s = result.recoveries[0]["t_detect"]
+    assert detect_s > 0
+    log = [json.loads(line) for line in (store / "logs" / "supervisor.jsonl").open()]
+    hangs = [e for e in log if e["event"] == "hang_detected"]
+    assert [e["rank"] for e in hangs] == [1]
+    assert 1.0 <= hangs[0]["silent_s"] < 1.0 + 2.0
+    assert time.monotonic() - stopped_at > 1.0
+    assert not pid_alive(pid)  # the hung process was killed, not left stopped
+    assert check_run(result, app="bank", app_params=BANK, topology="complete") == []
+
+
+class CrashOnThirdMessage(Process):
+    """Rank 1 raises on its third message, in every incarnation (a deterministic bug)."""
+
+    def __init__(self, rank: int, n: int) -> None:
+        self.rank = rank
+        self.count = 0
+
+    def state(self) -> object:
+        return {"count": self.count}
+
+    def restore(self, state: Any) -> None:
+        self.count = int(state["count"])
+
+    def on_start(self, ctx: Context) -> None:
+        if self.rank == 0:
+            ctx.send(1, "ping")
+
+    def on_message(self, ctx: Context, src: int, payload: Any) -> None:
+        self.count += 1
+        if self.rank == 1 and self.count >= 3:
+            raise RuntimeError("boom: a bug that recovery cannot fix")
+        ctx.send(src, payload)
+
+
+def test_restart_limit_ends_the_job_with_a_report(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    with pytest.raises(RuntimeFailure) as info:
+        run(
+            f"{Path(__file__).resolve()}:CrashOnThirdMessage",
+            2,
+            store=store,
+            topology="complete",
+            max_restarts=2,
+            timeout="60s",
+        )
+    message = str(info.value)
+    assert "restart limit reached" in message
+    assert "boom" in message
+    assert read_status(store).state == "failed"
+    log = [json.loads(line) for line in (store / "logs" / "supervisor.jsonl").open()]
+    assert any(e["event"] == "backoff" for e in log)

@@ -1,0 +1,100 @@
+"""The checkers on their own: payload equality and exactly-once channel bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snapline.protocols.base import RecoveryPlan, RecoveryView, initial_record
+from snapline.runtime.sim.checks import (
+    ChannelChecker,
+    CheckFailed,
+    RecoveryChecker,
+    compare_results,
+    values_equal,
+)
+
+
+def test_values_equal_understands_numpy_inside_plain_data() -> None:
+    a = {"u": np.arange(3.0), "k": [1, (2, "x")]}
+    assert values_equal(a, {"u": np.arange(3.0), "k": [1, (2, "x")]})
+    assert not values_equal(a, {"u": np.arange(3.0) + 1, "k": [1, (2, "x")]})
+    assert not values_equal(np.arange(3.0), np.arange(3))  # dtype differs
+    assert not values_equal([1, 2], (1, 2))
+    assert not values_equal(np.zeros(2), [0.0, 0.0])
+
+
+def test_compare_results_names_the_first_difference() -> None:
+    assert compare_results([1, 2], [1, 2]) is None
+    assert "rank 1 ended with 3" in (compare_results([1, 2], [1, 3]) or "")
+    assert "1 results, expected 2" in (compare_results([1, 2], [1]) or "")
+
+
+def test_channel_checker_accepts_exactly_once_in_order() -> None:
+    check = ChannelChecker(3, track_payloads=True)
+    check.sent(0, 1, 1, "a")
+    check.sent(0, 1, 2, "b")
+    check.delivered(1, 0, 1, "a")
+    check.delivered(1, 0, 2, "b")
+    check.check_end({0: {1: 2}, 1: {}, 2: {}})
+
+
+@pytest.mark.parametrize(
+    ("deliveries", "error"),
+    [
+        ([(1, "a"), (1, "a")], "duplicate"),
+        ([(2, "b")], "gap"),
+        ([(1, "zzz")], "differs"),
+        ([(1, "a"), (2, "b"), (3, "c")], "never sent"),
+    ],
+)
+def test_channel_checker_catches(deliveries: list[tuple[int, str]], error: str) -> None:
+    check = ChannelChecker(2, track_payloads=True)
+    check.sent(0, 1, 1, "a")
+    check.sent(0, 1, 2, "b")
+    with pytest.raises(CheckFailed, match=error):
+        for seq, payload in deliveries:
+            check.delivered(1, 0, seq, payload)
+
+
+def test_channel_checker_catches_lost_messages_at_the_end() -> None:
+    check = ChannelChecker(2, track_payloads=False)
+    check.delivered(1, 0, 1, "a")
+    with pytest.raises(CheckFailed, match="2 messages sent, 1 delivered"):
+        check.check_end({0: {1: 2}, 1: {}})
+
+
+def test_rollback_trims_the_log_and_resends_must_match_deliveries() -> None:
+    check = ChannelChecker(2, track_payloads=True)
+    for seq, p in enumerate("abc", 1):
+        check.sent(0, 1, seq, p)
+    check.delivered(1, 0, 1, "a")
+    check.delivered(1, 0, 2, "b")
+    # Sender rolls back to having sent 1: message 2 was delivered, so it stays; 3 goes.
+    check.rollback({0: {1: 1}, 1: {}}, {0: {}, 1: {0: 2}}, {0})
+    assert check.logs[1] == ["a", "b"]
+    with pytest.raises(CheckFailed, match="orphan"):
+        check.sent(0, 1, 2, "B")
+    check.sent(0, 1, 2, "b")
+    check.sent(0, 1, 3, "c2")
+    assert check.in_transit({0: {1: 3}, 1: {}}) == ["c2"]
+
+
+def test_recovery_checker_validates_plans_and_cuts() -> None:
+    view = RecoveryView(
+        n=2,
+        failed=frozenset({1}),
+        committed={0: [initial_record(0)], 1: [initial_record(1)]},
+        volatile={0: initial_record(0)},
+    )
+    checker = RecoveryChecker()
+    checker.validate_plan(view, RecoveryPlan(restore={1: 0}), {0: {0}, 1: {0}})
+    with pytest.raises(CheckFailed, match="unrestored"):
+        checker.validate_plan(view, RecoveryPlan(restore={0: 0}), {0: {0}, 1: {0}})
+    with pytest.raises(CheckFailed, match="not committed"):
+        checker.validate_plan(view, RecoveryPlan(restore={1: 4}), {0: {0}, 1: {0}})
+    with pytest.raises(CheckFailed, match="does not restore"):
+        checker.validate_plan(view, RecoveryPlan(restore={1: 0}, replay={0: []}), {0: {0}, 1: {0}})
+    checker.check_cut([(0, 1)], {0: {1: 3}, 1: {}}, {0: {}, 1: {0: 3}})
+    with pytest.raises(CheckFailed, match="orphan"):
+        checker.check_cut([(0, 1)], {0: {1: 2}, 1: {}}, {0: {}, 1: {0: 3}})
