@@ -76,14 +76,16 @@ def test_whole_job_kill_then_resume_continues_from_recovery_line(tmp_path: Path)
     cmd = [sys.executable, "-m", "snapline", "run", "bank", "-n", "3", "--store", str(store)]
     cmd += ["--interval", "0.15s", "-p", "messages=200", "-p", "step_s=0.01"]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         status = wait_for(
             store,
-            lambda s: s.state == "running"
-            and s.messages_delivered >= 150
-            and all(r.last_checkpoint > 0 for r in s.ranks),
+            lambda s: (
+                s.state == "running"
+                and s.messages_delivered >= 150
+                and all(r.last_checkpoint > 0 for r in s.ranks)
+            ),
         )
         # The machine "reboots": supervisor and every worker die at once, by kill -9.
         pids = [status.supervisor_pid] + [int(r.pid) for r in status.ranks]
@@ -175,7 +177,7 @@ def test_hung_rank_is_detected_by_heartbeats(tmp_path: Path) -> None:
     assert [f["rank"] for f in result.failures] == [1]
     detect_s = result.recoveries[0]["t_detect"]
     assert detect_s > 0
-    log = [json.loads(line) for line in (store / "logs" / "supervisor.jsonl").open()]
+    log = [json.loads(x) for x in (store / "logs" / "supervisor.jsonl").read_text().splitlines()]
     hangs = [e for e in log if e["event"] == "hang_detected"]
     assert [e["rank"] for e in hangs] == [1]
     assert 1.0 <= hangs[0]["silent_s"] < 1.0 + 2.0
@@ -223,5 +225,5 @@ def test_restart_limit_ends_the_job_with_a_report(tmp_path: Path) -> None:
     assert "restart limit reached" in message
     assert "boom" in message
     assert read_status(store).state == "failed"
-    log = [json.loads(line) for line in (store / "logs" / "supervisor.jsonl").open()]
+    log = [json.loads(x) for x in (store / "logs" / "supervisor.jsonl").read_text().splitlines()]
     assert any(e["event"] == "backoff" for e in log)

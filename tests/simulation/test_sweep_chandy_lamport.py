@@ -53,19 +53,19 @@ def sweep(seeds: range) -> Counter[str]:
 
 
 def test_sweep_everyone_restores_one_snapshot_and_results_match() -> None:
-    seen = sweep(range(300))
+    seen = sweep(range(200))
     # The sweep must exercise recovery from real snapshots, not pass vacuously.
     assert seen["runs with a recovery"] >= 150, seen
-    assert seen["restored a snapshot"] >= 100, seen
-    assert seen["replayed"] >= 50, seen
+    assert seen["restored a snapshot"] >= 150, seen
+    assert seen["replayed"] >= 20, seen
 
 
 def test_swarm_sweep_over_fault_mixes(swarm_sweep: object) -> None:
-    report = swarm_sweep("chandy-lamport", "bank", "random:2", range(60), n=4)  # type: ignore[operator]
+    report = swarm_sweep("chandy-lamport", "bank", "random:2", range(30), n=4)  # type: ignore[operator]
     assert report.recoveries > 0
 
 
 @pytest.mark.slow
 def test_long_sweep() -> None:
-    seen = sweep(range(300, 5300))
+    seen = sweep(range(200, 5200))
     assert seen["restored a snapshot"] >= 1000, seen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -41,7 +41,9 @@ def status_line(status: Any) -> Text:
     up = sum(r.state in ("running", "frozen") for r in status.ranks)
     line = min((int(v) for v in status.recovery_line.values()), default=0)
     text = Text()
-    text.append(f"{status.state:<10}", style="bold green" if status.state == "running" else "bold yellow")
+    text.append(
+        f"{status.state:<10}", style="bold green" if status.state == "running" else "bold yellow"
+    )
     text.append(f" ranks up {up}/{status.n}")
     text.append(f"  committed {status.checkpoints_committed}/{status.n} ranks")
     text.append(f"  recovery line >= ckpt {line}")
@@ -75,35 +77,67 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run_cmd(
-        app_name: str = typer.Argument(
-            None,
-            metavar="APP",
-            help="A built-in app (bank), path/file.py:Class or module:Class. "
-            "Optional with --resume.",
+        app_name: Annotated[
+            str | None,
+            typer.Argument(
+                metavar="APP",
+                help="A built-in app (bank), path/file.py:Class or module:Class. "
+                "Optional with --resume.",
+            ),
+        ] = None,
+        store: Annotated[Path, typer.Option("--store", help="Store directory of the job.")] = Path(
+            "snapline-job"
         ),
-        n: int = typer.Option(None, "-n", "--ranks", help="Number of ranks (processes)."),
-        protocol: str = typer.Option("chandy-lamport", "--protocol", "-P", help="Checkpointing protocol."),
-        interval: str = typer.Option("1s", "--interval", help="Checkpoint interval, e.g. 1s, 500ms."),
-        store: Path = typer.Option(..., "--store", help="Store directory of the job."),
-        topology: str = typer.Option("complete", "--topology", help="complete, ring, bidir-ring, line, star, random:K."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the ranks' ctx.random."),
-        resume: bool = typer.Option(False, "--resume", help="Continue a job whose processes all died."),
-        kill: list[str] = typer.Option([], "--kill", help="Inject a kill -9: RANK@SECONDS (repeatable)."),
-        param: list[str] = typer.Option([], "--param", "-p", help="App parameter KEY=VALUE (repeatable)."),
-        heartbeat_timeout: str = typer.Option("3s", "--heartbeat-timeout", help="Declare a silent rank hung after this long."),
-        max_restarts: int = typer.Option(10, "--max-restarts", help="Give up after this many restarts."),
-        timeout: str = typer.Option("10m", "--timeout", help="Give up if the job has not finished by then."),
-        no_trace: bool = typer.Option(False, "--no-trace", help="Do not record a trace."),
+        n: Annotated[
+            int | None, typer.Option("-n", "--ranks", help="Number of ranks (processes).")
+        ] = None,
+        protocol: Annotated[
+            str | None,
+            typer.Option(
+                "--protocol", "-P", help="Checkpointing protocol (default chandy-lamport)."
+            ),
+        ] = None,
+        interval: Annotated[
+            str, typer.Option("--interval", help="Checkpoint interval, e.g. 1s, 500ms.")
+        ] = "1s",
+        topology: Annotated[
+            str | None,
+            typer.Option(
+                "--topology",
+                help="complete, ring, bidir-ring, line, star, random:K (default: the app's).",
+            ),
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the ranks' ctx.random.")] = 0,
+        resume: Annotated[
+            bool, typer.Option("--resume", help="Continue a job whose processes all died.")
+        ] = False,
+        kill: Annotated[
+            list[str] | None,
+            typer.Option("--kill", help="Inject a kill -9: RANK@SECONDS (repeatable)."),
+        ] = None,
+        param: Annotated[
+            list[str] | None,
+            typer.Option("--param", "-p", help="App parameter KEY=VALUE (repeatable)."),
+        ] = None,
+        heartbeat_timeout: Annotated[
+            str,
+            typer.Option("--heartbeat-timeout", help="Declare a silent rank hung after this long."),
+        ] = "3s",
+        max_restarts: Annotated[
+            int, typer.Option("--max-restarts", help="Give up after this many restarts.")
+        ] = 10,
+        timeout: Annotated[
+            str, typer.Option("--timeout", help="Give up if the job has not finished by then.")
+        ] = "10m",
+        no_trace: Annotated[
+            bool, typer.Option("--no-trace", help="Do not record a trace.")
+        ] = False,
     ) -> None:
         """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure."""
         from snapline.runtime.local import run
 
         if app_name is None and not resume:
             raise ConfigError("give the APP to run (or --resume a job in --store)")
-        if app_name is None:
-            from snapline.runtime.local.config import load_job
-
-            app_name = load_job(store.resolve()).app
         live = Live(Text("starting..."), console=console, refresh_per_second=8, transient=True)
         with live:
             result = run(
@@ -115,12 +149,12 @@ def register(app: typer.Typer) -> None:
                 topology=topology,
                 seed=seed,
                 resume=resume,
-                kill=kill,
+                kill=kill or [],
                 heartbeat_timeout=heartbeat_timeout,
                 max_restarts=max_restarts,
                 timeout=timeout,
                 trace=not no_trace,
-                app_options=_parse_params(param),
+                app_options=_parse_params(param or []) if param or not resume else None,
                 on_status=lambda status: live.update(status_line(status)),
             )
         console.print(summary_table(result))
@@ -133,11 +167,15 @@ def register(app: typer.Typer) -> None:
             f"{len(result.recoveries)} recoveries, {result.restarts} restarts"
         )
         if result.trace_path is not None:
-            console.print(f"trace: {result.trace_path}  (draw it with: snapline viz {result.trace_path})")
+            console.print(
+                f"trace: {result.trace_path}  (draw it with: snapline viz {result.trace_path})"
+            )
 
     @app.command("ps")
     def ps_cmd(
-        store: Path = typer.Argument(..., help="Store directory of a job started with snapline run."),
+        store: Annotated[
+            Path, typer.Argument(help="Store directory of a job started with snapline run.")
+        ],
     ) -> None:
         """Show a job's ranks: pid, state, incarnation, restarts, last committed checkpoint."""
         from snapline.runtime.local.status import pid_alive, read_status

@@ -459,7 +459,7 @@ class RankEngine:
             )
         if self._arrived_upto[src] > keep_upto:
             for seq in range(keep_upto + 1, self._arrived_upto[src] + 1):
-                if self._arrived.pop((src, seq), None) is not None:
+                if self._arrived.pop((src, seq), _MISSING) is not _MISSING:
                     self._purged.add(src)
             self._arrived_upto[src] = keep_upto
         early = self._early.get(src)

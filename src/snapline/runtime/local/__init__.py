@@ -34,6 +34,7 @@ from typing import Any
 from snapline.errors import ConfigError
 from snapline.runtime.local.config import (
     JobConfig,
+    is_builtin_app,
     load_job,
     parse_duration_s,
     parse_kill,
@@ -65,13 +66,13 @@ def app_spec(app: str | type[Process]) -> str:
 
 
 def run(
-    app: str | type[Process],
+    app: str | type[Process] | None = None,
     n: int | None = None,
     *,
     store: str | Path,
-    protocol: str = "chandy-lamport",
+    protocol: str | None = None,
     interval: str | float = "1s",
-    topology: str = "complete",
+    topology: str | None = None,
     seed: int = 0,
     resume: bool = False,
     kill: Iterable[str | tuple[int, float]] = (),
@@ -86,38 +87,76 @@ def run(
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
 
+    ``app`` is a built-in app name (``"bank"``), ``"path/file.py:Class"``,
+    ``"package.module:Class"`` or a ``Process`` subclass defined at module level. ``protocol``
+    defaults to ``chandy-lamport`` and ``topology`` to the app's own (or ``complete``).
     Failed ranks (exited, killed, or silent for ``heartbeat_timeout``) are recovered
-    automatically; ``kill`` injects faults as ``"RANK@SECONDS"``. With ``resume=True`` a job
-    whose processes all died continues from the latest recovery line in ``store`` (``app``,
-    ``n`` and ``protocol`` default to the stored job's). Raises ``RuntimeFailure`` when the
-    restart limit is reached or the job cannot finish.
+    automatically; ``kill`` injects faults as ``"RANK@SECONDS"`` (seconds after every rank
+    started running). Raises ``RuntimeFailure`` when the restart limit is reached or the job
+    cannot finish.
+
+    With ``resume=True`` a job whose processes all died continues from the latest recovery
+    line in ``store``, under the configuration stored with it (``app``, ``n``, ``protocol``,
+    ``app_options`` ... may be left out; if given they must match). The fault-handling knobs
+    (``kill``, ``timeout``, ``heartbeat_*``, ``max_restarts``) apply to the resumed run.
     """
-    store_path = Path(store)
-    spec = app_spec(app)
-    if resume:
-        previous = load_job(store_path.resolve())
-        n = previous.n if n is None else n
-        if protocol == "chandy-lamport" and previous.protocol != protocol:
-            protocol = previous.protocol
-    if n is None:
-        raise ConfigError("give the number of ranks (-n)")
-    topo = Topology.parse(topology, n, seed=seed)
+    store_path = Path(store).resolve()
     kills = [parse_kill(k) if isinstance(k, str) else (int(k[0]), float(k[1])) for k in kill]
-    config = JobConfig(
-        app=spec,
-        n=n,
-        protocol=protocol,
-        topology=topology,
-        edges=[list(e) for e in sorted(topo.edges)],
-        interval_s=parse_duration_s(interval),
-        store=str(store_path.resolve()),
-        seed=seed,
-        app_options=dict(app_options or {}),
-        protocol_options=dict(protocol_options or {}),
-        heartbeat_interval_s=parse_duration_s(heartbeat_interval),
-        heartbeat_timeout_s=parse_duration_s(heartbeat_timeout),
-        max_restarts=max_restarts,
-        timeout_s=parse_duration_s(timeout),
-        trace=trace,
-    )
+    knobs: dict[str, float] = {
+        "heartbeat_interval_s": parse_duration_s(heartbeat_interval),
+        "heartbeat_timeout_s": parse_duration_s(heartbeat_timeout),
+        "max_restarts": max_restarts,
+        "timeout_s": parse_duration_s(timeout),
+    }
+    if resume:
+        config = load_job(store_path)
+        given: dict[str, object] = {
+            "app": None if app is None else app_spec(app),
+            "n": n,
+            "protocol": protocol,
+            "topology": topology,
+            "app_options": None if app_options is None else dict(app_options),
+            "protocol_options": None if protocol_options is None else dict(protocol_options),
+        }
+        for key, value in given.items():
+            if value is not None and value != getattr(config, key):
+                raise ConfigError(
+                    f"--resume: the job in {store_path} has {key}={getattr(config, key)!r}, "
+                    f"not {value!r}; leave it out to use the stored value"
+                )
+        for knob, setting in knobs.items():
+            setattr(config, knob, setting)
+        config.trace = trace
+    else:
+        if app is None or n is None:
+            raise ConfigError("give the app to run and the number of ranks (-n)")
+        spec = app_spec(app)
+        if topology is None:
+            topology = _default_topology(spec)
+        topo = Topology.parse(topology, n, seed=seed)
+        config = JobConfig(
+            app=spec,
+            n=n,
+            protocol=protocol or "chandy-lamport",
+            topology=topology,
+            edges=[list(e) for e in sorted(topo.edges)],
+            interval_s=parse_duration_s(interval),
+            store=str(store_path),
+            seed=seed,
+            app_options=dict(app_options or {}),
+            protocol_options=dict(protocol_options or {}),
+            trace=trace,
+            heartbeat_interval_s=knobs["heartbeat_interval_s"],
+            heartbeat_timeout_s=knobs["heartbeat_timeout_s"],
+            max_restarts=max_restarts,
+            timeout_s=knobs["timeout_s"],
+        )
     return LocalJob(config, resume=resume, kills=kills, on_status=on_status).run()
+
+
+def _default_topology(spec: str) -> str:
+    if is_builtin_app(spec):
+        from snapline.apps import app_spec as builtin
+
+        return builtin(spec).default_topology
+    return "complete"

@@ -36,6 +36,10 @@ def check_channels(result: RunResult) -> str | None:
             rank = int(event["rank"])
             if kind == "restore":
                 received = {int(k): int(v) for k, v in event.get("received", {}).items()}
+                for src in received:
+                    # A resumed run's trace starts at the restore: make the channel known so
+                    # that the rollback sets its delivered count.
+                    checker.deliveries.setdefault(src * trace.n + rank, 0)
                 checker.rollback({}, {rank: received}, {rank})
             elif kind == "deliver":
                 checker.delivered(
@@ -67,8 +71,7 @@ def check_run(
     results = [result.results[r] for r in range(result.n)]
     if is_builtin_app(app):
         from snapline.apps import app_spec
-        from snapline.runtime.sim import SimConfig
-        from snapline.runtime.sim import reference_results
+        from snapline.runtime.sim import SimConfig, reference_results
 
         spec = app_spec(app)
         params = spec.resolve_params(app_params or {})
@@ -79,7 +82,11 @@ def check_run(
         if spec.deterministic:
             reference = reference_results(
                 SimConfig(
-                    app=app, n=result.n, seed=seed, app_params=dict(app_params or {}), topology=topology
+                    app=app,
+                    n=result.n,
+                    seed=seed,
+                    app_params=dict(app_params or {}),
+                    topology=topology,
                 )
             )
             problem = compare_results(reference, results)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import Any
 
@@ -52,10 +52,6 @@ from snapline.errors import ConfigError, ProtocolError
 from snapline.protocols import protocol_class
 from snapline.protocols.base import (
     PlainData,
-    RecoveryPlan,
-    RecoveryView,
-    initial_record,
-    is_consistent,
 )
 from snapline.protocols.base import Protocol as CheckpointProtocol
 from snapline.runtime.engine import CheckpointImage, JobTally, RankEngine
@@ -67,6 +63,8 @@ from snapline.runtime.sim.checks import (
     RecoveryChecker,
 )
 from snapline.runtime.sim.config import Delay, SimConfig
+from snapline.runtime.sim.network import Network, describe_control
+from snapline.runtime.sim.recovery import recover
 from snapline.runtime.sim.storage import StableStorage, StorageMisuse
 from snapline.runtime.trace import Trace, TraceWriter
 from snapline.topology import Topology
@@ -85,18 +83,6 @@ _RECOVER = 10
 _DUP = 11
 
 _packb = msgpack.packb
-
-
-def describe_control(control: PlainData) -> str:
-    """A short label of a control message for traces (its ``type``/``kind`` if it has one)."""
-    if isinstance(control, dict):
-        for key in ("type", "kind", "what", "op"):
-            if key in control:
-                return str(control[key])
-    if isinstance(control, list | tuple) and control and isinstance(control[0], str):
-        return control[0]
-    text = repr(control)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Simulator:
@@ -168,11 +154,7 @@ class Simulator:
         self.dup_pending: dict[int, bool] = {}
 
         rng = self.rng
-        self.delay = Delay.parse(config.delay).sampler(rng)
-        self.channel_delay = {
-            s * n + d: Delay.parse(spec_).sampler(rng)
-            for (s, d), spec_ in config.channel_delays.items()
-        }
+        self.network = Network(config, rng, fifo=self.fifo)
         persist = Delay.parse(config.persist_delay)
         self.persist_delay = [
             Delay.parse(config.slow_disks.get(r, persist)).sampler(rng) for r in range(n)
@@ -180,10 +162,7 @@ class Simulator:
         self.log_delay = Delay.parse(config.log_delay).sampler(rng)
         self.disk_free_s = [0.0] * n
         self.log_free_s = [0.0] * n
-        self.last_arrival: dict[int, float] = {}
-        self.partitions = config.partitions
         self.dup_rate = config.dup_rate
-        self.loss_rate = config.loss_rate
 
         self.trace_on = config.trace
         self.writer: TraceWriter | None = None
@@ -209,9 +188,7 @@ class Simulator:
         self.stats: dict[str, Any] = {
             "piggyback_bytes": 0,
             "control_bytes": 0,
-            "retransmits": 0,
             "duplicates_dropped": 0,
-            "partition_delays": 0,
             "stale_dropped": 0,
             "lost_to_crash": 0,
             "checkpoint_writes_lost": 0,
@@ -229,7 +206,8 @@ class Simulator:
         # A string seed is hashed with SHA-512: stable across runs and Python processes.
         return random.Random(f"snapline-app:{self.config.seed}:{rank}")
 
-    def _protocol_args(self, rank: int) -> dict[str, Any]:
+    def protocol_args(self, rank: int) -> dict[str, Any]:
+        """Keyword arguments every protocol object of ``rank`` is built with."""
         return {
             "n": self.n,
             "inbound": self.inbound_sets[rank],
@@ -237,7 +215,8 @@ class Simulator:
             "options": self.config.protocol_options,
         }
 
-    def _fresh_engine(self, rank: int, protocol: CheckpointProtocol) -> RankEngine:
+    def fresh_engine(self, rank: int, protocol: CheckpointProtocol) -> RankEngine:
+        """An engine for ``rank`` in its initial state (before ``on_start``)."""
         return RankEngine(
             rank=rank,
             n=self.n,
@@ -252,7 +231,8 @@ class Simulator:
             incarnation=self.incarnation[rank],
         )
 
-    def _retire(self, engine: RankEngine) -> None:
+    def retire(self, engine: RankEngine) -> None:
+        """Keep the counts of an engine that is being replaced (crash or rollback)."""
         for key, value in engine.stats.items():
             self.retired[key] = self.retired.get(key, 0) + value
         for key, value in engine.protocol.stats.items():
@@ -270,44 +250,16 @@ class Simulator:
         heappush(self.heap, (t, self.seq, kind, *args))
         self.seq += 1
 
-    def _link_delay(self, src: int, dst: int) -> float:
-        key = src * self.n + dst
-        sampler = self.channel_delay.get(key, self.delay) if self.channel_delay else self.delay
-        delay = sampler()
-        if self.loss_rate:
-            # The reliable layer resends a lost packet after rto_s: it arrives that much later.
-            while self.rng.random() < self.loss_rate:
-                self.stats["retransmits"] += 1
-                delay += self.config.rto_s + sampler()
-        if self.partitions:
-            t = self.now_s + delay
-            for part in self.partitions:
-                if part.start_s <= t < part.end_s and ((src in part.group) != (dst in part.group)):
-                    self.stats["partition_delays"] += 1
-                    t = part.end_s + sampler()
-            delay = t - self.now_s
-        return delay
-
-    def _arrival_time(self, src: int, dst: int) -> float:
-        t = self.now_s + self._link_delay(src, dst)
-        if self.fifo:
-            key = src * self.n + dst
-            last = self.last_arrival.get(key, 0.0)
-            if t < last:
-                t = last
-            self.last_arrival[key] = t
-        return t
-
     def transmit(self, src: int, dst: int, seq: int, payload: object, piggyback: PlainData) -> None:
         """Put application message ``seq`` on channel ``src -> dst``."""
-        t = self._arrival_time(src, dst)
+        t = self.network.arrival_time(src, dst, self.now_s)
         msg = (src, dst, seq, payload, piggyback, self.incarnation[src])
         tid = self.seq
         heappush(self.heap, (t, tid, _ARRIVE, msg))
         self.seq = tid + 1
         if self.dup_rate and self.rng.random() < self.dup_rate:
             self.dup_pending[tid] = False
-            self._push(t + self._link_delay(src, dst), _DUP, tid, msg)
+            self._push(t + self.network.link_delay(src, dst, self.now_s), _DUP, tid, msg)
         if piggyback is not None:
             self.stats["piggyback_bytes"] += len(_packb(piggyback))
         if self.check_sent is not None:
@@ -326,7 +278,7 @@ class Simulator:
 
     def send_control(self, src: int, dst: int, control: PlainData) -> None:
         """Send a protocol control message."""
-        t = self._arrival_time(src, dst)
+        t = self.network.arrival_time(src, dst, self.now_s)
         self.stats["control_bytes"] += len(_packb(control))
         self._push(t, _CONTROL, (src, dst, control, self.epoch[src], self.epoch[dst]))
         if self.writer is not None:
@@ -427,8 +379,8 @@ class Simulator:
         wall_start = time.perf_counter()
         n = self.n
         for rank in range(n):
-            protocol = self.protocol_cls(rank=rank, **self._protocol_args(rank))
-            self.engines[rank] = self._fresh_engine(rank, protocol)
+            protocol = self.protocol_cls(rank=rank, **self.protocol_args(rank))
+            self.engines[rank] = self.fresh_engine(rank, protocol)
         if config.interval_s is not None:
             for rank in range(n):
                 self._push(self.rng.uniform(0.0, config.interval_s), _CKPT_REQ, rank)
@@ -555,7 +507,7 @@ class Simulator:
                 self._detect()
         elif kind == _RECOVER:
             if item[3] == self.recovery_gen:
-                self._recover()
+                recover(self)
         else:  # pragma: no cover - every kind is handled above
             raise AssertionError(f"unknown event kind {kind}")
 
@@ -618,7 +570,7 @@ class Simulator:
         if engine is None or not self._faults_allowed():
             return
         self.crashes += 1
-        self._retire(engine)
+        self.retire(engine)
         if engine.done:
             self.finished -= 1
         self.engines[rank] = None
@@ -650,140 +602,11 @@ class Simulator:
         if self.config.crash_in_recovery and self.rng.random() < self.config.crash_in_recovery:
             self._push(self.rng.uniform(self.now_s, done), _CRASH, (self.rng.randrange(self.n),))
 
-    def _recover(self) -> None:
-        n = self.n
-        engines = self.engines
-        failed = frozenset(self.failed)
-        committed = {r: self.storage.committed_records(r) for r in range(n)}
-        view = RecoveryView(
-            n=n,
-            failed=failed,
-            committed=committed,
-            volatile={r: e.volatile_record() for r, e in enumerate(engines) if e is not None},
-            message_logs={r: tuple(log) for r, log in enumerate(self.storage.logs) if log},
-            edges=frozenset(self.edges),
-        )
-        plan: RecoveryPlan = self.protocol_cls.plan_recovery(view)
-        self.recovery_checker.validate_plan(
-            view, plan, {r: {rec.index for rec in committed[r]} for r in range(n)}
-        )
-        cut = {r: view.volatile[r] for r in view.volatile if r not in plan.restore}
-        for rank, index in plan.restore.items():
-            cut[rank] = next(rec for rec in committed[rank] if rec.index == index)
-        if not is_consistent(cut):
-            self.recovery_checker.inconsistent_before_replay += 1
-
-        self.recovery_gen += 1
-        incarnation = len(self.recoveries) + 1
-        restored = dict(sorted(plan.restore.items()))
-        exact = plan.replay_timers_only
-        rolled_back_s: dict[str, float] = {}
-        fresh: set[int] = set()
-        for rank, index in restored.items():
-            old = engines[rank]
-            t_lost = self.crash_time.get(rank, self.now_s) if rank in failed else self.now_s
-            if old is not None:
-                self._retire(old)
-                if old.done:
-                    self.finished -= 1
-            self.epoch[rank] += 1
-            self.incarnation[rank] += 1
-            inc = self.incarnation[rank]
-            # Checkpoints taken after the restored one belong to a future that is undone.
-            self.stats["checkpoints_voided"] += self.storage.void_after(rank, index)
-            args = self._protocol_args(rank)
-            if index == 0:
-                protocol = self.protocol_cls.restored(
-                    record=initial_record(rank), incarnation=inc, **args
-                )
-                engine = self._fresh_engine(rank, protocol)
-                taken_at_s = 0.0
-                fresh.add(rank)
-            else:
-                image, taken_at_s = self.storage.restore_image(rank, index)
-                protocol = self.protocol_cls.restored(record=image.record, incarnation=inc, **args)
-                engine = RankEngine.restored(
-                    image=image,
-                    n=n,
-                    inbound=self.inbound[rank],
-                    outbound=self.outbound[rank],
-                    process=self.factory(rank, n),
-                    protocol=protocol,
-                    port=self,
-                    tally=self.tally,
-                    trace=self.trace_on,
-                    incarnation=inc,
-                )
-            engines[rank] = engine
-            if rank not in exact:
-                # In-flight messages of older incarnations above this count are void. An exact
-                # re-execution sends the same messages again, so its old ones stay valid.
-                self.restores[rank].append((inc, dict(engine.sent)))
-            self.disk_free_s[rank] = self.now_s
-            rolled_back_s[str(rank)] = max(0.0, t_lost - taken_at_s)
-            if self.writer is not None:
-                self.writer.event(self.now_s, rank, "restore", {"index": index})
-        self.down.clear()
-        live = [e for e in engines if e is not None]
-        assert len(live) == n, "every failed rank is restored"
-        # Survivors forget arrivals that the restored senders no longer sent (unless the sender
-        # re-executes exactly: then what they hold is what it will send again).
-        for rank in restored:
-            if rank in exact:
-                continue
-            for dst in self.outbound[rank]:
-                receiver = engines[dst]
-                if dst not in restored and receiver is not None:
-                    receiver.forget_messages_from(
-                        rank, max(restored_engine_sent(engines, rank, dst), receiver.received[rank])
-                    )
-        sent = {e.rank: e.sent for e in live}
-        received = {e.rank: e.received for e in live}
-        self.channels.rollback(sent, received, set(restored), exact=exact)
-        replayed_before = sum(e.stats["replayed"] for e in live)
-        for rank in restored:
-            restored_engine = engines[rank]
-            assert restored_engine is not None
-            timers_only = rank in plan.replay_timers_only
-            if rank in fresh:
-                restored_engine.start(defer_timers=timers_only)
-            restored_engine.resume(plan.replay.get(rank, ()), timers_only=timers_only)
-        for rank, items in sorted(plan.rearrive.items()):
-            receiver = engines[rank]
-            assert receiver is not None
-            for item in items:
-                receiver.message_arrived(item.src, item.seq, item.payload, None)
-        replayed = sum(e.stats["replayed"] for e in live) - replayed_before
-        self.tally.requested = sum(e.requested_sends for e in live)
-        self.tally.delivered = sum(sum(e.received.values()) for e in live)
-        self.finished = sum(e.done for e in live)
-        self.recovery_checker.check_cut(self.edges, sent, received)
-        self._check_invariant("after recovery")
-        record = {
-            "t_detect": self.t_detect,
-            "t_done": self.now_s,
-            "t_fail": self.t_first_failure,
-            "failed": sorted(failed),
-            "restore": {str(r): i for r, i in restored.items()},
-            "replayed": replayed,
-            "rolled_back_s": rolled_back_s,
-        }
-        self.recoveries.append(record)
-        if self.writer is not None:
-            self.writer.recovery(record)
-        self.failed.clear()
-        self.announced.clear()
-        self.crash_time.clear()
-        self.recovery_phase = None
-        self.progress_s = self.now_s
-        restored_set = frozenset(restored)
-        for engine in live:
-            engine.recovery_completed(restored_set, incarnation)
-
     # ----------------------------------------------------------------------------------------
     # Checks and the end of a run.
 
-    def _check_invariant(self, when: str) -> None:
+    def check_invariant(self, when: str) -> None:
+        """Check the app invariant on the current global state (a consistent cut)."""
         spec = self.spec
         if spec is None or spec.check_cut is None or not self.channels.track_payloads:
             return
@@ -827,7 +650,7 @@ class Simulator:
         live = [e for e in self.engines if e is not None]
         assert len(live) == self.n
         self.channels.check_end({e.rank: e.sent for e in live})
-        self._check_invariant("at the end")
+        self.check_invariant("at the end")
         results = [e.process.result() for e in live]
         if self.spec is not None and self.spec.check_final is not None:
             problem = self.spec.check_final(results, self.params, self.n)
@@ -861,6 +684,8 @@ class Simulator:
             ),
             "inconsistent_cuts_before_replay": self.recovery_checker.inconsistent_before_replay,
             **self.stats,
+            "retransmits": self.network.retransmits,
+            "partition_delays": self.network.partition_delays,
             **self.storage.stored_count(),
             "protocol": {
                 k.removeprefix("protocol."): v for k, v in sorted(totals.items()) if "." in k
@@ -881,10 +706,3 @@ class Simulator:
             else None
         )
         return results, stats, checks, trace
-
-
-def restored_engine_sent(engines: Sequence[RankEngine | None], rank: int, dst: int) -> int:
-    """How many messages restored ``rank`` has sent to ``dst`` (its restored counter)."""
-    engine = engines[rank]
-    assert engine is not None
-    return engine.sent[dst]
