@@ -47,6 +47,7 @@ def bench_one(protocol: str, args: argparse.Namespace) -> dict[str, Any]:
         app_params={"messages": args.messages},
         crash_at=tuple((int(i * 7919 % args.ranks), t) for i, t in enumerate(crash_times, 1)),
         check_payloads=not args.no_payload_checks,
+        checkpoint_requests=args.requests,
         reference=False,
     )
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -84,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--protocols", nargs="*", default=None)
     parser.add_argument("--no-payload-checks", action="store_true")
+    parser.add_argument(
+        "--requests",
+        choices=["all", "one"],
+        default=None,
+        help="checkpoint requests on all ranks or rank 0 (default: what each protocol declares)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     # The bank makes one transfer per ~1 s per rank: the failure-free run lasts ~messages s.

@@ -227,3 +227,54 @@ def test_restart_limit_ends_the_job_with_a_report(tmp_path: Path) -> None:
     assert read_status(store).state == "failed"
     log = [json.loads(x) for x in (store / "logs" / "supervisor.jsonl").read_text().splitlines()]
     assert any(e["event"] == "backoff" for e in log)
+
+
+class Announcer(Process):
+    """Rank 0 sends 1..count on a timer; rank 1 outputs each number it receives."""
+
+    def __init__(self, rank: int, n: int, count: int = 300) -> None:
+        self.rank, self.count = rank, count
+        self.next = 1
+
+    def state(self) -> object:
+        return {"next": self.next}
+
+    def restore(self, state: Any) -> None:
+        self.next = int(state["next"])
+
+    def on_start(self, ctx: Context) -> None:
+        if self.rank == 0:
+            ctx.set_timer("tick", 0.01)
+        ctx.finish()
+
+    def on_timer(self, ctx: Context, name: str) -> None:
+        ctx.send(1, self.next)
+        self.next += 1
+        if self.next <= self.count:
+            ctx.set_timer("tick", 0.01)
+
+    def on_message(self, ctx: Context, src: int, payload: Any) -> None:
+        ctx.output(("got", payload))
+
+    def result(self) -> object:
+        return self.next
+
+
+@pytest.mark.parametrize("protocol", ["chandy-lamport", "message-logging"])
+def test_output_is_released_exactly_once_across_a_kill(tmp_path: Path, protocol: str) -> None:
+    store = tmp_path / "job"
+    job = JobThread(
+        app=f"{Path(__file__).resolve()}:Announcer",
+        n=2,
+        store=store,
+        protocol=protocol,
+        topology="complete",
+        interval="0.2s",
+    )
+    job.start()
+    status = wait_for(store, running_with_progress(60))
+    os.kill(int(status.ranks[1].pid), signal.SIGKILL)
+    result = job.outcome()
+    assert [f["rank"] for f in result.failures] == [1]
+    assert result.outputs[1] == [("got", i) for i in range(1, 301)]
+    assert result.outputs[0] == []

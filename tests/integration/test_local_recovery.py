@@ -28,12 +28,15 @@ from snapline.runtime.sim import SimConfig, run_simulation
 pytestmark = pytest.mark.timeout(120)
 
 
-def small_params(app: str) -> dict[str, Any]:
+def small_params(app: str, protocol: str) -> dict[str, Any]:
     """Parameters that make ``app`` run for a second or two on a few local ranks."""
     spec = APPS[app]
     if "step_s" in spec.params:  # paced by timers
         return {spec.size_param: 100, "step_s": 0.01}
-    return {spec.size_param: 1000}  # as fast as messages go
+    if protocol in ("bcs", "fdas"):
+        # As fast as messages go, but nearly every message forces a checkpoint (an fsync).
+        return {spec.size_param: 300}
+    return {spec.size_param: 2500}  # as fast as messages go
 
 
 def failure_free_deliveries(app: str, n: int, params: dict[str, Any]) -> int:
@@ -90,14 +93,15 @@ def wait_running(store: Path, timeout_s: float = 30.0) -> dict[int, int]:
     raise AssertionError(f"job in {store} never ran")
 
 
-def wait_progress(store: Path, delivered: int, timeout_s: float = 60.0) -> None:
-    """Wait until the job has delivered at least ``delivered`` messages (status file)."""
+def wait_progress(store: Path, delivered: int, timeout_s: float = 60.0) -> bool:
+    """Wait until the job has delivered ``delivered`` messages; False if it ended first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = read_status(store)
         if status.messages_delivered >= delivered and status.state == "running":
-            return
-        assert status.state in ("starting", "running", "recovering"), status.state
+            return True
+        if status.state in ("finished", "failed"):
+            return False
         time.sleep(0.02)
     raise AssertionError(f"job in {store} made no progress to {delivered} messages")
 
@@ -115,27 +119,35 @@ CASES = [(p, a) for p in protocol_names() for a in sorted(APPS)]
 @pytest.mark.parametrize(("protocol", "app"), CASES)
 def test_kill_random_rank_recovers_exactly(tmp_path: Path, protocol: str, app: str) -> None:
     rng = random.Random(zlib.crc32(f"{protocol}/{app}".encode()))
-    n = 3
-    params = small_params(app)
+    n = 3 if app == "bank" else 2  # every process costs a Python start-up: keep CI cheap
+    params = small_params(app, protocol)
     topology = APPS[app].default_topology
-    total = failure_free_deliveries(app, n, params)
-    store = tmp_path / "job"
-    job = JobThread(
-        app=app,
-        n=n,
-        store=store,
-        protocol=protocol,
-        topology=topology,
-        interval="0.2s",
-        app_options=params,
-        timeout="60s",
-    )
-    job.start()
-    wait_running(store)
-    # Kill at a random point of the run, measured in progress so that it is never too late.
-    wait_progress(store, int(total * rng.uniform(0.2, 0.5)))
-    victim = rng.randrange(n)
-    killed_pid = kill_from_outside(store, victim)
+    for attempt in range(4):
+        total = failure_free_deliveries(app, n, params)
+        store = tmp_path / f"job-{attempt}"
+        job = JobThread(
+            app=app,
+            n=n,
+            store=store,
+            protocol=protocol,
+            topology=topology,
+            interval="0.2s",
+            app_options=params,
+            timeout="60s",
+        )
+        job.start()
+        wait_running(store)
+        # Kill at a random point of the run, measured in progress (not time); a job that
+        # finished before that point on this machine is run again, three times bigger.
+        victim = rng.randrange(n)
+        if wait_progress(store, int(total * rng.uniform(0.2, 0.5))):
+            killed_pid = kill_from_outside(store, victim)
+            break
+        job.outcome()
+        size = APPS[app].size_param
+        params = {**params, size: params[size] * 3}
+    else:
+        raise AssertionError("the job always finished before the kill")
     result = job.outcome()
 
     assert [f["rank"] for f in result.failures] == [victim]

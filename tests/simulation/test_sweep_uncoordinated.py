@@ -56,8 +56,12 @@ MIXES: dict[str, dict[str, Any]] = {
 MIX_NAMES = tuple(MIXES)
 
 
-def config(protocol: str, seed: int) -> SimConfig:
-    """The job of ``seed``: app/topology, n = 3..6 and the fault mix all follow from it."""
+def config(protocol: str, seed: int, *, scale: int = 1) -> SimConfig:
+    """The job of ``seed``: app/topology, n = 3..6 and the fault mix all follow from it.
+
+    ``scale`` multiplies the job size; every seventh seed runs without garbage collection (the
+    sender logs and checkpoints are never trimmed: the plain protocol, without the flood).
+    """
     app, topology, params = CASES[seed % len(CASES)]
     rest = seed // len(CASES)
     mix = MIXES[MIX_NAMES[rest % len(MIX_NAMES)]]
@@ -67,7 +71,9 @@ def config(protocol: str, seed: int) -> SimConfig:
         protocol=protocol,
         topology=topology,
         seed=seed,
-        app_params=params,
+        app_params={k: v * scale for k, v in params.items()},
+        # 0, not False: the replay command prints options with str() and the CLI reads JSON.
+        protocol_options={"gc": 0} if seed % 7 == 6 else {},
         interval_s=(1.5, 3.0, 5.0)[seed % 3],
         max_crashes=5,
         faults_until_s=60.0,
@@ -97,11 +103,11 @@ def account(seen: Counter[str], cfg: SimConfig, result: SimResult) -> None:
     seen[f"{app}/{topology}: recoveries"] += len(result.recoveries)
 
 
-def run_sweep(protocol: str, seeds: range) -> Counter[str]:
+def run_sweep(protocol: str, seeds: range, *, scale: int = 1) -> Counter[str]:
     """Run every seed (a failing checker raises with the replay command); count coverage."""
     seen: Counter[str] = Counter()
     for seed in seeds:
-        cfg = config(protocol, seed)
+        cfg = config(protocol, seed, scale=scale)
         account(seen, cfg, run_simulation(cfg))
     return seen
 
@@ -121,7 +127,7 @@ def assert_covered(seen: Counter[str], runs: int) -> None:
 
 
 #: The CI sweep: small jobs, ~10 s on a loaded 2-core machine.
-FAST_SEEDS = range(160)
+FAST_SEEDS = range(200)
 
 
 def test_uncoordinated_sweep_passes_every_checker() -> None:
@@ -137,3 +143,6 @@ def test_uncoordinated_long_sweep() -> None:
     seeds = range(1000, 5000)
     seen = run_sweep("uncoordinated", seeds)
     assert_covered(seen, len(seeds))
+    # Jobs four times as long: more checkpoints, deeper rollbacks, more gc.
+    seeds = range(5000, 5400)
+    assert_covered(run_sweep("uncoordinated", seeds, scale=4), len(seeds))

@@ -334,3 +334,11 @@ def test_slow_disk_and_per_channel_delays_are_used() -> None:
 def test_stale_messages_of_old_incarnations_are_dropped() -> None:
     result = run_with(Independent, crash_at=((1, 4.0),), delay="uniform:0.5:1.5")
     assert result.stats["stale_dropped"] + result.stats["lost_to_crash"] > 0
+
+
+def test_checkpoint_requests_fire_on_every_rank_or_only_on_rank_zero() -> None:
+    every = run_with(Independent, reference=False, interval_s=2.0)
+    one = run_with(Independent, reference=False, interval_s=2.0, checkpoint_requests="one")
+    assert one.stats["checkpoints_basic"] * 3 < every.stats["checkpoints_basic"]
+    with pytest.raises(ConfigError, match="'all' or 'one'"):
+        dataclasses.replace(BASE, checkpoint_requests="some")

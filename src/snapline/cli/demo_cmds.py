@@ -1,4 +1,4 @@
-"""``snapline demo``: a short tour of the checkpoint store (until the distributed demo lands).
+"""``snapline demo``: the distributed demo (``runtime.local.demo``); ``--store-only``: store tour.
 
 ``store_demo(directory)`` holds the whole tour so it can later move behind
 ``snapline demo --store-only``: it saves a few checkpoints of a sample training-like state,
@@ -25,6 +25,7 @@ from snapline.store.manifest import chunk_key
 
 console = Console()
 DEFAULT_DEMO_DIR = "demo-out/store"
+DEFAULT_DISTRIBUTED_DIR = "demo-out/distributed"
 
 
 def _sample_state(rng: np.random.Generator) -> dict[str, object]:
@@ -111,12 +112,18 @@ def store_demo(directory: Path) -> None:
 
 
 def demo(
-    directory: str = typer.Option(
-        DEFAULT_DEMO_DIR, "--dir", help="Where to put the demo store (recreated)."
+    directory: str = typer.Option(None, "--dir", help="Where to put the demo's files (recreated)."),
+    store_only: bool = typer.Option(
+        False, "--store-only", help="Only the tour of the checkpoint store."
     ),
 ) -> None:
-    """Save, list, damage, verify and recover checkpoints in a local store."""
-    store_demo(Path(directory))
+    """Run a bank on 6 processes, kill -9 one, watch it recover (--store-only: store tour)."""
+    if store_only:
+        store_demo(Path(directory or DEFAULT_DEMO_DIR))
+        return
+    from snapline.runtime.local.demo import distributed_demo
+
+    distributed_demo(Path(directory or DEFAULT_DISTRIBUTED_DIR), console)
 
 
 def register(app: typer.Typer) -> None:

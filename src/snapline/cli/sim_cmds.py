@@ -162,6 +162,11 @@ def sim(
     channel_delay: Annotated[
         list[str] | None, typer.Option("--channel-delay", help="Per-channel delay SRC-DST=SPEC.")
     ] = None,
+    requests: str | None = typer.Option(
+        None,
+        "--requests",
+        help="Basic checkpoint requests on 'all' ranks or 'one' (rank 0); default: protocol's.",
+    ),
     reorder: bool = typer.Option(False, "--reorder", help="Non-FIFO network (if allowed)."),
     loss: float = typer.Option(0.0, "--loss", help="Packet loss rate under the reliable layer."),
     dup: float = typer.Option(0.0, "--dup", help="Packet duplication rate under the layer."),
@@ -200,6 +205,7 @@ def sim(
         app_params={k: v for k, v in spec.resolve_params(app_params).items() if k in app_params},
         protocol_options={k: _option_value(v) for k, v in _pairs(option or [], "--option").items()},
         interval_s=_interval(interval),
+        checkpoint_requests=requests,
         delay=delay,
         channel_delays=_channel_delays(channel_delay or []),
         reorder=reorder,

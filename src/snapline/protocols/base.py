@@ -433,6 +433,11 @@ class Protocol(ABC):
     name: ClassVar[str]
     #: Whether the protocol needs FIFO channels.
     needs_fifo: ClassVar[bool] = True
+    #: Which ranks the driver's basic checkpoint schedule (``CheckpointRequested``) fires on:
+    #: ``"all"`` -- every rank, each on its own schedule (independent checkpoints) -- or
+    #: ``"one"`` -- rank 0 only, once per interval (a coordinated protocol that starts one
+    #: global checkpoint per request; firing it on all n ranks would start n of them).
+    checkpoint_requests: ClassVar[str] = "all"
 
     def __init__(
         self,

@@ -27,11 +27,18 @@ exists and every checkpoint belongs to a consistent cut; the dependency vectors 
 minimal consistent cut containing a checkpoint. Cost: n ints per message.
 
 Limitation: after a recovery the driver replays in-transit messages to a restored rank without
-passing them through the protocol (``RecoveryPlan`` replay), so their piggybacks are not
+passing them through the protocol (``RecoveryPlan.replay``), so their piggybacks are not
 absorbed: BCS's clock and FDAS's vector miss that dependency, and forced checkpoints that it
-would have caused are not taken. Recovery lines stay consistent (they come from counters), but
-"no useless checkpoint" is guaranteed only for executions without such a replay. Fixing it needs
-the replay (or its piggybacks) handed to ``restored``.
+would have caused are not taken. Recovery lines stay consistent (they come from counters, and
+the simulator's checkers confirm it over thousands of seeded runs with crashes), but "no useless
+checkpoint" is guaranteed only for executions without such a replay: between recoveries.
+``RecoveryPlan.rearrive`` (messages fed through the protocol as ``MessageArrived`` after the
+replays) would be the fix, with each piggyback stored in the sender log next to its payload.
+It is not used, because it cannot deliver the piggyback and is not carried out everywhere:
+``Redelivery`` has no piggyback field and the simulator feeds rearrived messages with
+``piggyback=None``; the local runtime and the in-memory link ignore ``rearrive`` altogether, so
+such a plan would lose the messages there. Using it needs ``Redelivery.piggyback`` in ``base``
+and every driver passing it through.
 
 A failed checkpoint write (``CheckpointWriteFailed``) leaves a hole: the guarantees are about the
 checkpoints that exist, and recovery still finds the maximum consistent cut of those.

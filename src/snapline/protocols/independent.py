@@ -29,7 +29,8 @@ so checkpoints of an abandoned execution never count. After a restore the driver
 in-transit messages to the application without telling the protocol, so a restored rank's
 counters may lag on an inbound channel until the next message on it arrives (the gap shows the
 replay); checkpoints taken meanwhile are not gossiped (wrong counters could make the line
-unsafe). Their piggybacks are not absorbed either: see ``communication_induced``.
+unsafe). Their piggybacks are not absorbed either, and ``RecoveryPlan.rearrive`` cannot carry
+them yet: see ``communication_induced``.
 
 Without gc the log and the stored checkpoints grow without bound and output is never
 released; knowledge of ranks that cannot reach this one never arrives, which only delays

@@ -539,6 +539,8 @@ class RankEngine:
         """Continue a restored engine: re-arm timers, re-issue requests, replay, then go on."""
         timers, self._resume_timers = self._resume_timers, []
         requests, self._resume_requests = self._resume_requests, []
+        # Timers set by a deferred start() are armed below, with the ones replay leaves.
+        deferred = self._defer_timers or timers_only
         self._defer_timers = timers_only
         now = self.port.now()
         for name, remaining_s in timers:
@@ -566,7 +568,7 @@ class RankEngine:
                         assert_never(item)
         finally:
             self._in_replay = False
-        if timers_only:
+        if deferred:
             self._defer_timers = False
             for name, (timer_id, due_s) in list(self._timers.items()):
                 self.port.set_app_timer(self.rank, timer_id, name, max(0.0, due_s - now))

@@ -19,6 +19,14 @@ Architecture (why it is built this way):
   checkpoint records, attachments, commit markers, message logs and released output go to an
   fsynced append-only ledger per rank, written in protocol order by one thread (``stable``).
 
+Output commit: ``ctx.output(x)`` is held by the engine until the protocol says
+``ReleaseOutput`` -- i.e. the state that produced it is recoverable (committed) -- and is then
+appended to the rank's ledger as a numbered output record (after the commit marker it depends
+on is durable). Output ids are part of the checkpointed state, so output re-executed after a
+rollback gets the same ids and is skipped: each output is released exactly once across
+failures. ``RunResult.outputs`` (and ``snapline run``) show the released outputs; what is still
+held when the job ends is released then, since nothing can roll the job back any more.
+
 Files in the store directory: ``job.json`` (for ``--resume``), ``status.json`` (``snapline
 ps``), ``rank-N/`` (checkpoint states), ``ledger/``, ``logs/*.jsonl`` (structured logs),
 ``trace/`` and ``trace.json`` (for ``snapline viz``), ``summary.json``.

@@ -47,6 +47,7 @@ from snapline.runtime.local.wire import (
     accept_handshake,
     connect_handshake,
     frame,
+    new_packer,
 )
 
 APP = 0
@@ -130,6 +131,7 @@ class Transport:
         self._accepted: queue.Queue[tuple[socket.socket, int]] = queue.Queue()
         self._listener: socket.socket | None = None
         self._closing = False
+        self._pack = new_packer().pack  # the loop thread's own packer (reused: fast)
 
     # ---------------------------------------------------------------- listening / accepting
 
@@ -231,7 +233,7 @@ class Transport:
     def send_app(self, dst: int, seq: int, payload: object, piggyback: object) -> None:
         """Queue an application message (kept until acknowledged)."""
         link = self.out[dst]
-        data = frame([APP, self.epoch, seq, payload, piggyback])
+        data = self._pack([APP, self.epoch, seq, payload, piggyback])
         link.unacked.append((seq, data))
         link.pending += data
         self.stats.frames_sent += 1
@@ -239,7 +241,7 @@ class Transport:
     def send_control(self, dst: int, control: object) -> None:
         """Queue a protocol control message (FIFO with the application messages)."""
         link = self.out[dst]
-        link.pending += frame([CONTROL, self.epoch, control])
+        link.pending += self._pack([CONTROL, self.epoch, control])
 
     def flush(self) -> None:
         """Write as much of every channel's queued bytes as the sockets take right now."""

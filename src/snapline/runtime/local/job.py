@@ -77,6 +77,8 @@ class RunResult:
     n: int
     messages_delivered: int = 0
     checkpoints_committed: int = 0
+    #: Seconds from every rank running to termination detected (no spawn, no shutdown).
+    run_s: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
     #: Guarantees the supervisor saw violated (plan or recovered cut); empty on a correct run.
     violations: list[str] = field(default_factory=list)
@@ -129,6 +131,7 @@ class LocalJob:
         self._rebuilt_this_round: set[int] = set()
         #: When every rank first ran (``--kill`` times count from here, not from the spawn).
         self._running_since_s: float | None = None
+        self._terminated_s = 0.0
 
     # ------------------------------------------------------------------ helpers
 
@@ -306,6 +309,8 @@ class LocalJob:
         try:
             self._start()
             self._main_loop()
+            while not self._collect_results():
+                self._main_loop()
             return self._finish()
         except BaseException as exc:
             self.log("job_failed", error=repr(exc))
@@ -359,6 +364,7 @@ class LocalJob:
                     "(raise --timeout, or check that every rank calls ctx.finish())"
                 )
             if self._looks_quiescent() and self._confirm_termination():
+                self._terminated_s = time.monotonic()
                 return
             self._fire_kills()
             sup.poll(0.05)
@@ -517,6 +523,8 @@ class LocalJob:
                     "recovery": True,
                     "restored": sorted(restored),
                     "cuts": cuts,
+                    # Messages to feed through the protocol (after replay, before new ones).
+                    "rearrive": replay_to_plain(getattr(plan, "rearrive", {}).get(rank, ())),
                 },
             )
         self._check_recovered_cut(self._wait_replies(everyone, "resumed", round_id))
@@ -613,18 +621,37 @@ class LocalJob:
 
     # ------------------------------------------------------------------ finish
 
-    def _finish(self) -> RunResult:
+    def _collect_results(self) -> bool:
+        """Ask every rank for its result; False if a rank failed meanwhile (then recovered).
+
+        Ranks stay alive until every result is in, so a failure at this point is recovered
+        like any other and the job runs on to termination again.
+        """
         sup = self._sup
         ranks = list(range(self.config.n))
         for rank in ranks:
+            sup.slots[rank].result = None
             sup.send(rank, {"op": "stop"})
         deadline = time.monotonic() + _STEP_TIMEOUT_S
         while not all(sup.slots[r].result is not None for r in ranks):
-            if sup.take_dead():
-                raise RuntimeFailure("a rank failed while the job was stopping; run with --resume")
+            dead = sup.take_dead()
+            if dead:
+                self.log("failure_while_stopping", ranks=dead)
+                self._recover(set(dead))
+                return False
             if time.monotonic() > deadline:
                 raise RuntimeFailure("ranks did not report their results in time")
+            self._fire_kills()
             sup.poll(0.05)
+        for rank in ranks:
+            sup.slots[rank].stopped = True
+            sup.send(rank, {"op": "exit"})
+        return True
+
+    def _finish(self) -> RunResult:
+        sup = self._sup
+        run_s = self._terminated_s - (self._running_since_s or self._t0)
+        ranks = list(range(self.config.n))
         sup.reap_finished(timeout_s=5.0)
         for slot in sup.slots:
             slot.state = "finished"
@@ -660,6 +687,7 @@ class LocalJob:
             n=self.config.n,
             messages_delivered=sum(int(s.get("messages_delivered", 0)) for s in stats.values()),
             checkpoints_committed=committed,
+            run_s=run_s,
             failures=self.failures,
             violations=self.violations,
         )

@@ -297,7 +297,6 @@ class Supervisor:
                 self.log("rank_fatal", rank=slot.rank, error=slot.fatal)
             elif op == "result":
                 slot.result = msg
-                slot.stopped = True
             else:
                 slot.replies[str(op)] = msg
 

@@ -3,10 +3,13 @@
 Theory of operation
 -------------------
 Every socket of a job (rank-to-rank channels and rank-to-supervisor control links) carries a
-stream of *frames*: a 4-byte little-endian length followed by one msgpack object. msgpack is
-fast, safe (decoding never runs code) and already a dependency. Payloads keep their Python
-shape: tuples and numpy arrays travel as msgpack extension types, so ``(1, 2)`` arrives as a
-tuple and an array arrives as an array of the same dtype and shape (object arrays are refused).
+stream of *frames*, one msgpack object each (msgpack is self-delimiting, so the stream needs no
+length prefixes and msgpack's C unpacker does the framing). msgpack is fast, safe (decoding
+never runs code) and already a dependency. The handshake, which runs before anything else on a
+socket, uses 4-byte length-prefixed frames so it can read exactly one message at a time.
+Payloads keep their Python shape: tuples and numpy arrays travel as msgpack extension
+types, so ``(1, 2)`` arrives as a tuple and an array arrives as an array of the same dtype
+and shape (object arrays are refused).
 
 Admission. A job has a random 32-byte secret that never touches disk: the supervisor hands it
 to each worker through the worker's stdin. Whoever accepts a connection sends a fresh 32-byte
@@ -93,46 +96,45 @@ def unpack(data: bytes | memoryview) -> Any:
 
 
 def frame(obj: object) -> bytes:
-    """One length-prefixed frame holding ``obj``."""
-    body = pack(obj)
-    return _LEN.pack(len(body)) + body
+    """One stream frame holding ``obj``: msgpack is self-delimiting, so no length prefix."""
+    return pack(obj)
+
+
+def new_packer() -> Any:
+    """A reusable msgpack packer for frames (one per thread: packers are not thread-safe)."""
+    return msgpack.Packer(default=_default, strict_types=True, use_bin_type=True, autoreset=True)
 
 
 class FrameReader:
-    """Splits a byte stream into decoded frames (bytes may arrive in any pieces)."""
+    """Splits a byte stream into decoded frames (bytes may arrive in any pieces).
 
-    __slots__ = ("_buf",)
+    msgpack's streaming unpacker does the framing in C; a frame larger than
+    ``MAX_FRAME_BYTES`` (a corrupt or hostile stream) raises ``WireError``.
+    """
+
+    __slots__ = ("_unpacker",)
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._unpacker = msgpack.Unpacker(
+            ext_hook=_ext_hook,
+            strict_map_key=False,
+            raw=False,
+            max_buffer_size=MAX_FRAME_BYTES,
+        )
 
     def feed(self, data: bytes) -> list[Any]:
         """Add received bytes; return every frame now complete, in order."""
-        buf = self._buf
-        buf += data
-        out: list[Any] = []
-        pos = 0
-        end = len(buf)
-        view = memoryview(buf)
         try:
-            while end - pos >= 4:
-                (size,) = _LEN.unpack_from(buf, pos)
-                if size > MAX_FRAME_BYTES:
-                    raise WireError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES} limit")
-                if end - pos - 4 < size:
-                    break
-                out.append(unpack(view[pos + 4 : pos + 4 + size]))
-                pos += 4 + size
-        finally:
-            view.release()
-        if pos:
-            del buf[:pos]
-        return out
+            self._unpacker.feed(data)
+            return list(self._unpacker)
+        except (msgpack.UnpackException, ValueError, TypeError) as exc:
+            raise WireError(f"undecodable frame: {exc}") from exc
 
 
 def send_frame(sock: socket.socket, obj: object) -> None:
-    """Write one frame on a blocking socket."""
-    sock.sendall(frame(obj))
+    """Write one length-prefixed frame on a blocking socket (handshakes only)."""
+    body = pack(obj)
+    sock.sendall(_LEN.pack(len(body)) + body)
 
 
 def recv_frame(sock: socket.socket) -> Any:

@@ -46,6 +46,7 @@ from snapline.protocols.base import (
     CheckpointRecord,
     PlainData,
     Protocol,
+    Redelivery,
     initial_record,
 )
 from snapline.runtime.engine import CheckpointImage, RankEngine
@@ -231,7 +232,12 @@ class Worker:
             self._post([("write_failed", self.generation, record.index, str(exc))])
             return
         self._pending_save = pending
-        ledger_record = {"k": "ckpt", **record_to_plain(record), "extras": dict(image.extras)}
+        ledger_record = {
+            "k": "ckpt",
+            **record_to_plain(record),
+            "extras": dict(image.extras),
+            "held_outputs": self._held_outputs(),
+        }
         self.writer.put(
             SaveJob(
                 generation=self.generation,
@@ -244,6 +250,16 @@ class Worker:
     # Attachments, commit markers, discards and the gc horizon are written durably *now*, on
     # the loop: the protocol's next actions (a gossip of the commit, a marker, released output)
     # may tell other ranks about them, and a recovery must never see less than they were told.
+
+    def _held_outputs(self) -> list[list[object]]:
+        # WORKAROUND (engine): RankEngine does not save requested-but-unreleased outputs with a
+        # checkpoint, so a rollback would lose them. We save them ([id, item], ids contiguous
+        # up to output_id) and put them back on restore.
+        engine = self.engine
+        assert engine is not None
+        held = engine.pending_outputs()
+        first = engine.output_id - len(held) + 1
+        return [[first + i, item] for i, item in enumerate(held)]
 
     def attach_to_checkpoint(self, rank: int, index: int, key: str, meta: PlainData) -> None:
         """Record an attachment to checkpoint ``index`` in the ledger (durably)."""
@@ -299,7 +315,8 @@ class Worker:
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         """Trace the delivery."""
         self._activity += 1
-        self._trace("deliver", src=src, seq=seq)
+        if self._trace_fd >= 0:
+            self._trace("deliver", src=src, seq=seq)
 
     def rank_finished(self, rank: int) -> None:
         """The process called ``ctx.finish()``."""
@@ -393,6 +410,11 @@ class Worker:
                 trace=self.config.trace,
                 incarnation=incarnation,
             )
+            held = view.held_outputs.get(index, [])
+            if held:
+                # See _held_outputs: the engine keeps held outputs in a private dict.
+                outputs: dict[int, object] = self.engine._outputs
+                outputs.update((int(i), item) for i, item in held)
         self._last_committed = index
         assert self.engine is not None
         self._trace("restore", index=index, received=dict(self.engine.received))
@@ -430,6 +452,8 @@ class Worker:
             )
         elif op == "stop":
             self._stop()
+        elif op == "exit":
+            self.stopping = True
         else:
             self.log("unknown_control", op=op)
 
@@ -478,6 +502,9 @@ class Worker:
             for src, cut in cuts.items():
                 if src in engine.inbound_set:
                     engine.forget_messages_from(src, cut)
+        for item in replay_from_plain(msg.get("rearrive") or []):
+            if isinstance(item, Redelivery):
+                engine.message_arrived(item.src, item.seq, item.payload, None)
         self.transport.set_expected(dict(engine.received), all_sources=self_restored, only=cuts)
         if recovery:
             engine.recovery_completed(restored, epoch)
@@ -560,7 +587,6 @@ class Worker:
         self._send_control_link(
             {"op": "result", "rank": self.rank, "result": result, "stats": stats}
         )
-        self.stopping = True
 
     # ------------------------------------------------------------------------------ event loop
 

@@ -129,6 +129,8 @@ class SimConfig:
     app_params: Mapping[str, Any] = field(default_factory=dict)
     protocol_options: Mapping[str, Any] = field(default_factory=dict)
     interval_s: float | None = 50.0
+    #: ``"all"`` or ``"one"`` (rank 0 only); None: what the protocol class declares.
+    checkpoint_requests: str | None = None
     #: A user's Process class or factory (``snapline.testing``); replaces ``app``.
     process_factory: ProcessFactory | None = None
     #: Whether ``process_factory`` processes give the same result whatever the schedule.
@@ -178,6 +180,10 @@ class SimConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {value}")
         if self.crash_rate < 0 or self.max_crashes < 0 or self.crash_burst < 1:
             raise ConfigError("crash_rate and max_crashes must be >= 0 and crash_burst >= 1")
+        if self.checkpoint_requests not in (None, "all", "one"):
+            raise ConfigError(
+                f"checkpoint_requests must be 'all' or 'one', got {self.checkpoint_requests!r}"
+            )
         if self.interval_s is not None and self.interval_s <= 0:
             raise ConfigError(f"interval_s must be > 0, got {self.interval_s}")
         for rank, t in self.crash_at:
@@ -231,6 +237,8 @@ class SimConfig:
                 args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         if self.reorder:
             args.append("--reorder")
+        if self.checkpoint_requests is not None:
+            args += ["--requests", self.checkpoint_requests]
         for part in self.partitions:
             args += ["--partition", part.spec()]
         for rank, t in self.crash_at:

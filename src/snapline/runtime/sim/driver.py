@@ -382,7 +382,10 @@ class Simulator:
             protocol = self.protocol_cls(rank=rank, **self.protocol_args(rank))
             self.engines[rank] = self.fresh_engine(rank, protocol)
         if config.interval_s is not None:
-            for rank in range(n):
+            requests = config.checkpoint_requests or getattr(
+                self.protocol_cls, "checkpoint_requests", "all"
+            )
+            for rank in range(n) if requests == "all" else [0]:
                 self._push(self.rng.uniform(0.0, config.interval_s), _CKPT_REQ, rank)
         for rank, t in config.crash_at:
             self._push(t, _CRASH, (rank,))
