@@ -278,3 +278,45 @@ def test_output_is_released_exactly_once_across_a_kill(tmp_path: Path, protocol:
     assert [f["rank"] for f in result.failures] == [1]
     assert result.outputs[1] == [("got", i) for i in range(1, 301)]
     assert result.outputs[0] == []
+
+
+class WaitsForever(Process):
+    """Rank 0 sends one message that rank 1 handles without ever finishing: a stuck job."""
+
+    def __init__(self, rank: int, n: int) -> None:
+        self.rank = rank
+
+    def state(self) -> object:
+        return {}
+
+    def restore(self, state: Any) -> None:
+        pass
+
+    def on_start(self, ctx: Context) -> None:
+        if self.rank == 0:
+            ctx.send(1, "hello")
+            ctx.finish()
+
+    def on_message(self, ctx: Context, src: int, payload: Any) -> None:
+        pass  # rank 1 waits for a second message that nobody will ever send
+
+
+def test_a_stuck_job_fails_fast_naming_what_is_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stall detector's patience, shortened so this test is cheap (10 s in real jobs).
+    monkeypatch.setattr("snapline.runtime.local.job._STALL_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeFailure) as info:
+        run(
+            f"{Path(__file__).resolve()}:WaitsForever",
+            2,
+            store=tmp_path / "job",
+            topology="complete",
+            timeout="60s",
+        )
+    message = str(info.value)
+    assert "the job is stuck" in message
+    assert "ranks not finished: [1]" in message
+    assert "channels with sent != delivered: none" in message
+    assert time.monotonic() - started < 30.0

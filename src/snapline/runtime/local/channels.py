@@ -32,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import queue
+import select
 import selectors
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +87,8 @@ class Inbound:
     expected_seq: int = 1
     acked_seq: int = 0
     ack_due: bool = False
+    #: Ack bytes not yet taken by the socket (a partial send must never tear the ack stream).
+    ack_out: bytearray = field(default_factory=bytearray)
     #: ``(epoch, cut)``: frames from an epoch before ``epoch`` with seq above ``cut`` are void.
     rolled_back: tuple[int, int] | None = None
 
@@ -249,27 +253,47 @@ class Transport:
             if link.pending and link.sock is not None:
                 self._write(link)
         for inb in self.inn.values():
-            if inb.ack_due and inb.sock is not None:
+            if inb.sock is None:
+                continue
+            if inb.ack_due:
                 inb.ack_due = False
-                with contextlib.suppress(OSError):
-                    inb.sock.send(frame([ACK, inb.acked_seq]))
-
-    def flush_blocking(self, timeout_s: float) -> None:
-        """Push every queued byte into the kernel (before a checkpoint counts the sends)."""
-        for link in self.out.values():
-            sock = link.sock
-            if link.pending and sock is not None:
+                inb.ack_out += frame([ACK, inb.acked_seq])
+            if inb.ack_out:
                 try:
-                    sock.settimeout(timeout_s)
-                    sock.sendall(link.pending)
-                    link.pending.clear()
+                    sent = inb.sock.send(inb.ack_out)
+                except BlockingIOError:
+                    sent = 0
                 except OSError:
-                    self._lost_outbound(link)
-                    continue
-                finally:
-                    if link.sock is not None:
-                        link.sock.setblocking(False)
-                self._set_writing(link, False)
+                    continue  # the sender died; its replacement connects anew
+                del inb.ack_out[:sent]
+
+    def flush_blocking(self, timeout_s: float) -> bool:
+        """Push every queued byte into the kernel (before a checkpoint counts the sends).
+
+        Messages a checkpoint counts as sent must survive this process: if it dies later, a
+        receiver that is not rolled back gets them from its socket, not from us. While waiting
+        for a full socket we keep reading our inbound sockets, so two ranks flushing to each
+        other at once cannot deadlock. False (logged) if the time ran out.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            waiting = [link for link in self.out.values() if link.pending and link.sock]
+            for link in waiting:
+                self._write(link)
+            waiting = [link for link in waiting if link.pending and link.sock is not None]
+            if not waiting:
+                return True
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                self._log("flush_timeout", dsts=[link.dst for link in waiting])
+                return False
+            readers = [inb.sock for inb in self.inn.values() if inb.sock is not None]
+            writers = [link.sock for link in waiting if link.sock is not None]
+            with contextlib.suppress(OSError, ValueError):
+                readable, _, _ = select.select(readers, writers, [], min(left_s, 0.05))
+                for inb in self.inn.values():
+                    if inb.sock is not None and inb.sock in readable:
+                        self.on_event(("in", inb.src), selectors.EVENT_READ)
 
     def _write(self, link: Outbound) -> None:
         sock = link.sock
@@ -438,9 +462,13 @@ class Transport:
             for dst, link in self.out.items():
                 cut = (sent_cut or {}).get(dst, 0)
                 link.unacked = deque(item for item in link.unacked if item[0] <= cut)
-                # Unsent control bytes belong to the undone past: rebuild the queue from the
-                # messages that are still valid (the receiver drops what it already has).
-                link.pending = bytearray(b"".join(f for _, f in link.unacked))
+                # Unsent bytes belong to the undone past, but the socket may hold the first
+                # part of one of their frames: rewriting the queue into the same stream would
+                # tear it (the receiver would read garbage and drop the channel for good).
+                # Start a new stream instead; ``connect`` resends the still valid messages and
+                # the receiver drops what it already has.
+                link.pending.clear()
+                self._lost_outbound(link)
         for src, inb in self.inn.items():
             if src in rolled_back:
                 inb.rolled_back = (epoch, rolled_back[src])

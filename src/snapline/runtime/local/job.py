@@ -55,6 +55,9 @@ from snapline.runtime.sim.checks import CheckFailed, RecoveryChecker
 from snapline.topology import Topology
 
 _STEP_TIMEOUT_S = 30.0
+#: A job whose ranks all report no activity, no timers and nothing queued, while some channel
+#: has sent more than was delivered, for this long, has lost a message: it can never finish.
+_STALL_S = 10.0
 
 
 class _RoundAborted(Exception):
@@ -132,6 +135,8 @@ class LocalJob:
         #: When every rank first ran (``--kill`` times count from here, not from the spawn).
         self._running_since_s: float | None = None
         self._terminated_s = 0.0
+        #: (idle signature, since when) for the stall detector.
+        self._idle_mark: tuple[object, float] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -225,15 +230,21 @@ class LocalJob:
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait_replies(self, ranks: list[int], op: str, round_id: int | None) -> dict[int, Any]:
-        """Wait for ``op`` replies from ``ranks``; a death aborts the round."""
+    def _wait_replies(
+        self, ranks: list[int], op: str, round_id: int | None, *, key: str = "round"
+    ) -> dict[int, Any]:
+        """Wait for ``op`` replies from ``ranks`` whose ``key`` is ``round_id`` (any if None).
+
+        A death aborts the round. Replies with another ``key`` are late answers to an earlier,
+        aborted request and are ignored.
+        """
         sup = self._sup
         deadline = time.monotonic() + _STEP_TIMEOUT_S
         got: dict[int, Any] = {}
         while True:
             for rank in ranks:
                 msg = sup.slots[rank].replies.get(op)
-                if msg is not None and (round_id is None or msg.get("round") == round_id):
+                if msg is not None and (round_id is None or msg.get(key) == round_id):
                     got[rank] = msg
             if len(got) == len(ranks):
                 for rank in ranks:
@@ -361,14 +372,63 @@ class LocalJob:
             if time.monotonic() > deadline:
                 raise RuntimeFailure(
                     f"the job did not finish within {self.config.timeout_s:g}s "
-                    "(raise --timeout, or check that every rank calls ctx.finish())"
+                    "(raise --timeout, or check that every rank calls ctx.finish()); "
+                    f"{self.stuck_report()}"
                 )
+            self._check_stalled()
             if self._looks_quiescent() and self._confirm_termination():
                 self._terminated_s = time.monotonic()
                 return
             self._fire_kills()
             sup.poll(0.05)
             self._publish("running")
+
+    def stuck_report(self) -> str:
+        """What keeps the job from ending: unfinished ranks, channels with messages in flight."""
+        slots = self._sup.slots
+        unfinished = [s.rank for s in slots if not s.counters.get("done")]
+        flight = []
+        for src, dst in sorted(self.edges):
+            sent = int((slots[src].counters.get("sent_to") or {}).get(dst, 0))
+            got = int((slots[dst].counters.get("received_from") or {}).get(src, 0))
+            if sent != got:
+                flight.append(f"{src}->{dst} sent {sent} delivered {got}")
+        busy = [
+            f"rank {s.rank}: {k} {s.counters.get(k)}"
+            for s in slots
+            for k in ("undelivered", "unsent", "timers")
+            if s.counters.get(k)
+        ]
+        return (
+            f"ranks not finished: {unfinished or 'none'}; channels with sent != delivered: "
+            f"{', '.join(flight) or 'none'}; queued work: {', '.join(busy) or 'none'}; "
+            f"logs in {self.store_dir / 'logs'}"
+        )
+
+    def _check_stalled(self) -> None:
+        """Fail fast (naming what is stuck) when no rank can ever act again."""
+        now = time.monotonic()
+        counters = [s.counters for s in self._sup.slots]
+        idle = all(
+            c.get("ready")
+            and not c.get("frozen")
+            and not c.get("undelivered")
+            and not c.get("unsent")
+            and not c.get("timers")
+            for c in counters
+        )
+        if not idle or self._looks_quiescent():
+            self._idle_mark = None
+            return
+        signature = (self.epoch, tuple((c.get("activity"), c.get("sent")) for c in counters))
+        if self._idle_mark is None or self._idle_mark[0] != signature:
+            self._idle_mark = (signature, now)
+            return
+        if now - self._idle_mark[1] >= _STALL_S:
+            raise RuntimeFailure(
+                f"the job is stuck: for {_STALL_S:g}s no rank delivered, sent or had a timer "
+                f"or queued work, yet it has not terminated; {self.stuck_report()}"
+            )
 
     def _looks_quiescent(self) -> bool:
         counters = [s.counters for s in self._sup.slots]
@@ -396,7 +456,7 @@ class LocalJob:
                 sup.slots[rank].replies.pop("probe_reply", None)
                 sup.send(rank, {"op": "probe", "seq": self._probe_seq})
             try:
-                answers.append(self._wait_replies(ranks, "probe_reply", None))
+                answers.append(self._wait_replies(ranks, "probe_reply", self._probe_seq, key="seq"))
             except _RoundAborted:
                 return False
         first, second = answers

@@ -93,11 +93,15 @@ class StableWriter:
         """Queue a job (any thread)."""
         self._queue.put(job)
 
-    def drain(self, timeout_s: float = 30.0) -> bool:
-        """Block until everything queued so far is durable; False on timeout."""
+    def barrier(self) -> threading.Event:
+        """An event that is set once everything queued so far is durable."""
         done = threading.Event()
         self._queue.put(BarrierJob(done=done))
-        return done.wait(timeout_s)
+        return done
+
+    def drain(self, timeout_s: float = 30.0) -> bool:
+        """Block until everything queued so far is durable; False on timeout."""
+        return self.barrier().wait(timeout_s)
 
     def close(self) -> None:
         """Finish queued work and stop the thread."""

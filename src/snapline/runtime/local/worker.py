@@ -64,6 +64,7 @@ from snapline.topology import Topology
 
 _FRAMES_PER_TURN = 4096
 _FRAMES_PER_CHANNEL = 256
+_DURABLE_TIMEOUT_S = 60.0
 
 
 class Worker:
@@ -193,6 +194,28 @@ class Worker:
             self.stopping = True
             return
         del self._control_out[:sent]
+
+    def _heartbeat(self) -> None:
+        self._hb_due_s = time.monotonic() + self.config.heartbeat_interval_s
+        self._send_control_link({"op": "hb", "rank": self.rank, **self._counters()})
+
+    def _await_durable(self, why: str) -> None:
+        """Wait until every queued stable write is durable, heartbeating meanwhile.
+
+        The loop is blocked here on purpose (the supervisor must not read a ledger that is
+        still being written), but it is not hung: an fsync on a busy disk can take longer than
+        the heartbeat timeout, and silence would make the supervisor kill a healthy rank.
+        """
+        done = self.writer.barrier()
+        deadline = time.monotonic() + _DURABLE_TIMEOUT_S
+        while not done.wait(self.config.heartbeat_interval_s):
+            if time.monotonic() > deadline:
+                raise SnaplineError(
+                    f"rank {self.rank}: stable writes did not become durable within "
+                    f"{_DURABLE_TIMEOUT_S:g}s ({why}); check the store's disk"
+                )
+            self._heartbeat()
+            self._flush_control()
 
     # ------------------------------------------------------------------------------ EnginePort
 
@@ -435,7 +458,7 @@ class Worker:
                 "replay": msg.get("replay", []),
                 "timers_only": bool(msg.get("timers_only", False)),
             }
-            self.writer.drain()
+            self._await_durable("restore")
             self._send_control_link({"op": "ready", "rank": self.rank, "round": msg.get("round")})
         elif op == "connect":
             self._connect_all(float(msg.get("timeout_s", 10.0)))
@@ -467,6 +490,9 @@ class Worker:
                 return
             if time.monotonic() > deadline:
                 raise SnaplineError(f"rank {self.rank} could not connect to ranks {missing}")
+            if time.monotonic() >= self._hb_due_s:
+                self._heartbeat()
+                self._flush_control()
             time.sleep(0.01)
 
     def _resume(self, msg: dict[str, Any]) -> None:
@@ -489,6 +515,9 @@ class Worker:
             sent_cut=dict(engine.sent) if self_restored else None,
             rolled_back=cuts,
         )
+        if self_restored:
+            # A rolled-back rank restarts its outbound streams (see ``begin_recovery``).
+            self._connect_all(10.0)
         if plan is not None:
             self._resume_plan = None
             if plan.get("start"):
@@ -535,7 +564,7 @@ class Worker:
             self.transport.flush()
         self.frozen = True
         self.transport.drain_dead(set(failed), timeout_s=0.5)
-        self.writer.drain()
+        self._await_durable("freeze")
         volatile = record_to_plain(engine.volatile_record()) if engine is not None else None
         self._send_control_link(
             {"op": "frozen", "rank": self.rank, "round": msg.get("round"), "volatile": volatile}
@@ -558,6 +587,9 @@ class Worker:
             "activity": self._activity,
             "committed": self._last_committed,
             "gaps": self.transport.stats.gaps,
+            # Per channel, for the supervisor's report on a job that is stuck.
+            "sent_to": dict(engine.sent),
+            "received_from": dict(engine.received),
         }
 
     def _stop(self) -> None:
@@ -568,7 +600,7 @@ class Worker:
             if rest:
                 first = engine.output_id - len(rest) + 1
                 self.writer.put(OutputJob(first_id=first, items=rest))
-        self.writer.drain()
+        self._await_durable("stop")
         self._flush_trace()
         result = engine.process.result() if engine is not None else None
         stats: dict[str, Any] = {}
@@ -647,8 +679,7 @@ class Worker:
         self._flush_trace()
         now = time.monotonic()
         if now >= self._hb_due_s:
-            self._hb_due_s = now + self.config.heartbeat_interval_s
-            self._send_control_link({"op": "hb", "rank": self.rank, **self._counters()})
+            self._heartbeat()
         if self._gc_before and not self.frozen:
             self._gc_step()
 
