@@ -76,7 +76,7 @@ def test_not_a_store_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "not a snapline store" in capsys.readouterr().err
 
 
-def test_demo(tmp_path: Path) -> None:
-    code, out = run("demo", "--dir", str(tmp_path / "demo"))
+def test_store_demo(tmp_path: Path) -> None:
+    code, out = run("demo", "--store-only", "--dir", str(tmp_path / "demo"))
     assert code == 0, out
     assert "load() returned step 3" in out and "damage in step(s) [4]" in out

@@ -137,6 +137,8 @@ class ChandyLamport(Protocol):
     """One rank of Chandy–Lamport snapshots (see the module docstring)."""
 
     name = "chandy-lamport"
+    #: One global checkpoint per interval, started by rank 0 (any rank may initiate).
+    checkpoint_requests = "one"
     needs_fifo = True
 
     def __init__(

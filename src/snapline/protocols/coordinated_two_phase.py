@@ -129,6 +129,8 @@ class TwoPhaseCoordinated(Protocol):
     """One rank of Koo–Toueg two-phase coordinated checkpointing (see the module docstring)."""
 
     name = "two-phase"
+    #: One global checkpoint per interval, started by rank 0 (any rank may initiate).
+    checkpoint_requests = "one"
     needs_fifo = False
 
     def __init__(

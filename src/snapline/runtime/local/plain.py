@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from snapline.protocols import protocol_class
 from snapline.protocols.base import (
     CheckpointRecord,
     PlainData,
@@ -13,16 +14,16 @@ from snapline.protocols.base import (
     TimerReplay,
 )
 
-#: Protocols whose global checkpoints are started by one rank: the basic checkpoint schedule
-#: runs on rank 0 only (every rank requesting would start n snapshots per interval).
-COORDINATED = frozenset({"chandy-lamport", "two-phase"})
-
 
 def requests_basic_checkpoints(protocol: str, rank: int) -> bool:
-    """Whether the driver's checkpoint interval fires ``CheckpointRequested`` on ``rank``."""
+    """Whether the driver's checkpoint interval fires ``CheckpointRequested`` on ``rank``.
+
+    The protocol class says (``Protocol.checkpoint_requests``), as it does for the simulator:
+    a coordinated protocol starts one global checkpoint per request, so only rank 0 asks.
+    """
     if protocol == "none":
         return False
-    return rank == 0 if protocol in COORDINATED else True
+    return rank == 0 if protocol_class(protocol).checkpoint_requests == "one" else True
 
 
 def record_to_plain(record: CheckpointRecord) -> dict[str, PlainData]:

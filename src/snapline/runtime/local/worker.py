@@ -243,6 +243,14 @@ class Worker:
         record = image.record
         # Messages this checkpoint counts as sent must be in the kernel before it can persist.
         self.transport.flush_blocking(timeout_s=1.0)
+        # save_async first waits for the previous save; with forced checkpoints in a row on a
+        # busy disk that can outlast the heartbeat timeout, so wait here, heartbeating.
+        previous = self._pending_save
+        while previous is not None and not previous.done():
+            if time.monotonic() >= self._hb_due_s:
+                self._heartbeat()
+                self._flush_control()
+            time.sleep(0.002)
         try:
             pending = self.store.save_async(
                 image.state,
