@@ -10,6 +10,7 @@ Delays are given as small distribution specs (``Delay``): ``const:X``, ``uniform
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shlex
@@ -212,7 +213,8 @@ class SimConfig:
         for key, value in sorted(self.app_params.items()):
             args += ["--param", f"{key}={value}"]
         for key, value in sorted(self.protocol_options.items()):
-            args += ["--option", f"{key}={value}"]
+            # The CLI reads option values as JSON (``gc=false``, not Python's ``False``).
+            args += ["--option", f"{key}={json.dumps(value)}"]
         simple = {
             "delay": "--delay",
             "loss_rate": "--loss",
