@@ -186,6 +186,7 @@ class RankEngine:
         "_defer_timers",
         "_due",
         "_early",
+        "_held_since",
         "_in_replay",
         "_last_delivered",
         "_outputs",
@@ -257,6 +258,9 @@ class RankEngine:
         self._last_delivered: dict[int, tuple[int, object]] = {}
         self._purged: set[int] = set()
         self._unsent: dict[int, tuple[int, object]] = {}
+        #: When each send the protocol held (did not transmit at once) was requested: the
+        #: blocking time a protocol imposes is the sum of the holds.
+        self._held_since: dict[int, float] = {}
         self._outputs: dict[int, object] = {}
         self._timers: dict[str, tuple[int, float]] = {}
         self._due: dict[int, str] = {}
@@ -279,6 +283,7 @@ class RankEngine:
             "control_messages": 0,
             "replayed": 0,
             "outputs_released": 0,
+            "blocking_us": 0,
         }
 
     @property
@@ -630,6 +635,8 @@ class RankEngine:
                         SendRequested(send_id=send_id, dst=request[1], payload=request[2])
                     ):
                         execute(action)
+                    if send_id in self._unsent:
+                        self._held_since[send_id] = self.port.now()
                 else:
                     self.output_id += 1
                     self._outputs[self.output_id] = request[1]
@@ -647,6 +654,10 @@ class RankEngine:
             case Transmit(send_id=send_id, dst=dst, payload=payload, piggyback=piggyback):
                 if self._unsent.pop(send_id, None) is None:
                     raise self._bad(action, f"Transmit of unknown or already sent id {send_id}")
+                if self._held_since:
+                    since = self._held_since.pop(send_id, None)
+                    if since is not None:
+                        self._stats["blocking_us"] += round((port.now() - since) * 1e6)
                 seq = self.sent[dst] + 1
                 self.sent[dst] = seq
                 self.messages_sent += 1

@@ -591,7 +591,13 @@ class Worker:
             "sent": sum(engine.sent.values()),
             "undelivered": engine.undelivered_arrivals(),
             "unsent": len(engine.in_transit_unsent()),
-            "timers": len(self._app_timers),
+            # WORKAROUND (engine): no public count of the app's timers. The engine's own table
+            # holds a timer from ``set_timer`` until ``on_timer`` runs -- including a timer that
+            # is due but held by the protocol (message logging logs the firing first). Our
+            # ``_app_timers`` forgets it the moment it fires, and counting that made the
+            # termination probe see "no timers, nothing in flight" while a firing was still to
+            # come: the job ended early (seen with message-logging under load).
+            "timers": len(engine._timers),
             "activity": self._activity,
             "committed": self._last_committed,
             "gaps": self.transport.stats.gaps,

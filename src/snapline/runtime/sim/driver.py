@@ -688,6 +688,9 @@ class Simulator:
             "inconsistent_cuts_before_replay": self.recovery_checker.inconsistent_before_replay,
             **self.stats,
             "retransmits": self.network.retransmits,
+            "blocking_s": totals.get("blocking_us", 0) / 1e6,
+            "bytes_stored": self.storage.bytes_stored,
+            "unsized_checkpoints": self.storage.unsized_checkpoints,
             "partition_delays": self.network.partition_delays,
             **self.storage.stored_count(),
             "protocol": {

@@ -13,8 +13,27 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
+from snapline.errors import EncodeError
 from snapline.protocols.base import CheckpointRecord, PlainData, initial_record
 from snapline.runtime.engine import CheckpointImage
+from snapline.state.codec import encode_tree
+
+
+def checkpoint_size_bytes(image: CheckpointImage) -> int | None:
+    """What the real store would write for this checkpoint before chunk sharing.
+
+    The state's encoded skeleton and leaves (as ``snapline.state`` encodes them) plus the
+    msgpack size of the protocol meta and engine extras. ``None`` if the state or meta cannot
+    be encoded (a user's Process in the simulator may hold objects the store would refuse).
+    """
+    try:
+        tree = encode_tree(image.state)
+        meta = msgpack.packb([image.record.meta, dict(image.extras)], use_bin_type=True)
+    except (EncodeError, TypeError, ValueError):
+        return None
+    return len(tree.skeleton) + sum(leaf.nbytes for leaf in tree.leaves) + len(meta)
 
 
 class StorageMisuse(Exception):
@@ -27,6 +46,7 @@ class StoredCheckpoint:
 
     image: CheckpointImage
     taken_at_s: float
+    size_bytes: int | None = None
     attachments: dict[str, PlainData] = field(default_factory=dict)
     persisted: bool = False
     committed: bool = False
@@ -41,10 +61,15 @@ class StoredCheckpoint:
 class StableStorage:
     """Per-rank checkpoints and message logs."""
 
-    __slots__ = ("checkpoints", "logs", "n")
+    __slots__ = ("bytes_stored", "checkpoints", "logs", "n", "unsized_checkpoints")
 
     def __init__(self, n: int) -> None:
         self.n = n
+        #: Bytes of every persisted checkpoint, as the real store would write them before
+        #: sharing chunks between checkpoints (an upper bound on what it writes).
+        self.bytes_stored = 0
+        #: Persisted checkpoints whose size could not be measured (state not encodable).
+        self.unsized_checkpoints = 0
         self.checkpoints: list[dict[int, StoredCheckpoint]] = [{} for _ in range(n)]
         self.logs: list[list[PlainData]] = [[] for _ in range(n)]
 
@@ -60,7 +85,9 @@ class StableStorage:
             state=copy.deepcopy(image.state),
             extras=copy.deepcopy(dict(image.extras)),
         )
-        self.checkpoints[rank][index] = StoredCheckpoint(image=copied, taken_at_s=now_s)
+        self.checkpoints[rank][index] = StoredCheckpoint(
+            image=copied, taken_at_s=now_s, size_bytes=checkpoint_size_bytes(copied)
+        )
 
     def finish_write(self, rank: int, index: int) -> bool:
         """The write completed; False if the checkpoint was discarded meanwhile."""
@@ -68,6 +95,10 @@ class StableStorage:
         if stored is None:
             return False
         stored.persisted = True
+        if stored.size_bytes is None:
+            self.unsized_checkpoints += 1
+        else:
+            self.bytes_stored += stored.size_bytes
         return True
 
     def lose_writes(self, rank: int) -> int:
