@@ -51,7 +51,8 @@ def distributed_demo(directory: Path, console: Console | None = None) -> RunResu
     console.print(
         f"{DEMO_RANKS} processes, one bank branch each, move money to each other "
         f"({DEMO_PARAMS['messages']} transfers per branch). Chandy-Lamport snapshots every "
-        f"0.5 s go to {store}. Rank {rank} will be killed with SIGKILL {at_s:g} s in."
+        f"0.5 s go to {store}. Rank {rank} will be killed with SIGKILL {at_s:g} s after "
+        "every rank is up."
     )
     from snapline.runtime.sim import SimConfig, reference_results
 
@@ -72,7 +73,8 @@ def distributed_demo(directory: Path, console: Console | None = None) -> RunResu
         )
     for failure in result.failures:
         console.print(
-            f"[red]killed[/] rank {failure['rank']} (pid {failure['pid']}) at t={failure['t']:.2f}s"
+            f"[red]killed[/] rank {failure['rank']} (pid {failure['pid']}) "
+            f"{failure['t']:.2f} s after launch"
         )
     for rec in result.recoveries:
         line = ", ".join(f"{r}->ckpt {i}" for r, i in sorted(rec["restore"].items()))
