@@ -6,7 +6,7 @@ The public API is the names in ``__all__``; everything else is implementation.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from snapline.errors import (
     CheckpointNotFound,
@@ -37,9 +37,6 @@ _LAZY: dict[str, tuple[str, str]] = {
     "testing": ("snapline", "testing"),
     "run": ("snapline.runtime.local", "run"),
 }
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 
 def __getattr__(name: str) -> Any:

@@ -21,9 +21,9 @@ from snapline.protocols.chandy_lamport import (
     CHANNEL_STATE_KEY,
     ChandyLamport,
     SnapshotId,
-    reaches_all,
 )
 from snapline.protocols.link import ControlMessage, InMemoryLink
+from snapline.protocols.reachability import reaches_all
 from snapline.topology import Topology
 
 

@@ -41,7 +41,7 @@ are stored with the checkpoints; no piggyback on application messages, no blocki
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias, assert_never
 
@@ -81,15 +81,13 @@ from snapline.protocols.base import (
     TimerFired,
     Transmit,
 )
+from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT, reaches_all
 
 SnapshotId: TypeAlias = tuple[int, int, int]
 """``(incarnation, clock, initiator)``; larger is newer."""
 
 #: Attachment key of the recorded channel state: ``{str(src): [[seq, payload], ...]}``.
 CHANNEL_STATE_KEY = "channel_state"
-#: Checkpoint indices of incarnation k start at ``k << INDEX_INCARNATION_SHIFT``, so a restored
-#: rank never reuses an index its previous incarnation wrote.
-INDEX_INCARNATION_SHIFT = 32
 
 
 class Phase(enum.Enum):
@@ -111,21 +109,6 @@ class _Part:
     recorded: dict[int, list[tuple[int, object]]] = field(default_factory=dict)
     persisted: bool = False
     complete: bool = False
-
-
-def reaches_all(n: int, edges: Iterable[tuple[int, int]], start: int) -> bool:
-    """True iff every rank can be reached from ``start`` along the directed ``edges``."""
-    successors: dict[int, list[int]] = {}
-    for src, dst in edges:
-        successors.setdefault(src, []).append(dst)
-    seen = {start}
-    frontier = [start]
-    while frontier:
-        for nxt in successors.get(frontier.pop(), []):
-            if nxt not in seen:
-                seen.add(nxt)
-                frontier.append(nxt)
-    return len(seen) == n
 
 
 def _snapshot_id(data: PlainData) -> SnapshotId:

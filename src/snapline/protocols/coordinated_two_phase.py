@@ -84,7 +84,7 @@ from snapline.protocols.base import (
     TimerFired,
     Transmit,
 )
-from snapline.protocols.chandy_lamport import INDEX_INCARNATION_SHIFT, reaches_all
+from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT, reaches_all
 from snapline.protocols.recovery_line import recovery_line
 
 RoundId: TypeAlias = tuple[int, int, int]
