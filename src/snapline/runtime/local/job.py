@@ -583,6 +583,9 @@ class LocalJob:
                     "recovery": True,
                     "restored": sorted(restored),
                     "cuts": cuts,
+                    # Restored ranks that re-execute exactly: they send the very same messages
+                    # again, so what a survivor holds from them stays valid.
+                    "exact": sorted(plan.replay_timers_only),
                     # Messages to feed through the protocol (after replay, before new ones).
                     "rearrive": replay_to_plain(getattr(plan, "rearrive", {}).get(rank, ())),
                 },

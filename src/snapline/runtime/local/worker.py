@@ -536,8 +536,12 @@ class Worker:
                     timers_only=bool(plan.get("timers_only")),
                 )
         else:
+            # Arrivals from a rolled-back sender above its cut are void -- unless it re-executes
+            # exactly (message logging): then they may already be held by the protocol (logged,
+            # awaiting delivery) and the re-sent copies are dropped as duplicates.
+            exact = {int(r) for r in msg.get("exact") or ()}
             for src, cut in cuts.items():
-                if src in engine.inbound_set:
+                if src in engine.inbound_set and src not in exact:
                     engine.forget_messages_from(src, cut)
         for item in replay_from_plain(msg.get("rearrive") or []):
             if isinstance(item, Redelivery):
