@@ -46,10 +46,11 @@ records of every rank, the volatile record of each surviving rank, and the stabl
 and calls the protocol class's pure ``plan_recovery``. The ``RecoveryPlan`` names the checkpoint
 each rank restores (``None`` = restart from the initial state; ranks left out keep running) and
 the messages to deliver to each restored rank, in order, before any new message. The driver
-then rebuilds each restored rank's protocol object with ``Protocol.restored(...)`` and tells the
-surviving ranks ``RecoveryCompleted``. Messages in flight from a previous incarnation of a
-restored rank are dropped by the driver (every recovery starts a new incarnation); duplicates
-are dropped by sequence number.
+then rebuilds each restored rank's protocol object with ``Protocol.restored(...)`` and tells
+every live rank, restored ones included, ``RecoveryCompleted``. Messages in flight from a
+previous incarnation of a restored rank are dropped by the driver (every recovery starts a new
+incarnation), unless that rank re-executes exactly (``replay_timers_only``): it sends the same
+messages again. Duplicates are dropped by sequence number.
 
 Output commit. ``ctx.output(x)`` becomes ``OutputRequested(output_id)``; the driver releases
 the output when the protocol says ``ReleaseOutput(output_id)``, i.e. once the state that
@@ -226,7 +227,11 @@ class TakeCheckpoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttachToCheckpoint:
-    """Store ``meta`` under ``key`` with checkpoint ``index`` (before it commits)."""
+    """Store ``meta`` under ``key`` with checkpoint ``index`` (before it commits).
+
+    Drivers make the attachment durable before carrying out the protocol's next action: a
+    protocol may tell other ranks about it right after.
+    """
 
     index: int
     key: str
@@ -235,7 +240,11 @@ class AttachToCheckpoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Commit:
-    """Checkpoint ``index`` is now part of stable storage and may be used by recovery."""
+    """Checkpoint ``index`` is now part of stable storage and may be used by recovery.
+
+    Drivers make the commit durable before carrying out the protocol's next action (a
+    protocol's following messages may announce it to other ranks).
+    """
 
     index: int
 
