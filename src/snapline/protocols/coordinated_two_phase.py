@@ -43,6 +43,12 @@ volatile meta: ``{dst: [[seq, payload], ...]}``).
 Costs: one int piggybacked per message; per round, flooded request, vote and decision per
 participant (each costs one control message per channel); sends held during rounds; the
 sender log is never pruned (it grows with the messages sent: known weakness).
+
+No output commit: ``OutputRequested`` is released at once. A failure between decisions can leave
+a round committed on some participants only, and a later recovery line may then fall behind a
+committed checkpoint, so "a committed checkpoint after the output" does not make the output
+safe. Providing it needs in-doubt rounds resolved from the initiator's durable decision (or a
+known-consistent committed cut); until then the README says so.
 """
 
 from __future__ import annotations
