@@ -33,7 +33,12 @@ from snapline.protocols.base import (
     Transmit,
 )
 from snapline.protocols.none import NoCheckpointing
-from snapline.runtime.engine import CheckpointImage, JobTally, RankEngine
+from snapline.runtime.engine import (
+    CheckpointImage,
+    JobTally,
+    RankEngine,
+    declares_passthrough,
+)
 from snapline.runtime.process import Context, Process, State
 
 
@@ -410,3 +415,57 @@ def test_volatile_record_has_counters_and_index_minus_one() -> None:
     engine.message_arrived(2, 1, 1, None)
     record = engine.volatile_record()
     assert record.index == -1 and record.sent == {1: 2} and record.received == {1: 0, 2: 1}
+
+
+class SpelledOut(NoCheckpointing):
+    """``none`` with ``handle`` overridden: the engine must take the full event path for it."""
+
+    def handle(self, event: Event) -> list[Action]:
+        return super().handle(event)
+
+
+def test_only_the_class_that_defines_handle_can_claim_the_fast_path() -> None:
+    assert declares_passthrough(NoCheckpointing)
+    assert not declares_passthrough(SpelledOut)
+    assert not declares_passthrough(Scripted)
+
+
+def test_fast_path_does_exactly_what_the_pass_through_handle_does() -> None:
+    def drive(proto_cls: type[NoCheckpointing]) -> tuple[Any, ...]:
+        port = Port()
+        process = Echo()
+        engine = RankEngine(
+            rank=0,
+            n=3,
+            inbound=[1, 2],
+            outbound=[1],
+            process=process,
+            protocol=proto_cls(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
+            port=port,
+            rng=random.Random(5),
+        )
+        engine.start()
+        # Out of order, a duplicate, a timer, and a stale timer id.
+        assert engine.message_arrived(2, 2, 5, None)
+        assert engine.message_arrived(1, 1, 1, None)
+        assert engine.message_arrived(2, 1, 7, None)
+        assert not engine.message_arrived(2, 1, 7, None)
+        (timer,) = port.of("timer")
+        engine.app_timer_due(timer[1], timer[2])
+        engine.app_timer_due(timer[1], timer[2])
+        return (
+            port.calls,
+            process.state(),
+            dict(engine.sent),
+            dict(engine.received),
+            engine.stats,
+            engine.undelivered_arrivals(),
+        )
+
+    fast = drive(NoCheckpointing)
+    slow = drive(SpelledOut)
+    assert fast == slow
+    calls, state, sent, received, _, undelivered = fast
+    assert state["total"] == 13 and len(state["draws"]) == 1
+    assert sent == {1: 6} and received == {1: 1, 2: 2} and undelivered == 0
+    assert [c[3] for c in calls if c[0] == "transmit"][:2] == [("a", 1), ("b", 1)]

@@ -50,6 +50,8 @@ class NoCheckpointing(Protocol):
 
     name: ClassVar[str] = "none"
     needs_fifo: ClassVar[bool] = False
+    # ``handle`` below is exactly the pass-through the engine's fast path implements.
+    passes_messages_through: ClassVar[bool] = True
 
     def handle(self, event: Event) -> list[Action]:
         """Pass messages, timers and outputs straight through; take no checkpoints."""

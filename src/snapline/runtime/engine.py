@@ -84,6 +84,8 @@ from snapline.runtime.process import Process, State
 
 _SEND = 0
 _OUTPUT = 1
+#: ``_requests`` inside a handler that has not queued anything yet (never appended to).
+_NOTHING_QUEUED: deque[tuple[Any, ...]] = deque(maxlen=0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,6 +192,7 @@ class RankEngine:
         "_in_replay",
         "_last_delivered",
         "_outputs",
+        "_passthrough",
         "_pending",
         "_purged",
         "_requests",
@@ -245,6 +248,9 @@ class RankEngine:
         self.outbound_set = frozenset(self.outbound)
         self.process = process
         self.protocol = protocol
+        #: The protocol declared that it passes messages straight through: the per-message
+        #: events skip ``handle`` (see ``Protocol.passes_messages_through``).
+        self._passthrough = declares_passthrough(type(protocol))
         self.port = port
         self.random = rng
         self.trace = trace
@@ -308,6 +314,8 @@ class RankEngine:
         requests = self._requests
         if requests is None:
             raise ConfigError("ctx.send may be called only inside a Process handler")
+        if requests is _NOTHING_QUEUED:
+            requests = self._requests = deque()
         self.requested_sends += 1
         self._tally.requested += 1
         requests.append((_SEND, dst, payload))
@@ -327,6 +335,8 @@ class RankEngine:
         requests = self._requests
         if requests is None:
             raise ConfigError("ctx.output may be called only inside a Process handler")
+        if requests is _NOTHING_QUEUED:
+            requests = self._requests = deque()
         requests.append((_OUTPUT, item))
 
     def finish(self) -> None:
@@ -369,12 +379,17 @@ class RankEngine:
             early[seq] = (payload, piggyback)
             return True
         self._arrived_upto[src] = seq
-        self._arrived[(src, seq)] = payload
-        execute = self._execute
-        for action in self.protocol.handle(
-            MessageArrived(src=src, seq=seq, payload=payload, piggyback=piggyback)
-        ):
-            execute(action)
+        if self._passthrough:
+            if seq != self.received[src] + 1:
+                raise self._out_of_order(src, seq)
+            self._deliver_payload(src, seq, payload)
+        else:
+            self._arrived[(src, seq)] = payload
+            execute = self._execute
+            for action in self.protocol.handle(
+                MessageArrived(src=src, seq=seq, payload=payload, piggyback=piggyback)
+            ):
+                execute(action)
         if self._early:
             self._release_early(src)
         return True
@@ -387,8 +402,13 @@ class RankEngine:
             if item is None:
                 break
             self._arrived_upto[src] = nxt
-            self._arrived[(src, nxt)] = item[0]
-            self._feed(MessageArrived(src=src, seq=nxt, payload=item[0], piggyback=item[1]))
+            if self._passthrough:
+                if nxt != self.received[src] + 1:
+                    raise self._out_of_order(src, nxt)
+                self._deliver_payload(src, nxt, item[0])
+            else:
+                self._arrived[(src, nxt)] = item[0]
+                self._feed(MessageArrived(src=src, seq=nxt, payload=item[0], piggyback=item[1]))
         if not early_waiting:
             self._early.pop(src, None)
 
@@ -418,6 +438,11 @@ class RankEngine:
         """An application timer expired; stale (replaced) timers are ignored."""
         current = self._timers.get(name)
         if current is None or current[0] != timer_id:
+            return
+        if self._passthrough:
+            # What AppTimerDue -> FireAppTimer would do, without the two objects.
+            del self._timers[name]
+            self._call_app(self.process.on_timer, name)
             return
         self._due[timer_id] = name
         execute = self._execute
@@ -610,12 +635,13 @@ class RankEngine:
     # Internals.
 
     def _call_app(self, handler: Callable[..., None], *args: object) -> None:
+        # The handler's queue is made by its first send/output: most handlers queue nothing.
         outer = self._requests
-        requests: deque[tuple[Any, ...]] = deque()
-        self._requests = requests
+        self._requests = _NOTHING_QUEUED
         try:
             handler(self, *args)
         finally:
+            requests = self._requests
             self._requests = outer
         if requests:
             self._drain(requests)
@@ -624,11 +650,20 @@ class RankEngine:
         self._pending.append(requests)
         protocol = self.protocol
         execute = self._execute
+        passthrough = self._passthrough
         try:
             while requests:
                 request = requests.popleft()
                 if request[0] == _SEND:
                     self.send_id += 1
+                    if passthrough:
+                        # What SendRequested -> Transmit would do: nothing is ever held.
+                        dst = request[1]
+                        seq = self.sent[dst] + 1
+                        self.sent[dst] = seq
+                        self.messages_sent += 1
+                        self.port.transmit(self.rank, dst, seq, request[2], None)
+                        continue
                     send_id = self.send_id
                     self._unsent[send_id] = (request[1], request[2])
                     for action in protocol.handle(
@@ -640,7 +675,10 @@ class RankEngine:
                 else:
                     self.output_id += 1
                     self._outputs[self.output_id] = request[1]
-                    self._feed(OutputRequested(output_id=self.output_id))
+                    if passthrough:
+                        self._release_outputs(self.output_id)
+                    else:
+                        self._feed(OutputRequested(output_id=self.output_id))
         finally:
             self._pending.pop()
 
@@ -717,18 +755,31 @@ class RankEngine:
             case LogMessage(entry_id=entry_id, entry=entry):
                 port.log_message(self.rank, entry_id, entry)
             case ReleaseOutput(output_id=output_id):
-                items = []
-                for oid in list(self._outputs):
-                    if oid > output_id:
-                        break
-                    items.append(self._outputs.pop(oid))
-                if items:
-                    self._stats["outputs_released"] += len(items)
-                    if self.trace:
-                        port.record(self.rank, "output", count=len(items))
-                    port.release_output(self.rank, items)
+                self._release_outputs(output_id)
             case _:
                 assert_never(action)
+
+    def _release_outputs(self, output_id: int) -> None:
+        # Outputs are kept in id order: release the prefix up to output_id.
+        items = []
+        for oid in list(self._outputs):
+            if oid > output_id:
+                break
+            items.append(self._outputs.pop(oid))
+        if items:
+            self._stats["outputs_released"] += len(items)
+            if self.trace:
+                self.port.record(self.rank, "output", count=len(items))
+            self.port.release_output(self.rank, items)
+
+    def _out_of_order(self, src: int, seq: int) -> ProtocolError:
+        # The fast path delivers each arrival that is next on its channel at once, so received
+        # and arrived counts move together; a gap here is an engine bug, not a protocol's.
+        return self._bad(
+            ("deliver", src, seq),
+            f"Deliver out of channel order: delivered {self.received[src]} from rank {src}, "
+            f"asked for {seq}",
+        )
 
     def _deliver_payload(self, src: int, seq: int, payload: object) -> None:
         self.received[src] = seq
@@ -779,6 +830,21 @@ class RankEngine:
 
 
 _MISSING: Any = object()
+
+
+def declares_passthrough(cls: type[CheckpointProtocol]) -> bool:
+    """Whether ``cls`` may take the engine's fast path (``passes_messages_through``).
+
+    The flag counts only when the class that supplies ``handle`` declares it itself: a
+    subclass that overrides ``handle`` (to hold or count messages, say) without declaring the
+    flag again keeps the full event contract.
+    """
+    if not getattr(cls, "passes_messages_through", False):
+        return False
+    for klass in cls.__mro__:
+        if "handle" in vars(klass):
+            return vars(klass).get("passes_messages_through", False) is True
+    return False
 
 
 def _random_state(saved: Any) -> tuple[Any, ...]:

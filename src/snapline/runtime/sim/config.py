@@ -73,8 +73,9 @@ class Delay:
         if self.kind == "const":
             return lambda: a
         if self.kind == "uniform":
-            uniform = rng.uniform
-            return lambda: uniform(a, b)
+            # random.uniform's own formula, inlined: the same draws, one Python call fewer.
+            draw, span = rng.random, b - a
+            return lambda: a + span * draw()
         if self.kind == "exp":
             if a == 0:
                 return lambda: 0.0

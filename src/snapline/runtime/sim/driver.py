@@ -334,7 +334,13 @@ class Simulator:
 
     def set_app_timer(self, rank: int, timer_id: int, name: str, delay_s: float) -> None:
         """Arm an application timer."""
-        self._push(self.now_s + delay_s, _APP_TIMER, rank, self.epoch[rank], timer_id, name)
+        # One per application message in timer-driven apps: push without _push's *args.
+        tid = self.seq
+        heappush(
+            self.heap,
+            (self.now_s + delay_s, tid, _APP_TIMER, rank, self.epoch[rank], timer_id, name),
+        )
+        self.seq = tid + 1
 
     def log_message(self, rank: int, entry_id: int, entry: PlainData) -> None:
         """Write a message-log entry; it is stable after the log delay."""

@@ -48,6 +48,7 @@ class Network:
         "retransmits",
         "rng",
         "rto_s",
+        "uniform_links",
     )
 
     def __init__(self, config: SimConfig, rng: random.Random, *, fifo: bool) -> None:
@@ -65,6 +66,8 @@ class Network:
         self.last_arrival: dict[int, float] = {}
         self.retransmits = 0
         self.partition_delays = 0
+        #: Every link draws from ``delay`` and nothing makes packets late: one draw per packet.
+        self.uniform_links = not (self.channel_delay or self.loss_rate or self.partitions)
 
     def link_delay(self, src: int, dst: int, now_s: float) -> float:
         """How long a packet sent now on ``src -> dst`` travels (FIFO order not applied)."""
@@ -87,7 +90,8 @@ class Network:
 
     def arrival_time(self, src: int, dst: int, now_s: float) -> float:
         """When a packet sent now on ``src -> dst`` arrives, FIFO order applied."""
-        t = now_s + self.link_delay(src, dst, now_s)
+        # With uniform links, self.delay() is what link_delay returns, without its checks.
+        t = now_s + (self.delay() if self.uniform_links else self.link_delay(src, dst, now_s))
         if self.fifo:
             key = src * self.n + dst
             last = self.last_arrival.get(key, 0.0)
