@@ -328,6 +328,42 @@ def test_checkpoint_between_queued_sends_saves_the_rest_and_restore_reissues_the
     assert port2.of("output") == [("output", [4])]
 
 
+class HoldsOutputs(Scripted):
+    """Keeps every output until told otherwise, as an output-commit protocol does."""
+
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, OutputRequested):
+            return []
+        return super().handle(event)
+
+
+def test_outputs_held_at_a_checkpoint_survive_a_rollback_to_it() -> None:
+    proto = HoldsOutputs(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1}))
+    engine, port, _, _ = make(proto)
+    engine.start()
+    engine.message_arrived(2, 1, 3, None)
+    engine.message_arrived(2, 2, 4, None)
+    assert port.of("output") == [] and engine.pending_outputs() == [3, 7]
+    engine.checkpoint_requested()
+    image = port.images[-1]
+    assert image.extras["held_outputs"] == [[1, 3], [2, 7]]
+    port2 = Port()
+    restored = RankEngine.restored(
+        image=image,
+        n=3,
+        inbound=[1, 2],
+        outbound=[1],
+        process=Echo(),
+        protocol=Scripted(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
+        port=port2,
+    )
+    restored.resume()
+    assert restored.pending_outputs() == [3, 7] and restored.output_id == 2
+    # The next output's release (ids in order) carries the held ones with it.
+    restored.message_arrived(2, 3, 1, None)
+    assert port2.of("output") == [("output", [3, 7, 8])]
+
+
 def test_held_sends_are_saved_with_a_checkpoint_and_reissued() -> None:
     engine, port, _, proto = make()
     engine.start()

@@ -557,6 +557,8 @@ class RankEngine:
         engine.output_id = int(extras["output_id"])
         engine.requested_sends = int(extras["requested_sends"])
         engine._timer_id = int(extras["timer_id"])
+        for oid, item in extras.get("held_outputs", ()):
+            engine._outputs[int(oid)] = item
         engine._saved_for_resume(extras)
         return engine
 
@@ -813,6 +815,9 @@ class RankEngine:
             "timers": [[name, max(0.0, due - now)] for name, (_, due) in self._timers.items()],
             "done": self.done,
             "requests": held + queued,
+            # Outputs requested before the checkpoint that the protocol has not released yet
+            # (ids are contiguous up to output_id): a rollback to it must not lose them.
+            "held_outputs": [[oid, item] for oid, item in self._outputs.items()],
             "send_id": self.send_id,
             "output_id": self.output_id,
             "requested_sends": self.requested_sends,

@@ -108,7 +108,6 @@ class LedgerView:
     rank: int
     persisted: dict[int, CheckpointRecord] = field(default_factory=dict)
     extras: dict[int, dict[str, PlainData]] = field(default_factory=dict)
-    held_outputs: dict[int, list[PlainData]] = field(default_factory=dict)
     committed: set[int] = field(default_factory=set)
     discarded: set[int] = field(default_factory=set)
     gc_before: int = 0
@@ -146,7 +145,6 @@ def read_ledger(path: Path, rank: int) -> LedgerView:
                 attachments=attachments.setdefault(index, {}),
             )
             view.extras[index] = rec.get("extras") or {}
-            view.held_outputs[index] = list(rec.get("held_outputs") or [])
         elif kind == "attach":
             attachments.setdefault(int(rec["index"]), {})[str(rec["key"])] = rec["meta"]
         elif kind == "commit":

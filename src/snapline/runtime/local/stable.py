@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -88,6 +90,9 @@ class StableWriter:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="snapline-stable", daemon=True)
         self._thread.start()
+        # Records the loop must make durable *now* (commit markers, attachments) are fsynced
+        # on their own thread: behind the FIFO queue they would wait for checkpoint saves.
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapline-sync")
 
     def put(self, job: Job) -> None:
         """Queue a job (any thread)."""
@@ -99,6 +104,15 @@ class StableWriter:
         self._queue.put(BarrierJob(done=done))
         return done
 
+    def append_now(self, record: dict[str, PlainData]) -> Future[None]:
+        """Append ``record`` to the ledger at once; the future is done when it is durable.
+
+        The record goes ahead of queued jobs (a checkpoint save still in progress records
+        itself later), which is what the loop's ``append durably now`` calls need.
+        """
+        self.ledger.append(record)
+        return self._syncer.submit(self.ledger.sync)
+
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Block until everything queued so far is durable; False on timeout."""
         return self.barrier().wait(timeout_s)
@@ -107,6 +121,7 @@ class StableWriter:
         """Finish queued work and stop the thread."""
         self._queue.put(None)
         self._thread.join(timeout=30.0)
+        self._syncer.shutdown(wait=True)
         self.ledger.close()
 
     def _run(self) -> None:
@@ -160,3 +175,28 @@ class StableWriter:
                 completions.append(("released", self.released))
             case BarrierJob(done=done):
                 barriers.append(done)
+
+
+def wait_beating(
+    is_done: Callable[[float], bool],
+    *,
+    interval_s: float,
+    timeout_s: float,
+    beat: Callable[[], None],
+    why: str,
+) -> None:
+    """Wait until ``is_done(interval_s)`` is true, calling ``beat`` after each interval.
+
+    A rank's loop that waits for an fsync is blocked on purpose but not hung; on a busy disk
+    the wait can outlast the supervisor's heartbeat timeout, so it keeps heartbeating.
+    ``is_done`` waits up to its argument in seconds and says whether the work finished.
+    Raises ``SnaplineError`` naming ``why`` after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not is_done(interval_s):
+        if time.monotonic() > deadline:
+            raise SnaplineError(
+                f"stable writes did not become durable within {timeout_s:g}s ({why}); "
+                "check the store's disk"
+            )
+        beat()

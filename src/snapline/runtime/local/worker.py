@@ -37,6 +37,8 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,14 @@ from snapline.runtime.local.plain import (
     replay_from_plain,
     requests_basic_checkpoints,
 )
-from snapline.runtime.local.stable import Completion, LedgerJob, OutputJob, SaveJob, StableWriter
+from snapline.runtime.local.stable import (
+    Completion,
+    LedgerJob,
+    OutputJob,
+    SaveJob,
+    StableWriter,
+    wait_beating,
+)
 from snapline.runtime.local.wire import FrameReader, WireError, connect_handshake, frame, pack
 from snapline.topology import Topology
 
@@ -206,16 +215,29 @@ class Worker:
         still being written), but it is not hung: an fsync on a busy disk can take longer than
         the heartbeat timeout, and silence would make the supervisor kill a healthy rank.
         """
-        done = self.writer.barrier()
-        deadline = time.monotonic() + _DURABLE_TIMEOUT_S
-        while not done.wait(self.config.heartbeat_interval_s):
-            if time.monotonic() > deadline:
-                raise SnaplineError(
-                    f"rank {self.rank}: stable writes did not become durable within "
-                    f"{_DURABLE_TIMEOUT_S:g}s ({why}); check the store's disk"
-                )
+        self._wait_beating(self.writer.barrier().wait, why)
+
+    def _append_durable(self, record: dict[str, PlainData], why: str) -> None:
+        """Append a ledger record and return once it is durable, heartbeating meanwhile."""
+        synced = self.writer.append_now(record)
+        self._wait_beating(lambda t: not futures.wait([synced], timeout=t).not_done, why)
+        synced.result()  # an fsync error surfaces here, as it would have inline
+
+    def _wait_beating(self, is_done: Callable[[float], bool], why: str) -> None:
+        def beat() -> None:
             self._heartbeat()
             self._flush_control()
+
+        try:
+            wait_beating(
+                is_done,
+                interval_s=self.config.heartbeat_interval_s,
+                timeout_s=_DURABLE_TIMEOUT_S,
+                beat=beat,
+                why=why,
+            )
+        except SnaplineError as exc:
+            raise SnaplineError(f"rank {self.rank}: {exc}") from None
 
     # ------------------------------------------------------------------------------ EnginePort
 
@@ -267,7 +289,6 @@ class Worker:
             "k": "ckpt",
             **record_to_plain(record),
             "extras": dict(image.extras),
-            "held_outputs": self._held_outputs(),
         }
         self.writer.put(
             SaveJob(
@@ -282,32 +303,24 @@ class Worker:
     # the loop: the protocol's next actions (a gossip of the commit, a marker, released output)
     # may tell other ranks about them, and a recovery must never see less than they were told.
 
-    def _held_outputs(self) -> list[list[object]]:
-        # WORKAROUND (engine): RankEngine does not save requested-but-unreleased outputs with a
-        # checkpoint, so a rollback would lose them. We save them ([id, item], ids contiguous
-        # up to output_id) and put them back on restore.
-        engine = self.engine
-        assert engine is not None
-        held = engine.pending_outputs()
-        first = engine.output_id - len(held) + 1
-        return [[first + i, item] for i, item in enumerate(held)]
-
     def attach_to_checkpoint(self, rank: int, index: int, key: str, meta: PlainData) -> None:
         """Record an attachment to checkpoint ``index`` in the ledger (durably)."""
-        self.writer.ledger.append_durable({"k": "attach", "index": index, "key": key, "meta": meta})
+        self._append_durable(
+            {"k": "attach", "index": index, "key": key, "meta": meta}, "attachment"
+        )
 
     def commit_checkpoint(self, rank: int, index: int) -> None:
         """Write the commit marker of checkpoint ``index`` (durably)."""
         self._last_committed = max(self._last_committed, index)
-        self.writer.ledger.append_durable({"k": "commit", "index": index})
+        self._append_durable({"k": "commit", "index": index}, "commit marker")
 
     def discard_checkpoint(self, rank: int, index: int) -> None:
         """Mark checkpoint ``index`` as never to commit."""
-        self.writer.ledger.append_durable({"k": "discard", "index": index})
+        self._append_durable({"k": "discard", "index": index}, "discard marker")
 
     def collect_garbage(self, rank: int, before_index: int) -> None:
         """Record the horizon; states below it are deleted from the store when idle."""
-        self.writer.ledger.append_durable({"k": "gc", "before": before_index})
+        self._append_durable({"k": "gc", "before": before_index}, "gc horizon")
         self._gc_before = max(self._gc_before, before_index)
 
     def set_protocol_timer(self, rank: int, name: str, delay_s: float) -> None:
@@ -441,11 +454,6 @@ class Worker:
                 trace=self.config.trace,
                 incarnation=incarnation,
             )
-            held = view.held_outputs.get(index, [])
-            if held:
-                # See _held_outputs: the engine keeps held outputs in a private dict.
-                outputs: dict[int, object] = self.engine._outputs
-                outputs.update((int(i), item) for i, item in held)
         self._last_committed = index
         assert self.engine is not None
         self._trace("restore", index=index, received=dict(self.engine.received))
