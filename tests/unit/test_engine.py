@@ -205,6 +205,19 @@ def make(
     return engine, port, process, proto
 
 
+def restore(image: CheckpointImage, port: Port) -> RankEngine:
+    """Rank 0 of ``make``'s job, restored from ``image`` with a fresh Echo and Scripted."""
+    return RankEngine.restored(
+        image=image,
+        n=3,
+        inbound=[1, 2],
+        outbound=[1],
+        process=Echo(),
+        protocol=Scripted(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
+        port=port,
+    )
+
+
 def test_sends_are_issued_after_the_handler_in_order_with_channel_seqs() -> None:
     engine, port, process, _ = make()
     engine.start()
@@ -285,15 +298,7 @@ def test_checkpoint_captures_state_counters_timers_and_random_at_the_action() ->
     original_draw = process.draws[-1]
     port2 = Port()
     port2.t = 2.0
-    restored = RankEngine.restored(
-        image=image,
-        n=3,
-        inbound=[1, 2],
-        outbound=[1],
-        process=Echo(),
-        protocol=Scripted(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
-        port=port2,
-    )
+    restored = restore(image, port2)
     restored.resume()
     assert restored.sent == {1: 2} and restored.received == {1: 0, 2: 1}
     ((_, timer_id, name, delay_s),) = port2.of("timer")
@@ -314,15 +319,7 @@ def test_checkpoint_between_queued_sends_saves_the_rest_and_restore_reissues_the
     assert image.record.sent == {1: 1}
     assert image.extras["requests"] == [["send", 1, ("b", 4)], ["output", 4]]
     port2 = Port()
-    restored = RankEngine.restored(
-        image=image,
-        n=3,
-        inbound=[1, 2],
-        outbound=[1],
-        process=Echo(),
-        protocol=Scripted(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
-        port=port2,
-    )
+    restored = restore(image, port2)
     restored.resume()
     assert port2.of("transmit") == [("transmit", 1, 2, ("b", 4))]
     assert port2.of("output") == [("output", [4])]
@@ -348,15 +345,7 @@ def test_outputs_held_at_a_checkpoint_survive_a_rollback_to_it() -> None:
     image = port.images[-1]
     assert image.extras["held_outputs"] == [[1, 3], [2, 7]]
     port2 = Port()
-    restored = RankEngine.restored(
-        image=image,
-        n=3,
-        inbound=[1, 2],
-        outbound=[1],
-        process=Echo(),
-        protocol=Scripted(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
-        port=port2,
-    )
+    restored = restore(image, port2)
     restored.resume()
     assert restored.pending_outputs() == [3, 7] and restored.output_id == 2
     # The next output's release (ids in order) carries the held ones with it.
@@ -375,11 +364,7 @@ def test_held_sends_are_saved_with_a_checkpoint_and_reissued() -> None:
     image = port.images[-1]
     assert image.extras["requests"] == [["send", 1, ("a", 2)], ["send", 1, ("b", 2)]]
     port2 = Port()
-    restored = RankEngine.restored(
-        image=image, n=3, inbound=[1, 2], outbound=[1], process=Echo(),
-        protocol=Scripted(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
-        port=port2,
-    )  # fmt: skip
+    restored = restore(image, port2)
     restored.resume()
     assert [c[2:] for c in port2.of("transmit")] == [(1, ("a", 2)), (2, ("b", 2))]
 
