@@ -32,12 +32,13 @@ from snapline.protocols.base import (
     TimerReplay,
     Transmit,
 )
+from snapline.protocols.chandy_lamport import ChandyLamport
 from snapline.protocols.none import NoCheckpointing
 from snapline.runtime.engine import (
     CheckpointImage,
     JobTally,
     RankEngine,
-    declares_passthrough,
+    declared_pass_through,
 )
 from snapline.runtime.process import Context, Process, State
 
@@ -446,9 +447,21 @@ class SpelledOut(NoCheckpointing):
 
 
 def test_only_the_class_that_defines_handle_can_claim_the_fast_path() -> None:
-    assert declares_passthrough(NoCheckpointing)
-    assert not declares_passthrough(SpelledOut)
-    assert not declares_passthrough(Scripted)
+    assert declared_pass_through(NoCheckpointing) == {"sends", "arrivals", "timers", "outputs"}
+    assert declared_pass_through(SpelledOut) == frozenset()
+    assert declared_pass_through(Scripted) == frozenset()
+    assert declared_pass_through(ChandyLamport) == {"sends", "timers"}
+
+
+def test_an_unknown_pass_through_event_is_a_config_error() -> None:
+    class Typo(NoCheckpointing):
+        passes_through = frozenset({"send"})
+
+        def handle(self, event: Event) -> list[Action]:
+            return super().handle(event)
+
+    with pytest.raises(ConfigError, match=r"unknown events \['send'\]"):
+        declared_pass_through(Typo)
 
 
 def test_fast_path_does_exactly_what_the_pass_through_handle_does() -> None:

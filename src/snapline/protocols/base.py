@@ -447,15 +447,16 @@ class Protocol(ABC):
     #: ``"one"`` -- rank 0 only, once per interval (a coordinated protocol that starts one
     #: global checkpoint per request; firing it on all n ranks would start n of them).
     checkpoint_requests: ClassVar[str] = "all"
-    #: True only for a protocol whose ``handle`` passes the per-message events straight
-    #: through, keeping no state and counting nothing for them: ``SendRequested`` ->
-    #: ``[Transmit(same send_id, dst, payload)]`` (no piggyback), ``MessageArrived`` ->
-    #: ``[Deliver(src, seq)]``, ``AppTimerDue`` -> ``[FireAppTimer(timer_id)]``,
-    #: ``OutputRequested`` -> ``[ReleaseOutput(output_id)]``. The engine then carries out
-    #: those four without building the event and action objects (its fast path); every other
-    #: event still goes through ``handle``. The flag counts only on the class that defines
-    #: ``handle``: a subclass that overrides ``handle`` must declare it again to keep it.
-    passes_messages_through: ClassVar[bool] = False
+    #: The per-message events this protocol's ``handle`` passes straight through, keeping no
+    #: state and counting nothing for them; the engine then carries those out without
+    #: building the event and action objects (its fast path). Members:
+    #: ``"sends"`` -- ``SendRequested`` -> ``[Transmit(same send_id, dst, payload)]``, no
+    #: piggyback; ``"arrivals"`` -- ``MessageArrived`` -> ``[Deliver(src, seq)]``;
+    #: ``"timers"`` -- ``AppTimerDue`` -> ``[FireAppTimer(timer_id)]``; ``"outputs"`` --
+    #: ``OutputRequested`` -> ``[ReleaseOutput(output_id)]``. Every other event still goes
+    #: through ``handle``. The declaration counts only on the class that defines ``handle``:
+    #: a subclass that overrides ``handle`` must declare it again to keep it.
+    passes_through: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,

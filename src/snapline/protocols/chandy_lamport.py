@@ -123,6 +123,8 @@ class ChandyLamport(Protocol):
     #: One global checkpoint per interval, started by rank 0 (any rank may initiate).
     checkpoint_requests = "one"
     needs_fifo = True
+    #: Sends and application timers need nothing from a snapshot (arrivals do: recording).
+    passes_through = frozenset({"sends", "timers"})
 
     def __init__(
         self,

@@ -138,6 +138,8 @@ class TwoPhaseCoordinated(Protocol):
     #: One global checkpoint per interval, started by rank 0 (any rank may initiate).
     checkpoint_requests = "one"
     needs_fifo = False
+    #: Timers fire at once and output is released at once (no output commit: see above).
+    passes_through = frozenset({"timers", "outputs"})
 
     def __init__(
         self,

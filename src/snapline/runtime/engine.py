@@ -188,11 +188,14 @@ class RankEngine:
         "_defer_timers",
         "_due",
         "_early",
+        "_fast_arrivals",
+        "_fast_outputs",
+        "_fast_sends",
+        "_fast_timers",
         "_held_since",
         "_in_replay",
         "_last_delivered",
         "_outputs",
-        "_passthrough",
         "_pending",
         "_purged",
         "_requests",
@@ -248,9 +251,13 @@ class RankEngine:
         self.outbound_set = frozenset(self.outbound)
         self.process = process
         self.protocol = protocol
-        #: The protocol declared that it passes messages straight through: the per-message
-        #: events skip ``handle`` (see ``Protocol.passes_messages_through``).
-        self._passthrough = declares_passthrough(type(protocol))
+        # The per-message events the protocol passes straight through skip ``handle``
+        # (see ``Protocol.passes_through``).
+        fast = declared_pass_through(type(protocol))
+        self._fast_sends = "sends" in fast
+        self._fast_arrivals = "arrivals" in fast
+        self._fast_timers = "timers" in fast
+        self._fast_outputs = "outputs" in fast
         self.port = port
         self.random = rng
         self.trace = trace
@@ -379,7 +386,7 @@ class RankEngine:
             early[seq] = (payload, piggyback)
             return True
         self._arrived_upto[src] = seq
-        if self._passthrough:
+        if self._fast_arrivals:
             if seq != self.received[src] + 1:
                 raise self._out_of_order(src, seq)
             self._deliver_payload(src, seq, payload)
@@ -402,7 +409,7 @@ class RankEngine:
             if item is None:
                 break
             self._arrived_upto[src] = nxt
-            if self._passthrough:
+            if self._fast_arrivals:
                 if nxt != self.received[src] + 1:
                     raise self._out_of_order(src, nxt)
                 self._deliver_payload(src, nxt, item[0])
@@ -439,7 +446,7 @@ class RankEngine:
         current = self._timers.get(name)
         if current is None or current[0] != timer_id:
             return
-        if self._passthrough:
+        if self._fast_timers:
             # What AppTimerDue -> FireAppTimer would do, without the two objects.
             del self._timers[name]
             self._call_app(self.process.on_timer, name)
@@ -652,13 +659,13 @@ class RankEngine:
         self._pending.append(requests)
         protocol = self.protocol
         execute = self._execute
-        passthrough = self._passthrough
+        fast_sends = self._fast_sends
         try:
             while requests:
                 request = requests.popleft()
                 if request[0] == _SEND:
                     self.send_id += 1
-                    if passthrough:
+                    if fast_sends:
                         # What SendRequested -> Transmit would do: nothing is ever held.
                         dst = request[1]
                         seq = self.sent[dst] + 1
@@ -677,7 +684,7 @@ class RankEngine:
                 else:
                     self.output_id += 1
                     self._outputs[self.output_id] = request[1]
-                    if passthrough:
+                    if self._fast_outputs:
                         self._release_outputs(self.output_id)
                     else:
                         self._feed(OutputRequested(output_id=self.output_id))
@@ -837,19 +844,27 @@ class RankEngine:
 _MISSING: Any = object()
 
 
-def declares_passthrough(cls: type[CheckpointProtocol]) -> bool:
-    """Whether ``cls`` may take the engine's fast path (``passes_messages_through``).
+def declared_pass_through(cls: type[CheckpointProtocol]) -> frozenset[str]:
+    """The per-message events ``cls`` may take the engine's fast path for (``passes_through``).
 
-    The flag counts only when the class that supplies ``handle`` declares it itself: a
-    subclass that overrides ``handle`` (to hold or count messages, say) without declaring the
-    flag again keeps the full event contract.
+    The declaration counts only when the class that supplies ``handle`` makes it itself: a
+    subclass that overrides ``handle`` (to hold or count messages, say) without declaring
+    again keeps the full event contract.
     """
-    if not getattr(cls, "passes_messages_through", False):
-        return False
     for klass in cls.__mro__:
         if "handle" in vars(klass):
-            return vars(klass).get("passes_messages_through", False) is True
-    return False
+            declared = vars(klass).get("passes_through", frozenset())
+            unknown = set(declared) - _PASS_THROUGH_EVENTS
+            if unknown:
+                raise ConfigError(
+                    f"{cls.__name__}.passes_through names unknown events {sorted(unknown)}; "
+                    f"known: {sorted(_PASS_THROUGH_EVENTS)}"
+                )
+            return frozenset(declared)
+    return frozenset()
+
+
+_PASS_THROUGH_EVENTS = frozenset({"sends", "arrivals", "timers", "outputs"})
 
 
 def _random_state(saved: Any) -> tuple[Any, ...]:
