@@ -15,17 +15,24 @@ whole log in every checkpoint's ``meta`` and in ``volatile_meta``. ``plan_recove
 in-transit payloads from the log of the sender's record in the cut. Assumes FIFO channels (for
 the seq numbering and ordered replay).
 
-Garbage collection (option ``gc``, default on). On commit, a rank floods a summary of the
-checkpoint (its counters) to its outbound neighbours as a control message; every rank relays
-summaries it has not seen. From the summaries it knows, a rank computes the maximum consistent
-cut of those committed checkpoints (``recovery_line.garbage_line``): every future recovery line
-is at or after it, and a subset of the committed checkpoints gives a line at or before the true
-one, so acting on partial knowledge is safe. It then collects its own checkpoints below the
-line (``CollectGarbage``), drops log entries its receivers' line checkpoints already received,
-and releases output produced before its own line checkpoint (output commit: nothing before it
-can ever be rolled back). Summaries carry the incarnation they were made in; a rank forgets
-what it knew of ranks restored by a recovery, and ignores summaries older than their restore,
-so checkpoints of an abandoned execution never count. After a restore the driver replays
+Garbage collection (option ``gc``, default on). Every committed checkpoint is summarized (its
+counters) and flooded to all ranks, in batches: on each commit of its own basic checkpoint a
+rank sends one ``committed`` control message per outbound channel carrying the summaries it
+learned since the previous one (its own included, forced checkpoints' too), except to ranks
+known to have them (the summary's own rank, the ranks it came from) and those already below its
+garbage line. From the summaries it knows, a rank keeps the maximum consistent cut of those
+committed checkpoints, its garbage line (``recovery_line.advance_garbage_line``): every future
+recovery line is at or after it, and a subset of the committed checkpoints gives a line at or
+before the true one, so acting on partial knowledge is safe. The line only moves forward, so it
+is advanced incrementally over the checkpoints known above it (knowledge below it is dropped),
+at bounded frequency: on each basic commit of its own, once n summaries were learned since the
+last time, and at once while output waits for the line. It then collects its own checkpoints
+below the line (``CollectGarbage``), drops log entries its receivers' line checkpoints already
+received, and releases output produced before its own line checkpoint (output commit: nothing
+before it can ever be rolled back). Summaries carry the incarnation they were made in; a rank
+forgets what it knew above the line of ranks restored by a recovery (the line itself is at or
+before every recovery line, so it stands), and ignores summaries older than their restore, so
+checkpoints of an abandoned execution never count. After a restore the driver replays
 in-transit messages to the application without telling the protocol, so a restored rank's
 counters may lag on an inbound channel until the next message on it arrives (the gap shows the
 replay); checkpoints taken meanwhile are not gossiped (wrong counters could make the line
@@ -36,8 +43,15 @@ Without gc the log and the stored checkpoints grow without bound and output is n
 released; knowledge of ranks that cannot reach this one never arrives, which only delays
 collection.
 
-Costs per checkpoint commit: one control message per channel (flooding). Log size: messages
-sent since the line, stored again in each checkpoint.
+Costs. Control messages: at most one per outbound channel per own basic checkpoint, against
+one per channel per checkpoint (forced ones included) of every rank when each summary was
+relayed on its own. The summaries themselves are not fewer: each still crosses every channel
+once (but where it is known to be), up to E copies of a few ints per degree for each
+checkpoint, n x E per round of checkpoints, so the flood stays the dominant gc cost at large n.
+Knowledge travels one hop per basic checkpoint, so collection and output commit lag by up to
+the diameter times the checkpoint interval. Collection: the work of advancing the line is the
+checkpoints known above it and the ranks they reach, not all n ranks. Log size: messages sent
+since the line, stored again in each checkpoint.
 """
 
 from __future__ import annotations
@@ -80,9 +94,8 @@ from snapline.protocols.base import (
     TakeCheckpoint,
     TimerFired,
     Transmit,
-    initial_record,
 )
-from snapline.protocols.recovery_line import garbage_line, recovery_line
+from snapline.protocols.recovery_line import advance_garbage_line, recovery_line
 
 
 class Phase(enum.Enum):
@@ -102,25 +115,35 @@ class Summary:
     received: Mapping[int, int]
 
     def to_plain(self) -> PlainData:
-        """As a control message."""
-        return {
-            "kind": "committed",
-            "rank": self.rank,
-            "index": self.index,
-            "incarnation": self.incarnation,
-            "sent": sorted(self.sent.items()),
-            "received": sorted(self.received.items()),
-        }
+        """As one entry of a ``committed`` control message."""
+        return [
+            self.rank,
+            self.index,
+            self.incarnation,
+            sorted(self.sent.items()),
+            sorted(self.received.items()),
+        ]
 
     @classmethod
     def from_plain(cls, data: PlainData) -> Summary:
-        """Parse a control message made by ``to_plain``."""
+        """Parse an entry made by ``to_plain`` (``ValueError`` if it is not one)."""
+        if not isinstance(data, list | tuple) or len(data) != 5:
+            raise ValueError(
+                f"a summary is [rank, index, incarnation, sent, received], not {data!r}"
+            )
+        rank, index, incarnation, sent, received = data
         return cls(
-            rank=int(data["rank"]),
-            index=int(data["index"]),
-            incarnation=int(data["incarnation"]),
-            sent={int(p): int(c) for p, c in data["sent"]},
-            received={int(p): int(c) for p, c in data["received"]},
+            rank=int(rank),
+            index=int(index),
+            incarnation=int(incarnation),
+            sent={int(p): int(c) for p, c in sent},
+            received={int(p): int(c) for p, c in received},
+        )
+
+    def record(self) -> CheckpointRecord:
+        """The checkpoint as ``recovery_line`` sees it (counters only)."""
+        return CheckpointRecord(
+            rank=self.rank, index=self.index, forced=False, sent=self.sent, received=self.received
         )
 
 
@@ -160,8 +183,21 @@ class IndependentCheckpointing(Protocol):
         #: Taken, not yet persisted: index -> the counters it holds (for the gc summary), or
         #: None where they may be wrong (``uncertain``): such a checkpoint is never gossiped.
         self.pending: dict[int, tuple[dict[int, int], dict[int, int]] | None] = {}
-        #: gc knowledge: rank -> committed checkpoints known, by index.
+        #: gc knowledge: rank -> its garbage-line checkpoint as far as this rank knows (a rank
+        #: missing here stands at checkpoint 0). Only moves forward.
+        self.line: dict[int, CheckpointRecord] = {}
+        #: gc knowledge: rank -> committed checkpoints known above its ``line`` entry, by index.
         self.known: dict[int, dict[int, Summary]] = {}
+        #: ``known[rank]`` as records, oldest first (rebuilt only for ranks that learned more).
+        self._records: dict[int, list[CheckpointRecord]] = {}
+        #: Summaries learned since the last collection (it runs at bounded frequency).
+        self.unsettled = 0
+        #: Summaries to relay with the next own commit: each as sent, and the rank it came from.
+        #: Keyed by (rank, index); the set holds the ranks known to have it already: the ones
+        #: it came from (first or again) and its own rank.
+        self.outbox: dict[tuple[int, int], tuple[Summary, PlainData, set[int]]] = {}
+        #: Basic (not forced) checkpoints taken and not yet persisted: their commit relays.
+        self.basic_pending: set[int] = set()
         #: rank -> incarnation it was last restored in (older summaries are of a dead timeline).
         self.restored_in: dict[int, int] = {}
         self.collected_before = 0
@@ -173,6 +209,8 @@ class IndependentCheckpointing(Protocol):
                 "logged_messages": 0,
                 "log_trimmed": 0,
                 "gc_summaries": 0,
+                "gc_summaries_sent": 0,
+                "gc_collections": 0,
             }
         )
 
@@ -227,6 +265,7 @@ class IndependentCheckpointing(Protocol):
                 if index not in self.pending:
                     raise self.error(self.phase, event, "no such checkpoint is being written")
                 del self.pending[index]
+                self.basic_pending.discard(index)
                 # Output it was to cover waits for the next checkpoint instead.
                 self.outputs = [(o, None if i == index else i) for o, i in self.outputs]
                 return [DiscardCheckpoint(index=index)]
@@ -243,7 +282,13 @@ class IndependentCheckpointing(Protocol):
                 self.incarnation = incarnation
                 for rank in restored:
                     self.restored_in[rank] = incarnation
+                    # Its checkpoints above the line may be abandoned ones; the line itself is
+                    # at or before every recovery line, so it still stands (module docstring).
                     self.known.pop(rank, None)
+                    self._records.pop(rank, None)
+                self.outbox = {
+                    key: item for key, item in self.outbox.items() if not self._abandoned(item[0])
+                }
                 return []
             case TimerFired() | MessageLogged():
                 raise self.error(self.phase, event, "this protocol sets no timers and logs nothing")
@@ -283,6 +328,8 @@ class IndependentCheckpointing(Protocol):
         assert index > self.last_index, "checkpoint indices must increase"
         self.last_index = index
         self.pending[index] = None if self.uncertain else (dict(self.sent), dict(self.received))
+        if not forced:
+            self.basic_pending.add(index)
         self.outputs = [(o, index if i is None else i) for o, i in self.outputs]
         meta = self._meta()
         self.after_checkpoint(index)
@@ -299,8 +346,12 @@ class IndependentCheckpointing(Protocol):
         if index not in self.pending:
             raise self.error(self.phase, event, "no such checkpoint is being written")
         counters = self.pending.pop(index)
+        basic = index in self.basic_pending
+        self.basic_pending.discard(index)
         actions: list[Action] = [Commit(index=index)]
-        if self.gc_enabled and counters is not None:
+        if not self.gc_enabled:
+            return actions
+        if counters is not None:
             summary = Summary(
                 rank=self.rank,
                 index=index,
@@ -308,7 +359,14 @@ class IndependentCheckpointing(Protocol):
                 sent=counters[0],
                 received=counters[1],
             )
-            actions.extend(self._learn(summary, came_from=None))
+            self._learn(summary, summary.to_plain(), came_from=None)
+        # Relay and collect on basic commits only: forced ones (communication-induced) can come
+        # once per arriving message, and would make the flood as dense as the messages.
+        if not basic:
+            return actions
+        actions.extend(self._relay())
+        if self.unsettled:
+            actions.extend(self._collect())
         return actions
 
     def _control(self, event: ControlArrived, src: int, control: PlainData) -> list[Action]:
@@ -316,56 +374,115 @@ class IndependentCheckpointing(Protocol):
             raise self.error(self.phase, event, "unknown control message")
         if not self.gc_enabled:
             return []
-        return self._learn(Summary.from_plain(control), came_from=src)
+        entries = control.get("summaries")
+        try:
+            if not isinstance(entries, list | tuple):
+                raise ValueError("no summaries list")
+            for entry in entries:
+                # Most entries are old news (a summary arrives over every inbound channel):
+                # look at the header first, parse the counters only of new ones.
+                if not isinstance(entry, list | tuple) or len(entry) != 5:
+                    raise ValueError(f"a summary is [rank, index, incarnation, ...]: {entry!r}")
+                rank, index = int(entry[0]), int(entry[1])
+                if self._is_news(rank, index, int(entry[2])):
+                    self._learn(Summary.from_plain(entry), entry, came_from=src)
+                elif (queued := self.outbox.get((rank, index))) is not None:
+                    queued[2].add(src)  # src has it: do not send it there
+        except (TypeError, ValueError) as exc:
+            raise self.error(self.phase, event, f"malformed gc summaries: {exc}") from exc
+        # Collect at bounded frequency: every n summaries learned (and on each own commit), or
+        # at once while output waits for the line (output commit should not lag).
+        waiting = any(i is not None for _, i in self.outputs)
+        if self.unsettled >= self.n or (self.unsettled and waiting):
+            return self._collect()
+        return []
 
     # ----------------------------------------------------------------------------------------
     # Garbage collection and output commit.
 
-    def _learn(self, summary: Summary, *, came_from: int | None) -> list[Action]:
-        if summary.incarnation < self.restored_in.get(summary.rank, 0):
-            return []  # a checkpoint of an execution a recovery abandoned
-        known = self.known.setdefault(summary.rank, {})
-        if summary.index in known or summary.index < self.floor(summary.rank):
-            return []
-        known[summary.index] = summary
+    def _abandoned(self, summary: Summary) -> bool:
+        """A checkpoint of an execution a recovery abandoned."""
+        return summary.incarnation < self.restored_in.get(summary.rank, 0)
+
+    def _is_news(self, rank: int, index: int, incarnation: int) -> bool:
+        """Whether a summary with this header would add to the knowledge."""
+        if incarnation < self.restored_in.get(rank, 0) or index <= self.floor(rank):
+            return False
+        known = self.known.get(rank)
+        return known is None or index not in known
+
+    def _learn(self, summary: Summary, plain: PlainData, *, came_from: int | None) -> bool:
+        """Add a summary (``plain`` as received) to the knowledge and the outbox, if new."""
+        if not self._is_news(summary.rank, summary.index, summary.incarnation):
+            return False
+        self.known.setdefault(summary.rank, {})[summary.index] = summary
+        self._records.pop(summary.rank, None)
+        self.unsettled += 1
         self.stats["gc_summaries"] += 1
+        holders = {summary.rank} if came_from is None else {summary.rank, came_from}
+        self.outbox[(summary.rank, summary.index)] = (summary, plain, holders)
+        return True
+
+    def _relay(self) -> list[Action]:
+        """One control message per outbound channel with the summaries learned since the last.
+
+        A summary is not sent to a rank known to have it (its own, and every rank it came
+        from), nor once it is below the line (the line's own checkpoint is still sent: a rank
+        that knows less may need it).
+        """
+        outbox = [
+            (plain, holders)
+            for summary, plain, holders in self.outbox.values()
+            if summary.index >= self.floor(summary.rank)
+        ]
+        self.outbox = {}
         actions: list[Action] = []
-        for dst in sorted(self.outbound - {came_from} if came_from is not None else self.outbound):
-            actions.append(SendControl(dst=dst, control=summary.to_plain()))
-            self.stats["control_messages"] += 1
-        actions.extend(self._collect())
+        for dst in sorted(self.outbound):
+            entries = [plain for plain, holders in outbox if dst not in holders]
+            if entries:
+                actions.append(
+                    SendControl(dst=dst, control={"kind": "committed", "summaries": entries})
+                )
+                self.stats["control_messages"] += 1
+                self.stats["gc_summaries_sent"] += len(entries)
         return actions
 
     def floor(self, rank: int) -> int:
-        """The oldest index of ``rank`` still kept in the gc knowledge."""
-        known = self.known.get(rank)
-        return min(known) if known else 0
+        """The index of ``rank``'s garbage-line checkpoint as far as this rank knows."""
+        record = self.line.get(rank)
+        return record.index if record is not None else 0
 
     def _collect(self) -> list[Action]:
-        committed: dict[int, list[CheckpointRecord]] = {}
-        for rank in range(self.n):
-            records = [initial_record(rank)]
-            records.extend(
-                CheckpointRecord(
-                    rank=rank, index=s.index, forced=False, sent=s.sent, received=s.received
-                )
-                for _, s in sorted(self.known.get(rank, {}).items())
-            )
-            committed[rank] = records
-        line = garbage_line(committed)
-        # Knowledge older than the line is never needed again.
-        for rank, before in line.before_index.items():
-            known = self.known.get(rank)
+        """Advance the garbage line over what was learned; collect, trim, release output."""
+        self.unsettled = 0
+        self.stats["gc_collections"] += 1
+        newer: dict[int, list[CheckpointRecord]] = {}
+        for rank, known in self.known.items():
+            records = self._records.get(rank)
+            if records is None:
+                records = [known[i].record() for i in sorted(known)]
+                self._records[rank] = records
+            newer[rank] = records
+        moved = advance_garbage_line(self.line, newer)
+        for rank, record in moved.items():
+            self.line[rank] = record
+            # Knowledge at or below the line is never needed again.
+            known = self.known[rank]
+            for index in [i for i in known if i <= record.index]:
+                del known[index]
             if known:
-                for index in [i for i in known if i < before]:
-                    del known[index]
+                self._records[rank] = [r for r in newer[rank] if r.index > record.index]
+            else:
+                del self.known[rank]
+                self._records.pop(rank, None)
         actions: list[Action] = []
-        own = line.before_index[self.rank]
+        own = self.floor(self.rank)
         if own > self.collected_before:
             self.collected_before = own
             actions.append(CollectGarbage(before_index=own))
         for dst, (first, payloads) in list(self.log.items()):
-            upto = line.received.get((self.rank, dst), 0)
+            receiver = self.line.get(dst)
+            upto = receiver.received.get(self.rank, 0) if receiver is not None else 0
             drop = min(max(0, upto - first + 1), len(payloads))
             if drop:
                 self.log[dst] = (first + drop, payloads[drop:])

@@ -23,6 +23,10 @@ consistent cut:
   X[d]`` and moving ``d`` one back keeps the invariant. At the fixed point ``X`` is consistent
   and ``>=`` every consistent cut: it is the maximum.
 
+Cost: the propagation indexes, per sender, the ranks that ever received from it (from the
+candidates' ``received`` maps); when a sender moves back only those can become orphans, so a
+move costs its receivers, not all n ranks.
+
 Pinning a rank at a candidate (``pinned``) answers "is there a consistent cut containing this
 checkpoint?": the propagation would have to move a pinned rank iff none exists. That is how
 ``useless_checkpoints`` finds checkpoints on a Z-cycle with counters alone (``zigzag`` finds the
@@ -38,13 +42,16 @@ Garbage: committed checkpoints only accumulate, so the maximum consistent cut ov
 *committed* records alone (the line every rank would roll back to if all failed now) can only
 move forward, and any future recovery line is at or after it. Checkpoints older than it, and
 sender-log entries its receivers have already received, are never needed again
-(``garbage_line``).
+(``garbage_line``). Knowing more committed checkpoints only raises that line, so a rank that
+learns of checkpoints one batch at a time advances it incrementally
+(``advance_garbage_line``): the old line is a consistent cut below the new maximum, so the
+propagation runs over the checkpoints above it only, and ranks with nothing new stand still.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from snapline.errors import RecoveryError
@@ -141,8 +148,8 @@ def candidate_records(view: RecoveryView) -> dict[int, list[CheckpointRecord]]:
     return candidates
 
 
-def _orphan(receiver: CheckpointRecord, sender: CheckpointRecord) -> bool:
-    return receiver.received.get(sender.rank, 0) > sender.sent.get(receiver.rank, 0)
+#: Stands in for a rank whose records ``advance_garbage_line`` was not given: nothing sent.
+_SENT_NOTHING = CheckpointRecord(rank=-1, index=0, forced=False, sent={}, received={})
 
 
 def maximum_consistent_cut(
@@ -166,24 +173,90 @@ def maximum_consistent_cut(
     for rank, pos in position.items():
         if not 0 <= pos < len(candidates[rank]):
             raise RecoveryError(f"position {pos} is outside rank {rank}'s candidates")
-    # Only a rank whose sent counters dropped can create new orphans: a work list of those.
-    work = list(position)
+    # Senders outside ``candidates`` are not part of the cut: no orphan on their channels.
+    return _propagate(candidates, position, pinned, lambda rank: None)
+
+
+def _propagate(
+    candidates: Mapping[int, Sequence[CheckpointRecord]],
+    position: dict[int, int],
+    pinned: Mapping[int, int],
+    standing: Callable[[int], CheckpointRecord | None],
+) -> dict[int, int] | None:
+    """Rollback propagation over ``candidates`` from ``position`` (updated in place).
+
+    ``standing(rank)`` is the record of a rank outside ``candidates`` (it never moves, and the
+    caller guarantees nothing orphans it), or None where that rank is not part of the cut.
+    Cost: one pass over the candidates' ``received`` maps, one over the current records', then
+    per move only the receivers of the rank that moved -- not all n ranks.
+    """
+
+    def record_of(rank: int) -> CheckpointRecord | None:
+        pos = position.get(rank)
+        return standing(rank) if pos is None else candidates[rank][pos]
+
+    # Only a rank that ever received from a sender can become its orphan when the sender's
+    # position drops: index the receivers once (every candidate, in case counters were not
+    # checked to be monotone).
+    receivers: dict[int, list[int]] = {}
+    for rank in position:
+        senders: set[int] = set()
+        for record in candidates[rank][: position[rank] + 1]:
+            senders.update(src for src, count in record.received.items() if count > 0)
+        senders.discard(rank)
+        for src in senders:
+            receivers.setdefault(src, []).append(rank)
+    # First pass, receiver by receiver: step back past every orphan at the senders' current
+    # records. A rank that moved sent less: its receivers are checked again (the work list).
+    work: list[int] = []
+    for rank in position:
+        records = candidates[rank]
+        moved = False
+        while True:
+            record = records[position[rank]]
+            orphaned = False
+            for src, count in record.received.items():
+                if src == rank or count <= 0:
+                    continue
+                sender = record_of(src)
+                if sender is not None and count > sender.sent.get(rank, 0):
+                    orphaned = True
+                    break
+            if not orphaned:
+                break
+            if rank in pinned:
+                return None
+            # Candidate 0 received nothing (or, for ``advance_garbage_line``, is consistent
+            # with everything at or above the old line), so this never runs below position 0.
+            _step_back(rank, position)
+            moved = True
+        if moved:
+            work.append(rank)
     while work:
         sender_rank = work.pop()
-        sender = candidates[sender_rank][position[sender_rank]]
-        for receiver_rank, receiver_candidates in candidates.items():
-            if receiver_rank == sender_rank:
-                continue
+        sent = candidates[sender_rank][position[sender_rank]].sent
+        for receiver_rank in receivers.get(sender_rank, ()):
+            records = candidates[receiver_rank]
             moved = False
-            while _orphan(receiver_candidates[position[receiver_rank]], sender):
+            while records[position[receiver_rank]].received.get(sender_rank, 0) > sent.get(
+                receiver_rank, 0
+            ):
                 if receiver_rank in pinned:
                     return None
-                # Candidate 0 received nothing, so this never runs below position 0.
-                position[receiver_rank] -= 1
+                _step_back(receiver_rank, position)
                 moved = True
             if moved:
                 work.append(receiver_rank)
     return position
+
+
+def _step_back(rank: int, position: dict[int, int]) -> None:
+    if position[rank] == 0:
+        raise RecoveryError(
+            f"rank {rank}'s oldest candidate is an orphan: the first candidate of each rank "
+            "must be consistent with every other rank's (index 0 received nothing)"
+        )
+    position[rank] -= 1
 
 
 def brute_force_maximum_cut(candidates: Mapping[int, Sequence[CheckpointRecord]]) -> dict[int, int]:
@@ -314,6 +387,42 @@ def garbage_line(committed: Mapping[int, Sequence[CheckpointRecord]]) -> Garbage
         (src, dst): count for dst, rec in cut.items() for src, count in rec.received.items()
     }
     return GarbageLine(before_index={r: rec.index for r, rec in cut.items()}, received=received)
+
+
+def advance_garbage_line(
+    line: Mapping[int, CheckpointRecord],
+    newer: Mapping[int, Sequence[CheckpointRecord]],
+) -> dict[int, CheckpointRecord]:
+    """The garbage line once the committed checkpoints ``newer`` are known too (incremental).
+
+    ``line`` is the garbage line so far (``garbage_line`` of what was known, or an earlier
+    result of this function); a rank missing from it stands at its checkpoint 0.
+    ``newer[r]`` lists rank r's newly known committed checkpoints above ``line[r]``, oldest
+    first (with any known earlier ones still above the line). Returns the new line record of
+    every rank in ``newer`` whose line moved; the others stay where they were.
+
+    Why it is enough to look above the old line: the old line is a consistent cut of committed
+    checkpoints, and knowing more can only raise the maximum consistent cut, so the propagation
+    never needs a record below it, and a rank with nothing new stays put and is never an
+    orphan (its record is consistent with every record at or above the line). The cost is the
+    new records and the ranks they reach, not all n ranks.
+    """
+    candidates: dict[int, list[CheckpointRecord]] = {}
+    for rank, records in newer.items():
+        if not records:
+            continue
+        base = line.get(rank) or initial_record(rank)
+        listed = [base, *records]
+        _check_candidates(rank, listed)
+        candidates[rank] = listed
+    position = {rank: len(listed) - 1 for rank, listed in candidates.items()}
+
+    def standing(rank: int) -> CheckpointRecord:
+        return line.get(rank) or _SENT_NOTHING
+
+    result = _propagate(candidates, position, {}, standing)
+    assert result is not None  # nothing is pinned
+    return {rank: candidates[rank][pos] for rank, pos in result.items() if pos > 0}
 
 
 def cut_of(
