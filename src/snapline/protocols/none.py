@@ -51,9 +51,7 @@ class NoCheckpointing(Protocol):
     name: ClassVar[str] = "none"
     needs_fifo: ClassVar[bool] = False
     # ``handle`` below is exactly the pass-through the engine's fast path implements.
-    passes_through: ClassVar[frozenset[str]] = frozenset(
-        {"sends", "arrivals", "timers", "outputs"}
-    )
+    passes_through: ClassVar[frozenset[str]] = frozenset({"sends", "arrivals", "timers", "outputs"})
 
     def handle(self, event: Event) -> list[Action]:
         """Pass messages, timers and outputs straight through; take no checkpoints."""

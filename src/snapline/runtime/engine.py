@@ -667,11 +667,7 @@ class RankEngine:
                     self.send_id += 1
                     if fast_sends:
                         # What SendRequested -> Transmit would do: nothing is ever held.
-                        dst = request[1]
-                        seq = self.sent[dst] + 1
-                        self.sent[dst] = seq
-                        self.messages_sent += 1
-                        self.port.transmit(self.rank, dst, seq, request[2], None)
+                        self._transmit(request[1], request[2], None)
                         continue
                     send_id = self.send_id
                     self._unsent[send_id] = (request[1], request[2])
@@ -705,10 +701,7 @@ class RankEngine:
                     since = self._held_since.pop(send_id, None)
                     if since is not None:
                         self._stats["blocking_us"] += round((port.now() - since) * 1e6)
-                seq = self.sent[dst] + 1
-                self.sent[dst] = seq
-                self.messages_sent += 1
-                port.transmit(self.rank, dst, seq, payload, piggyback)
+                self._transmit(dst, payload, piggyback)
             case Deliver(src=src, seq=seq):
                 payload = self._arrived.pop((src, seq), _MISSING)
                 if payload is _MISSING:
@@ -716,11 +709,7 @@ class RankEngine:
                         return  # dropped by a recovery: the sender rolled back past it
                     raise self._bad(action, f"Deliver of message ({src}, {seq}) not arrived")
                 if seq != self.received[src] + 1:
-                    raise self._bad(
-                        action,
-                        f"Deliver out of channel order: delivered {self.received[src]} from "
-                        f"rank {src}, asked for {seq}",
-                    )
+                    raise self._out_of_order(src, seq, action)
                 self._deliver_payload(src, seq, payload)
             case FireAppTimer(timer_id=timer_id):
                 due_name = self._due.pop(timer_id, None)
@@ -781,14 +770,20 @@ class RankEngine:
                 self.port.record(self.rank, "output", count=len(items))
             self.port.release_output(self.rank, items)
 
-    def _out_of_order(self, src: int, seq: int) -> ProtocolError:
-        # The fast path delivers each arrival that is next on its channel at once, so received
-        # and arrived counts move together; a gap here is an engine bug, not a protocol's.
+    def _out_of_order(self, src: int, seq: int, action: object = None) -> ProtocolError:
+        # On the fast path (no action) received and arrived counts move together, so a gap
+        # there is an engine bug, not a protocol's.
         return self._bad(
-            ("deliver", src, seq),
+            action if action is not None else ("deliver", src, seq),
             f"Deliver out of channel order: delivered {self.received[src]} from rank {src}, "
             f"asked for {seq}",
         )
+
+    def _transmit(self, dst: int, payload: object, piggyback: PlainData) -> None:
+        seq = self.sent[dst] + 1
+        self.sent[dst] = seq
+        self.messages_sent += 1
+        self.port.transmit(self.rank, dst, seq, payload, piggyback)
 
     def _deliver_payload(self, src: int, seq: int, payload: object) -> None:
         self.received[src] = seq

@@ -83,11 +83,6 @@ class LedgerWriter:
             os.write(self._fd, data)
             self._dirty = True
 
-    def append_durable(self, record: dict[str, PlainData]) -> None:
-        """Append one record and fsync before returning."""
-        self.append(record)
-        self.sync()
-
     def sync(self) -> None:
         """fsync what was appended since the last sync."""
         with self._lock:
