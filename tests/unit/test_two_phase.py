@@ -177,3 +177,37 @@ def test_topology_must_let_control_flow_both_ways() -> None:
             frozenset({(0, 1), (1, 0), (1, 2), (2, 1), (0, 2)}) - {(2, 1)},
             {"edges": [[0, 1], [1, 0], [1, 2], [0, 2]]},
         )
+
+
+def test_a_failure_does_not_start_a_deferred_round_of_the_dead_initiator() -> None:
+    # Rank 1 is in its own round when rank 0's (higher-priority) request arrives and is
+    # deferred; then rank 0 dies. Aborting rank 1's round must not start rank 0's round.
+    lk = link(Topology.ring(2))
+    lk.send(1, 0, "m1")
+    lk.run(random.Random(0))
+    lk.request_checkpoint(0)
+    lk.request_checkpoint(1)
+    lk.deliver(0, 1)
+    assert tp(lk, 1).deferred
+    lk.crash(0)
+    lk.recover()
+    lk.run()
+    assert tp(lk, 1).current is None and not lk.ranks[1].taken
+    assert latest_cut_is_consistent(lk)
+
+
+def test_checkpoints_after_a_rollback_are_not_candidates_again() -> None:
+    # Rank 1 commits a checkpoint in a new incarnation, is rolled back past it when rank 0
+    # fails, and a second failure must plan from what is left (not the undone future).
+    lk = link(Topology.ring(2))
+    lk.send(0, 1, "m1")
+    lk.crash(1)
+    lk.recover()
+    lk.request_checkpoint(1)
+    lk.run(random.Random(0))
+    for _ in range(2):
+        lk.crash(0)
+        lk.recover()
+    lk.run()
+    assert all(not s.taken for s in lk.ranks)
+    assert latest_cut_is_consistent(lk)

@@ -246,9 +246,11 @@ class TwoPhaseCoordinated(Protocol):
                 # say so: output commit is not provided by this protocol.
                 return [ReleaseOutput(output_id=output_id)]
             case PeerFailed():
+                # Deferred requests belong to rounds the failure aborts too: drop them first,
+                # or ending the current round would start one of them (and it never ends).
+                self.deferred.clear()
                 actions = self._end_round(commit=False) if self.current else []
                 self.phase = Phase.RECOVERING
-                self.deferred.clear()
                 return actions
             case RecoveryCompleted(incarnation=incarnation):
                 self.incarnation = incarnation

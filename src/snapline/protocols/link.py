@@ -517,6 +517,9 @@ class InMemoryLink:
         state.incarnation = self.incarnation
         state.sent = dict(record.sent)
         state.received = dict(record.received)
+        # Checkpoints after the restored one belong to the undone future (as the simulator's
+        # storage and the local ledger void them): they must not be recovery candidates again.
+        state.committed = [r for r in state.committed if r.index <= index]
         state.arrived.clear()
         state.pending_sends.clear()
         state.taken.clear()
