@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from snapline.errors import ConfigError
 from snapline.protocols.zigzag import (
+    CheckpointId,
+    Execution,
     ExecutionRecorder,
+    RdtViolation,
+    dependency_vectors,
     execution_from_trace,
+    rdt_violations,
     useless_checkpoints,
     useless_indices,
+    z_cycle_checkpoints,
     z_path,
     z_precedes,
 )
@@ -95,3 +103,95 @@ def test_execution_from_trace() -> None:
         )
     with pytest.raises(ConfigError, match="not a snapline trace"):
         execution_from_trace({"events": []})
+
+
+def random_execution(seed: int, n: int, steps: int) -> Execution:
+    """Random sends, deliveries (FIFO per channel) and checkpoints of ``n`` ranks."""
+    rng = random.Random(seed)
+    rec = ExecutionRecorder(n)
+    queues: dict[tuple[int, int], list[int]] = {}
+    indices = [0] * n
+    for _ in range(steps):
+        roll = rng.random()
+        if roll < 0.4:
+            src, dst = rng.sample(range(n), 2)
+            queues.setdefault((src, dst), []).append(rec.send(src, dst))
+        elif roll < 0.85:
+            ready = [c for c, q in queues.items() if q]
+            if ready:
+                rec.deliver(queues[ready[rng.randrange(len(ready))]].pop(0))
+        else:
+            rank = rng.randrange(n)
+            indices[rank] += 1
+            rec.checkpoint(rank, indices[rank])
+    return rec.execution()
+
+
+def causally_precedes(execution: Execution, frm: CheckpointId, to: CheckpointId) -> bool:
+    """Brute force: a chain of messages, each sent after the previous one was delivered."""
+    messages = execution.messages
+    frontier = [
+        i
+        for i, m in enumerate(messages)
+        if m.src == frm[0] and m.send_interval >= frm[1] and m.deliver_interval is not None
+    ]
+    seen = set(frontier)
+    while frontier:
+        i = frontier.pop()
+        m = messages[i]
+        assert m.deliver_interval is not None and m.deliver_step is not None
+        if m.dst == to[0] and m.deliver_interval < to[1]:
+            return True
+        for k, nxt in enumerate(messages):
+            if (
+                k not in seen
+                and nxt.deliver_interval is not None
+                and nxt.src == m.dst
+                and nxt.send_step is not None
+                and nxt.send_step > m.deliver_step
+            ):
+                seen.add(k)
+                frontier.append(k)
+    return False
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_dependency_vectors_agree_with_path_search(seed: int) -> None:
+    n = 2 + seed % 4
+    execution = random_execution(seed, n, 60 + seed % 3 * 40)
+    vectors = dependency_vectors(execution)
+    for to, zigzag in vectors.zigzag.items():
+        causal = vectors.causal[to]
+        for q in range(n):
+            for x in range(execution.positions(q)):
+                if q == to[0] and x < to[1]:
+                    # Program order: earlier checkpoints of the rank precede it trivially.
+                    assert causal[q] >= x and zigzag[q] >= x
+                    continue
+                assert (zigzag[q] >= x) == z_precedes(execution, (q, x), to), (q, x, to)
+                assert (causal[q] >= x) == causally_precedes(execution, (q, x), to), (q, x, to)
+    assert z_cycle_checkpoints(vectors) == useless_checkpoints(execution)
+    # Every Z-path a violation names exists, and is not causal.
+    for violation in rdt_violations(vectors):
+        assert z_precedes(execution, violation.frm, violation.to)
+        assert not causally_precedes(execution, violation.frm, violation.to)
+
+
+def test_rdt_violation_on_a_zigzag_that_no_causal_path_doubles() -> None:
+    rec = ExecutionRecorder(3)
+    m2 = rec.send(1, 2)
+    m1 = rec.send(0, 1)
+    rec.deliver(m1)
+    rec.deliver(m2)
+    rec.checkpoint(2, 1)
+    vectors = dependency_vectors(rec.execution())
+    assert rdt_violations(vectors) == [RdtViolation(frm=(0, 0), to=(2, 1))]
+    assert z_cycle_checkpoints(vectors) == set()
+    # Rank 1 delivering m1 before it sends m2 makes the same Z-path causal: RDT holds.
+    rec = ExecutionRecorder(3)
+    m1 = rec.send(0, 1)
+    rec.deliver(m1)
+    m2 = rec.send(1, 2)
+    rec.deliver(m2)
+    rec.checkpoint(2, 1)
+    assert rdt_violations(dependency_vectors(rec.execution())) == []

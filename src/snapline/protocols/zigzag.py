@@ -20,6 +20,19 @@ in an interval at least that small. A fixed point over the messages gives everyt
 in ``O(ranks * messages)`` per start checkpoint. ``recovery_line.useless_checkpoints`` decides
 the same question with channel counters; the tests check both agree.
 
+All checkpoints at once (``dependency_vectors``): if a Z-path leaves ``(s, i)`` it also leaves
+``(s, i')`` for every ``i' <= i``, so what reaches a checkpoint is one vector: per rank, the
+newest checkpoint of it with a Z-path to here. A message sent by ``q`` in interval ``k`` carries
+``q``'s Z-vector at the *end* of interval ``k`` (a zig may use a later delivery of the same
+interval), so the vectors are a fixed point, iterated over the messages until nothing grows;
+started from the causal vectors (vector clocks, which need each rank's order of events: the
+``send_step`` / ``deliver_step`` of messages), it stops after one pass more than the most
+zig-zags any path needs -- one pass when every Z-path is causal. Cost: ``O(ranks * messages)``
+per pass. Two guarantees read off the result: a checkpoint is useless iff a Z-path from itself
+reaches it (``z_cycle_checkpoints``), and the execution is *rollback-dependency trackable* iff
+every Z-path between checkpoints is doubled by a causal path, i.e. the Z-vector of every
+checkpoint equals its causal vector (``rdt_violations``).
+
 ``ExecutionRecorder`` builds an ``Execution`` from events in the order each rank saw them, and
 ``execution_from_trace`` reads a failure-free snapline trace.
 """
@@ -43,6 +56,10 @@ class MessageEvent:
     dst: int
     send_interval: int
     deliver_interval: int | None
+    #: Positions of the send and the delivery in their rank's own sequence of sends and
+    #: deliveries (increasing); needed only for causal dependencies (``dependency_vectors``).
+    send_step: int | None = None
+    deliver_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,8 +85,9 @@ class ExecutionRecorder:
 
     n: int
     _checkpoints: dict[int, list[int]] = field(default_factory=dict)
-    _sends: list[tuple[int, int, int]] = field(default_factory=list)
-    _delivered: dict[int, int] = field(default_factory=dict)
+    _sends: list[tuple[int, int, int, int]] = field(default_factory=list)
+    _delivered: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _steps: dict[int, int] = field(default_factory=dict)
 
     def checkpoint(self, rank: int, index: int) -> None:
         """``rank`` took a checkpoint with this protocol index."""
@@ -84,27 +102,41 @@ class ExecutionRecorder:
         """``src`` sent a message to ``dst``; returns the message's id."""
         self._check_rank(src)
         self._check_rank(dst)
-        self._sends.append((src, dst, self.interval(src)))
+        self._sends.append((src, dst, self.interval(src), self._step(src)))
         return len(self._sends) - 1
 
     def deliver(self, message_id: int) -> None:
         """The message ``message_id`` was delivered to its destination."""
         if not 0 <= message_id < len(self._sends) or message_id in self._delivered:
             raise ConfigError(f"message {message_id} was never sent or is delivered twice")
-        self._delivered[message_id] = self.interval(self._sends[message_id][1])
+        dst = self._sends[message_id][1]
+        self._delivered[message_id] = (self.interval(dst), self._step(dst))
 
     def execution(self) -> Execution:
         """The execution recorded so far."""
+        messages = []
+        for i, (src, dst, send_interval, send_step) in enumerate(self._sends):
+            delivered = self._delivered.get(i)
+            messages.append(
+                MessageEvent(
+                    src=src,
+                    dst=dst,
+                    send_interval=send_interval,
+                    deliver_interval=None if delivered is None else delivered[0],
+                    send_step=send_step,
+                    deliver_step=None if delivered is None else delivered[1],
+                )
+            )
         return Execution(
             n=self.n,
             checkpoints={r: tuple(c) for r, c in self._checkpoints.items()},
-            messages=tuple(
-                MessageEvent(
-                    src=src, dst=dst, send_interval=si, deliver_interval=self._delivered.get(i)
-                )
-                for i, (src, dst, si) in enumerate(self._sends)
-            ),
+            messages=tuple(messages),
         )
+
+    def _step(self, rank: int) -> int:
+        step = self._steps.get(rank, 0)
+        self._steps[rank] = step + 1
+        return step
 
     def _check_rank(self, rank: int) -> None:
         if not 0 <= rank < self.n:
@@ -186,6 +218,168 @@ def useless_checkpoints(execution: Execution) -> set[CheckpointId]:
             if z_precedes(execution, (rank, position), (rank, position)):
                 useless.add((rank, position))
     return useless
+
+
+Vector = list[int]
+"""Per rank ``q``: the newest checkpoint position of q that a path leaves from, -1 for none."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DependencyVectors:
+    """What precedes each checkpoint ``(rank, position >= 1)``, causally and by Z-paths.
+
+    ``causal[c][q]`` is the newest position ``x`` with ``C(q, x)`` happened-before ``c``;
+    ``zigzag[c][q]`` the newest with a Z-path from ``C(q, x)`` to ``c``; -1 for none. A rank's
+    own entry is at least ``position - 1`` (its earlier checkpoints precede it).
+    """
+
+    causal: Mapping[CheckpointId, Sequence[int]]
+    zigzag: Mapping[CheckpointId, Sequence[int]]
+    passes: int
+
+
+def _vmax(a: Sequence[int], b: Sequence[int]) -> Vector:
+    return [x if x >= y else y for x, y in zip(a, b, strict=True)]
+
+
+def _exceeds(a: Sequence[int], b: Sequence[int]) -> bool:
+    return any(x > y for x, y in zip(a, b, strict=True))
+
+
+def _causal_send_vectors(execution: Execution) -> list[Vector | None]:
+    """Vector clock of each message's send (own entry = its send interval); None: undelivered."""
+    n = execution.n
+    events: dict[int, list[tuple[int, int, bool]]] = {}
+    for i, m in enumerate(execution.messages):
+        if m.deliver_interval is None:
+            continue
+        if m.send_step is None or m.deliver_step is None:
+            raise ConfigError(
+                "causal dependencies need each rank's event order: record the execution with "
+                "ExecutionRecorder (it sets send_step and deliver_step)"
+            )
+        events.setdefault(m.src, []).append((m.send_step, i, True))
+        events.setdefault(m.dst, []).append((m.deliver_step, i, False))
+    for rank_events in events.values():
+        rank_events.sort()
+    clock: dict[int, Vector] = {r: [-1] * n for r in events}
+    at_send: list[Vector | None] = [None] * len(execution.messages)
+    cursor = dict.fromkeys(events, 0)
+    # Ranks that may advance; a rank stops at a delivery whose send is not processed yet and
+    # is woken when that send is.
+    ready = list(events)
+    waiting: dict[int, int] = {}
+    while ready:
+        rank = ready.pop()
+        rank_events = events[rank]
+        pos = cursor[rank]
+        while pos < len(rank_events):
+            _, i, is_send = rank_events[pos]
+            m = execution.messages[i]
+            if is_send:
+                own = clock[rank]
+                own[rank] = max(own[rank], m.send_interval)
+                at_send[i] = list(own)
+                woken = waiting.pop(i, None)
+                if woken is not None:
+                    ready.append(woken)
+            else:
+                sent = at_send[i]
+                if sent is None:
+                    waiting[i] = rank
+                    break
+                clock[rank] = _vmax(clock[rank], sent)
+            pos += 1
+        cursor[rank] = pos
+    stuck = [r for r, pos in cursor.items() if pos < len(events[r])]
+    if stuck:
+        raise ConfigError(
+            f"ranks {sorted(stuck)} deliver messages that are never sent before their delivery: "
+            "the execution is not a causal order"
+        )
+    return at_send
+
+
+def dependency_vectors(execution: Execution) -> DependencyVectors:
+    """Causal and Z-path dependency vectors of every checkpoint after the initial ones."""
+    n = execution.n
+    at_send = _causal_send_vectors(execution)
+    intervals = {r: execution.positions(r) for r in range(n)}
+    # into[r][t]: the max over messages delivered to r in interval t of what they carry.
+    causal_in = {r: [[-1] * n for _ in range(intervals[r])] for r in range(n)}
+    delivered: list[tuple[int, int, int, int]] = []
+    for i, m in enumerate(execution.messages):
+        sent = at_send[i]
+        if sent is None or m.deliver_interval is None:
+            continue
+        row = causal_in[m.dst]
+        row[m.deliver_interval] = _vmax(row[m.deliver_interval], sent)
+        delivered.append((m.src, m.send_interval, m.dst, m.deliver_interval))
+
+    def carried(into: list[Vector], rank: int) -> list[Vector]:
+        # What a message sent in interval k carries: everything delivered in intervals <= k,
+        # and the rank's own checkpoints up to k.
+        out: list[Vector] = []
+        acc = [-1] * n
+        for k, vector in enumerate(into):
+            acc = _vmax(acc, vector)
+            acc[rank] = max(acc[rank], k)
+            out.append(acc)
+        return out
+
+    z_in = {r: [list(v) for v in causal_in[r]] for r in range(n)}
+    z_out = {r: carried(z_in[r], r) for r in range(n)}
+    passes = 0
+    while True:
+        passes += 1
+        grown: set[int] = set()
+        for src, send_interval, dst, deliver_interval in delivered:
+            vector = z_out[src][send_interval]
+            target = z_in[dst][deliver_interval]
+            if _exceeds(vector, target):
+                z_in[dst][deliver_interval] = _vmax(target, vector)
+                grown.add(dst)
+        if not grown:
+            break
+        for r in grown:
+            z_out[r] = carried(z_in[r], r)
+    causal_out = {r: carried(causal_in[r], r) for r in range(n)}
+    causal: dict[CheckpointId, Sequence[int]] = {}
+    zigzag: dict[CheckpointId, Sequence[int]] = {}
+    for r in range(n):
+        for position in range(1, intervals[r]):
+            # Checkpoint ``position`` ends interval ``position - 1``.
+            causal[(r, position)] = causal_out[r][position - 1]
+            zigzag[(r, position)] = z_out[r][position - 1]
+    return DependencyVectors(causal=causal, zigzag=zigzag, passes=passes)
+
+
+def z_cycle_checkpoints(vectors: DependencyVectors) -> set[CheckpointId]:
+    """Checkpoints on a Z-cycle (useless), from ``dependency_vectors``."""
+    return {c for c, z in vectors.zigzag.items() if z[c[0]] >= c[1]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RdtViolation:
+    """A Z-path from ``frm`` to ``to`` that no causal path doubles."""
+
+    frm: CheckpointId
+    to: CheckpointId
+
+
+def rdt_violations(vectors: DependencyVectors) -> list[RdtViolation]:
+    """Z-paths between checkpoints with no causal path behind them (none: the run is RDT).
+
+    For each checkpoint, one violation per rank whose newest Z-path start is newer than its
+    newest causal predecessor, naming that start; sorted.
+    """
+    found: list[RdtViolation] = []
+    for c in sorted(vectors.zigzag):
+        z, h = vectors.zigzag[c], vectors.causal[c]
+        for q in range(len(z)):
+            if z[q] > h[q]:
+                found.append(RdtViolation(frm=(q, z[q]), to=c))
+    return found
 
 
 def useless_indices(execution: Execution) -> set[tuple[int, int]]:
