@@ -11,6 +11,7 @@ from snapline.protocols.base import (
     MessageArrived,
     Redelivery,
     TakeCheckpoint,
+    is_consistent,
 )
 from snapline.protocols.communication_induced import BCS, FDAS
 from snapline.protocols.link import InMemoryLink
@@ -38,27 +39,58 @@ def test_bcs_forces_a_checkpoint_with_the_senders_index() -> None:
 
 def test_fdas_forces_only_after_a_send_and_on_new_dependencies() -> None:
     proto = FDAS(rank=1, n=3, inbound=frozenset({0, 2}), outbound=frozenset({0}))
+    # Intervals are numbered from 1 (the one after the initial checkpoint); 0 = no dependency.
+    assert proto.dv == [0, 1, 0]
     # Nothing sent in this interval: new dependency absorbed, no checkpoint.
     assert proto.handle(MessageArrived(src=0, seq=1, payload=0, piggyback=[1, 0, 0])) == [
         Deliver(src=0, seq=1)
     ]
-    assert proto.dv == [1, 0, 0]
+    assert proto.dv == [1, 1, 0]
     from snapline.protocols.base import SendRequested, Transmit
 
     sent = proto.handle(SendRequested(send_id=1, dst=0, payload="p"))
-    assert sent == [Transmit(send_id=1, dst=0, payload="p", piggyback=[1, 0, 0])]
+    assert sent == [Transmit(send_id=1, dst=0, payload="p", piggyback=[1, 1, 0])]
     # Known dependency: no checkpoint even after a send.
     assert proto.handle(MessageArrived(src=0, seq=2, payload=0, piggyback=[1, 0, 0])) == [
         Deliver(src=0, seq=2)
     ]
-    # New dependency after a send: forced checkpoint first, then the vector merges.
-    actions = proto.handle(MessageArrived(src=2, seq=1, payload=0, piggyback=[0, 0, 2]))
+    # New dependency after a send -- on rank 2's first interval, before any checkpoint of
+    # it: forced checkpoint first, then the vector merges.
+    actions = proto.handle(MessageArrived(src=2, seq=1, payload=0, piggyback=[0, 0, 1]))
     assert isinstance(actions[0], TakeCheckpoint) and actions[0].forced and actions[0].index == 1
     assert actions[1] == Deliver(src=2, seq=1)
     assert actions[0].meta["dv"] == [1, 1, 0]
-    assert proto.dv == [1, 1, 2]
+    assert proto.dv == [1, 2, 1]
     with pytest.raises(ProtocolError, match="dependency vector"):
         proto.handle(MessageArrived(src=0, seq=3, payload=0, piggyback=[1]))
+
+
+def test_fdas_tracks_a_dependency_on_a_ranks_first_interval() -> None:
+    """The minimal case of ``snapline sim --app token-ring -n 3 --protocol fdas --seed 15``.
+
+    Rank 0 sends to rank 1, which delivers it and checkpoints (C(1,1)). Rank 2, before any
+    checkpoint of its own, sends to rank 0, which has already sent in its current interval:
+    delivering now would make a Z-path from C(2,0) to C(1,1) with no causal path behind it, so
+    FDAS must force a checkpoint first. And the vector stored with C(1,1) must name the minimal
+    consistent cut containing it.
+    """
+    link = InMemoryLink.build(FDAS, 3, Topology.complete(3).edges, {"gc": False})
+    link.send(0, 1, "a")
+    link.deliver(0, 1)
+    link.request_checkpoint(1)
+    link.send(2, 0, "b")
+    before = len(link.ranks[0].actions)
+    link.deliver(2, 0)
+    actions = link.ranks[0].actions[before:]
+    assert isinstance(actions[0], TakeCheckpoint) and actions[0].forced, actions
+    assert actions[1] == Deliver(src=2, seq=1)
+    link.persist_all()
+    c11 = link.committed_cut({1: 1})[1]
+    dv = c11.meta["dv"]  # type: ignore[index, call-overload]
+    assert dv == [1, 1, 0]
+    # {C(q, dv[q])} is a consistent cut (C(0,0) would be orphaned by the message "a").
+    cut = link.committed_cut({q: int(dv[q]) for q in range(3)})
+    assert is_consistent(cut)
 
 
 def test_the_domino_workload_under_cic_rolls_back_to_the_latest_checkpoints() -> None:
@@ -96,7 +128,7 @@ def test_restored_fdas_keeps_its_dependency_vector_and_resends_in_transit() -> N
     assert list(plan.replay[1]) == [Redelivery(src=0, seq=2, payload="m2")]
     proto = link.ranks[1].protocol
     assert isinstance(proto, FDAS)
-    assert proto.dv == [0, 1]
+    assert proto.dv == [1, 2]
 
 
 def test_bcs_recovery_handles_a_rank_without_a_checkpoint_of_an_index() -> None:

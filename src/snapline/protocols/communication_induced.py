@@ -17,14 +17,18 @@ was sent in, so for every index ``i`` the checkpoints ``(r, first index >= i)`` 
 consistent cut and no checkpoint is useless. Cost: one int per message; forced checkpoints grow
 with the spread of checkpoint rates.
 
-``FDAS`` (Fixed-Dependency-After-Send, Wang; model-based, rollback-dependency trackable): each
-rank keeps a transitive dependency vector ``dv`` (``dv[r]`` = the newest interval of rank r it
-depends on; its own entry is its current interval) and piggybacks it. Before delivering ``m`` it
-takes a forced checkpoint iff it has sent a message in the current interval and ``m.dv[k] >
-dv[k]`` for some k; then ``dv = max(dv, m.dv)``. After the first send of an interval its
-dependencies are fixed, which gives RDT: every Z-path is doubled by a causal path, so no Z-cycle
-exists and every checkpoint belongs to a consistent cut; the dependency vectors also give the
-minimal consistent cut containing a checkpoint. Cost: n ints per message.
+``FDAS`` (Fixed-Dependency-After-Send, Wang; model-based, rollback-dependency trackable): rank
+r's *interval* ``x >= 1`` is what it does after checkpoint ``x - 1`` and up to checkpoint ``x``
+(so interval 1 follows the initial state C(r,0)), and 0 means "no interval". Each rank keeps a
+transitive dependency vector ``dv`` (``dv[q]`` = the newest interval of rank q it depends on; its
+own entry is its current interval) and piggybacks it. Before delivering ``m`` it takes a forced
+checkpoint iff it has sent a message in the current interval and ``m.dv[k] > dv[k]`` for some k;
+then ``dv = max(dv, m.dv)``. After the first send of an interval its dependencies are fixed,
+which gives RDT: every Z-path is doubled by a causal path, so no Z-cycle exists and every
+checkpoint belongs to a consistent cut. The vector stored with checkpoint C(r,x) (own entry x)
+names the minimal consistent cut containing it: ``{C(q, dv[q])}``. Numbering the first interval
+1, not 0, matters: a message sent before a rank's first checkpoint must read as a dependency
+(on interval 1, hence on C(q,1)), not as none. Cost: n ints per message.
 
 Limitation: after a recovery the driver replays in-transit messages to a restored rank without
 passing them through the protocol (``RecoveryPlan.replay``), so their piggybacks are not
@@ -90,7 +94,9 @@ class FDAS(IndependentCheckpointing):
         options: Mapping[str, PlainData] | None = None,
     ) -> None:
         super().__init__(rank=rank, n=n, inbound=inbound, outbound=outbound, options=options)
+        #: Interval numbers start at 1 (after C(r,0)); 0 = no dependency on that rank.
         self.dv = [0] * n
+        self.dv[rank] = 1
         self.sent_in_interval = False
 
     def piggyback(self, dst: int) -> PlainData:
@@ -126,12 +132,12 @@ class FDAS(IndependentCheckpointing):
         return self.last_index + 1
 
     def after_checkpoint(self, index: int) -> None:
-        """A new interval: own entry moves on, nothing sent yet."""
-        self.dv[self.rank] = index
+        """A new interval (the one after checkpoint ``index``): nothing sent in it yet."""
+        self.dv[self.rank] = index + 1
         self.sent_in_interval = False
 
     def protocol_meta(self) -> dict[str, PlainData]:
-        """The dependency vector of the checkpoint (own entry = its index)."""
+        """The dependency vector of the checkpoint (own entry = its index, the interval it ends)."""
         dv = list(self.dv)
         dv[self.rank] = self.last_index
         return {"dv": dv}
@@ -141,5 +147,5 @@ class FDAS(IndependentCheckpointing):
         stored = meta.get("dv")
         if isinstance(stored, list | tuple) and len(stored) == self.n:
             self.dv = [int(v) for v in stored]
-        self.dv[self.rank] = self.last_index
+        self.dv[self.rank] = self.last_index + 1
         self.sent_in_interval = False
