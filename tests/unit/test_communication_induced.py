@@ -125,10 +125,32 @@ def test_restored_fdas_keeps_its_dependency_vector_and_resends_in_transit() -> N
     link.crash(1)
     plan = link.recover()
     assert plan.restore == {1: 1}
-    assert list(plan.replay[1]) == [Redelivery(src=0, seq=2, payload="m2")]
+    # The in-transit message arrives again through the protocol, with its piggyback.
+    assert plan.replay == {}
+    assert list(plan.rearrive[1]) == [Redelivery(src=0, seq=2, payload="m2", piggyback=[2, 0])]
     proto = link.ranks[1].protocol
     assert isinstance(proto, FDAS)
-    assert proto.dv == [1, 2]
+    assert proto.dv == [2, 2]
+    assert [m.payload for m in link.ranks[1].delivered] == ["m1", "m2"]
+
+
+def test_a_resent_in_transit_message_forces_the_checkpoint_it_calls_for() -> None:
+    """After a recovery, BCS takes the forced checkpoint an in-transit message asks for."""
+    link = InMemoryLink.build(BCS, 2, BOTH_WAYS, {"gc": False})
+    link.request_checkpoint(1)  # C(1,1)
+    link.request_checkpoint(0)
+    link.request_checkpoint(0)  # rank 0 at index 2
+    link.send(0, 1, "m")  # piggybacks 2; rank 1 crashes before it arrives
+    link.persist_all()
+    link.crash(1)
+    before = len(link.ranks[1].actions)
+    plan = link.recover()
+    assert plan.restore == {1: 1}
+    assert list(plan.rearrive[1]) == [Redelivery(src=0, seq=1, payload="m", piggyback=2)]
+    actions = link.ranks[1].actions[before:]
+    assert isinstance(actions[0], TakeCheckpoint), actions
+    assert actions[0].forced and actions[0].index == 2
+    assert actions[1] == Deliver(src=0, seq=1)
 
 
 def test_bcs_recovery_handles_a_rank_without_a_checkpoint_of_an_index() -> None:

@@ -53,7 +53,7 @@ def test_domino_effect_rolls_back_to_the_first_checkpoints() -> None:
     # Every checkpoint of rank 1 holds a message sent after rank 0's checkpoint of that round.
     assert plan.restore == {0: 1, 1: 0}
     # 0@1 sent nothing yet, 1@0 received nothing: no in-transit messages.
-    assert dict(plan.replay) == {}
+    assert dict(plan.replay) == {} and dict(plan.rearrive) == {}
 
 
 def test_in_transit_messages_are_resent_from_the_senders_log() -> None:
@@ -67,9 +67,10 @@ def test_in_transit_messages_are_resent_from_the_senders_log() -> None:
     link.crash(1)
     plan = link.recover()
     assert plan.restore == {1: 1}
-    assert list(plan.replay[1]) == [
-        Redelivery(src=0, seq=2, payload="m1"),
-        Redelivery(src=0, seq=3, payload="m2"),
+    # They arrive through the protocol again, with the piggybacks they were sent with.
+    assert list(plan.rearrive[1]) == [
+        Redelivery(src=0, seq=2, payload="m1", piggyback=0),
+        Redelivery(src=0, seq=3, payload="m2", piggyback=0),
     ]
     # The restored rank continues, and m2 (still queued) is dropped as a duplicate.
     link.run()
@@ -85,7 +86,7 @@ def test_a_failed_sender_resends_from_its_checkpointed_log() -> None:
     link.crash(1)
     plan = link.recover()
     assert plan.restore == {0: 1, 1: 0}
-    assert list(plan.replay[1]) == [Redelivery(src=0, seq=1, payload="x")]
+    assert list(plan.rearrive[1]) == [Redelivery(src=0, seq=1, payload="x", piggyback=0)]
 
 
 def test_gc_collects_trims_the_log_and_releases_output() -> None:
@@ -105,12 +106,12 @@ def test_gc_collects_trims_the_log_and_releases_output() -> None:
     # 1@1's summary came after that commit: 1 summary < n and no output waits, so it is not
     # collected yet and the log still holds "m".
     assert proto.unsettled == 1
-    assert proto.log[1] == (1, ["m"])
+    assert proto.log[1] == (1, ["m"], [0])
     link.request_checkpoint(0)
     link.run()
     # The next own commit collects: 1@1 received "m", so rank 0 never needs to re-send it.
     assert proto.floor(1) == 1
-    assert proto.log[1] == (2, [])
+    assert proto.log[1] == (2, [], [])
     # One batch per own commit, each with its own summary only: 1@1 is not sent back to 1.
     assert proto.stats["control_messages"] == 2
     assert proto.stats["gc_summaries_sent"] == 2

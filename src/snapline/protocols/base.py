@@ -375,11 +375,16 @@ class RecoveryView:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Redelivery:
-    """Deliver message ``(src, seq)`` with ``payload`` to the restored rank."""
+    """Message ``(src, seq)`` with ``payload`` for a rank, after a recovery.
+
+    As a replay item it goes straight to the restored rank's application; as a ``rearrive``
+    item it arrives through the protocol, with the ``piggyback`` it was first sent with.
+    """
 
     src: int
     seq: int
     payload: object
+    piggyback: PlainData = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -413,11 +418,13 @@ class RecoveryPlan:
     replay: Mapping[int, Sequence[ReplayItem]] = field(default_factory=dict)
     replay_timers_only: frozenset[int] = frozenset()
     #: ``rearrive[r]``: messages the driver feeds rank r (restored or surviving) *through its
-    #: protocol*, as ``MessageArrived(src, seq, payload, piggyback=None)`` in this order, after
-    #: the replays and before any new arrival. Unlike replay items (history re-executed, handed
+    #: protocol*, as ``MessageArrived(src, seq, payload, piggyback)`` in this order, after the
+    #: replays and before any new arrival. Unlike replay items (history re-executed, handed
     #: straight to the application) these are new to the rank, so a logging protocol logs them
     #: before delivering them (message logging: sender-buffered messages the receiver never
-    #: logged). Drivers dedupe them by seq like any arrival.
+    #: logged), and a communication-induced one absorbs their piggybacks and takes the forced
+    #: checkpoints they call for (in-transit messages re-sent from sender logs). Drivers dedupe
+    #: them by seq like any arrival.
     rearrive: Mapping[int, Sequence[Redelivery]] = field(default_factory=dict)
 
 
@@ -457,6 +464,11 @@ class Protocol(ABC):
     #: through ``handle``. The declaration counts only on the class that defines ``handle``:
     #: a subclass that overrides ``handle`` must declare it again to keep it.
     passes_through: ClassVar[frozenset[str]] = frozenset()
+    #: What the protocol promises about the pattern of checkpoints and messages it produces,
+    #: which the simulator verifies on every run: ``"no-useless-checkpoint"`` -- no checkpoint
+    #: lies on a Z-cycle; ``"rdt"`` -- rollback-dependency trackability: every Z-path between
+    #: checkpoints is doubled by a causal path (so no Z-cycle either); None -- no promise.
+    checkpoint_pattern: ClassVar[str | None] = None
 
     def __init__(
         self,

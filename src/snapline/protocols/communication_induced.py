@@ -30,19 +30,12 @@ names the minimal consistent cut containing it: ``{C(q, dv[q])}``. Numbering the
 1, not 0, matters: a message sent before a rank's first checkpoint must read as a dependency
 (on interval 1, hence on C(q,1)), not as none. Cost: n ints per message.
 
-Limitation: after a recovery the driver replays in-transit messages to a restored rank without
-passing them through the protocol (``RecoveryPlan.replay``), so their piggybacks are not
-absorbed: BCS's clock and FDAS's vector miss that dependency, and forced checkpoints that it
-would have caused are not taken. Recovery lines stay consistent (they come from counters, and
-the simulator's checkers confirm it over thousands of seeded runs with crashes), but "no useless
-checkpoint" is guaranteed only for executions without such a replay: between recoveries.
-``RecoveryPlan.rearrive`` (messages fed through the protocol as ``MessageArrived`` after the
-replays) would be the fix, with each piggyback stored in the sender log next to its payload.
-It is not used, because it cannot deliver the piggyback and is not carried out everywhere:
-``Redelivery`` has no piggyback field and the simulator feeds rearrived messages with
-``piggyback=None``; the local runtime and the in-memory link ignore ``rearrive`` altogether, so
-such a plan would lose the messages there. Using it needs ``Redelivery.piggyback`` in ``base``
-and every driver passing it through.
+After a recovery. The in-transit messages of the recovery line reach a restored rank through
+its protocol (``RecoveryPlan.rearrive``), each with the piggyback it was first sent with (the
+sender log keeps both): the receiver absorbs the dependency and takes the forced checkpoint the
+message calls for, exactly as if it had arrived the first time, so both guarantees hold across
+recoveries. The simulator checks each protocol's guarantee on every run, crashes included
+(``Protocol.checkpoint_pattern``: no checkpoint on a Z-cycle for BCS; RDT for FDAS).
 
 A failed checkpoint write (``CheckpointWriteFailed``) leaves a hole: the guarantees are about the
 checkpoints that exist, and recovery still finds the maximum consistent cut of those.
@@ -60,6 +53,7 @@ class BCS(IndependentCheckpointing):
     """Index-based communication-induced checkpointing (Briatico–Ciuffoletti–Simoncini)."""
 
     name = "bcs"
+    checkpoint_pattern = "no-useless-checkpoint"
 
     def piggyback(self, dst: int) -> PlainData:
         """The sender's logical clock: the index of its newest checkpoint."""
@@ -83,6 +77,7 @@ class FDAS(IndependentCheckpointing):
     """Fixed-Dependency-After-Send: RDT with transitive dependency vectors (Wang)."""
 
     name = "fdas"
+    checkpoint_pattern = "rdt"
 
     def __init__(
         self,

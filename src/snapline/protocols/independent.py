@@ -9,11 +9,15 @@ choose what application messages piggyback (``piggyback``) and the index of each
 
 Sender log. The recovery line is a maximum consistent cut (``recovery_line``); its in-transit
 messages must be re-sent, and only their sender has them. So every rank keeps, per outbound
-channel, the messages it sent (payload by sequence number: the driver numbers a channel's
-messages 1, 2, ... in ``Transmit`` order, so the protocol knows each one's seq) and stores the
-whole log in every checkpoint's ``meta`` and in ``volatile_meta``. ``plan_recovery`` reads the
-in-transit payloads from the log of the sender's record in the cut. Assumes FIFO channels (for
-the seq numbering and ordered replay).
+channel, the messages it sent (payload and piggyback by sequence number: the driver numbers a
+channel's messages 1, 2, ... in ``Transmit`` order, so the protocol knows each one's seq) and
+stores the whole log in every checkpoint's ``meta`` and in ``volatile_meta``. ``plan_recovery``
+reads the in-transit messages from the log of the sender's record in the cut and has the driver
+feed them to the restored receiver *through its protocol* (``RecoveryPlan.rearrive``, with the
+piggyback they were sent with): to the receiver they are new arrivals like any other, so its
+counters stay exact and a communication-induced protocol absorbs their piggybacks and takes the
+forced checkpoints they call for. Assumes FIFO channels (for the seq numbering and ordered
+re-sending).
 
 Garbage collection (option ``gc``, default on). Every committed checkpoint is summarized (its
 counters) and flooded to all ranks, in batches: on each commit of its own basic checkpoint a
@@ -32,12 +36,7 @@ received, and releases output produced before its own line checkpoint (output co
 before it can ever be rolled back). Summaries carry the incarnation they were made in; a rank
 forgets what it knew above the line of ranks restored by a recovery (the line itself is at or
 before every recovery line, so it stands), and ignores summaries older than their restore, so
-checkpoints of an abandoned execution never count. After a restore the driver replays
-in-transit messages to the application without telling the protocol, so a restored rank's
-counters may lag on an inbound channel until the next message on it arrives (the gap shows the
-replay); checkpoints taken meanwhile are not gossiped (wrong counters could make the line
-unsafe). Their piggybacks are not absorbed either, and ``RecoveryPlan.rearrive`` cannot carry
-them yet: see ``communication_induced``.
+checkpoints of an abandoned execution never count.
 
 Without gc the log and the stored checkpoints grow without bound and output is never
 released; knowledge of ranks that cannot reach this one never arrives, which only delays
@@ -88,7 +87,6 @@ from snapline.protocols.base import (
     RecoveryView,
     Redelivery,
     ReleaseOutput,
-    ReplayItem,
     SendControl,
     SendRequested,
     TakeCheckpoint,
@@ -147,12 +145,27 @@ class Summary:
         )
 
 
-def _log_to_plain(log: Mapping[int, tuple[int, list[object]]]) -> PlainData:
-    return {str(dst): [first, list(payloads)] for dst, (first, payloads) in log.items()}
+SenderLog = dict[int, tuple[int, list[object], list[PlainData]]]
+"""Per outbound channel: (seq of the first logged message, payloads, piggybacks from there on)."""
 
 
-def _log_from_plain(data: PlainData) -> dict[int, tuple[int, list[object]]]:
-    return {int(dst): (int(first), list(payloads)) for dst, (first, payloads) in data.items()}
+def _log_to_plain(log: SenderLog) -> PlainData:
+    return {
+        str(dst): [first, list(payloads), list(piggybacks)]
+        for dst, (first, payloads, piggybacks) in log.items()
+    }
+
+
+def _log_from_plain(data: PlainData) -> SenderLog:
+    log: SenderLog = {}
+    for dst, entry in data.items():
+        first, payloads, piggybacks = entry
+        if len(piggybacks) != len(payloads):
+            raise ValueError(
+                f"sender log to rank {dst}: {len(payloads)} payloads, {len(piggybacks)} piggybacks"
+            )
+        log[int(dst)] = (int(first), list(payloads), list(piggybacks))
+    return log
 
 
 class IndependentCheckpointing(Protocol):
@@ -175,14 +188,11 @@ class IndependentCheckpointing(Protocol):
         self.last_index = 0
         self.sent: dict[int, int] = {}
         self.received: dict[int, int] = {}
-        #: Inbound channels whose ``received`` may lag the driver's: after a restore the driver
-        #: replays in-transit messages straight to the application, unseen by the protocol.
-        self.uncertain: set[int] = set()
-        #: Per outbound channel: (seq of the first logged message, payloads from there on).
-        self.log: dict[int, tuple[int, list[object]]] = {}
-        #: Taken, not yet persisted: index -> the counters it holds (for the gc summary), or
-        #: None where they may be wrong (``uncertain``): such a checkpoint is never gossiped.
-        self.pending: dict[int, tuple[dict[int, int], dict[int, int]] | None] = {}
+        #: Per outbound channel: (seq of the first logged message, payloads and piggybacks
+        #: from there on).
+        self.log: SenderLog = {}
+        #: Taken, not yet persisted: index -> the counters it holds (for the gc summary).
+        self.pending: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
         #: gc knowledge: rank -> its garbage-line checkpoint as far as this rank knows (a rank
         #: missing here stands at checkpoint 0). Only moves forward.
         self.line: dict[int, CheckpointRecord] = {}
@@ -298,22 +308,18 @@ class IndependentCheckpointing(Protocol):
     def _send(self, send_id: int, dst: int, payload: object) -> list[Action]:
         seq = self.sent.get(dst, 0) + 1
         self.sent[dst] = seq
-        first, payloads = self.log.setdefault(dst, (seq, []))
+        first, payloads, piggybacks = self.log.setdefault(dst, (seq, [], []))
         assert first + len(payloads) == seq, "the log must be gapless"
-        payloads.append(payload)
-        self.stats["logged_messages"] += 1
         piggyback = self.piggyback(dst)
+        payloads.append(payload)
+        piggybacks.append(piggyback)
+        self.stats["logged_messages"] += 1
         self.after_send(dst)
         return [Transmit(send_id=send_id, dst=dst, payload=payload, piggyback=piggyback)]
 
     def _arrived(self, event: MessageArrived) -> list[Action]:
-        expected = self.received.get(event.src, 0) + 1
-        # A gap is legal only after a restore: the driver replayed the messages in between.
-        if event.seq < expected or (event.seq > expected and event.src not in self.uncertain):
+        if event.seq != self.received.get(event.src, 0) + 1:
             raise self.error(self.phase, event, "message arrived out of channel order")
-        self.uncertain.discard(event.src)
-        # Count the replayed gap now: a forced checkpoint below must record it.
-        self.received[event.src] = event.seq - 1
         actions: list[Action] = []
         forced = self.forced_checkpoint_before(event)
         if forced is not None:
@@ -327,7 +333,7 @@ class IndependentCheckpointing(Protocol):
     def _take(self, index: int, *, forced: bool) -> TakeCheckpoint:
         assert index > self.last_index, "checkpoint indices must increase"
         self.last_index = index
-        self.pending[index] = None if self.uncertain else (dict(self.sent), dict(self.received))
+        self.pending[index] = (dict(self.sent), dict(self.received))
         if not forced:
             self.basic_pending.add(index)
         self.outputs = [(o, index if i is None else i) for o, i in self.outputs]
@@ -351,15 +357,14 @@ class IndependentCheckpointing(Protocol):
         actions: list[Action] = [Commit(index=index)]
         if not self.gc_enabled:
             return actions
-        if counters is not None:
-            summary = Summary(
-                rank=self.rank,
-                index=index,
-                incarnation=self.incarnation,
-                sent=counters[0],
-                received=counters[1],
-            )
-            self._learn(summary, summary.to_plain(), came_from=None)
+        summary = Summary(
+            rank=self.rank,
+            index=index,
+            incarnation=self.incarnation,
+            sent=counters[0],
+            received=counters[1],
+        )
+        self._learn(summary, summary.to_plain(), came_from=None)
         # Relay and collect on basic commits only: forced ones (communication-induced) can come
         # once per arriving message, and would make the flood as dense as the messages.
         if not basic:
@@ -480,12 +485,12 @@ class IndependentCheckpointing(Protocol):
         if own > self.collected_before:
             self.collected_before = own
             actions.append(CollectGarbage(before_index=own))
-        for dst, (first, payloads) in list(self.log.items()):
+        for dst, (first, payloads, piggybacks) in list(self.log.items()):
             receiver = self.line.get(dst)
             upto = receiver.received.get(self.rank, 0) if receiver is not None else 0
             drop = min(max(0, upto - first + 1), len(payloads))
             if drop:
-                self.log[dst] = (first + drop, payloads[drop:])
+                self.log[dst] = (first + drop, payloads[drop:], piggybacks[drop:])
                 self.stats["log_trimmed"] += drop
         actions.extend(self._release_output())
         return actions
@@ -520,7 +525,6 @@ class IndependentCheckpointing(Protocol):
         proto.last_index = record.index
         proto.sent = dict(record.sent)
         proto.received = dict(record.received)
-        proto.uncertain = set(inbound)
         meta = record.meta if isinstance(record.meta, dict) else {}
         proto.log = _log_from_plain(meta.get("log", {}))
         proto.restore_meta(meta)
@@ -528,24 +532,38 @@ class IndependentCheckpointing(Protocol):
 
     @classmethod
     def plan_recovery(cls, view: RecoveryView) -> RecoveryPlan:
-        """Restore the maximum consistent cut; re-send its in-transit messages from sender logs."""
+        """Restore the maximum consistent cut; re-send its in-transit messages from sender logs.
+
+        They go to the restored receivers as ``rearrive`` items (through the protocol, each
+        with its original piggyback), channel by channel in sequence order.
+        """
         line = recovery_line(view)
-        replay: dict[int, list[ReplayItem]] = {}
+        rearrive: dict[int, list[Redelivery]] = {}
         for (src, dst), seqs in sorted(line.in_transit.items()):
             if dst not in line.restore:
                 continue  # a running receiver still gets them from the channel
-            payloads = _logged(line.cut[src], dst, seqs, cls.name)
-            replay.setdefault(dst, []).extend(
-                Redelivery(src=src, seq=seq, payload=p)
-                for seq, p in zip(seqs, payloads, strict=True)
+            payloads, piggybacks = _logged(line.cut[src], dst, seqs, cls.name)
+            rearrive.setdefault(dst, []).extend(
+                Redelivery(src=src, seq=seq, payload=p, piggyback=pb)
+                for seq, p, pb in zip(seqs, payloads, piggybacks, strict=True)
             )
-        return RecoveryPlan(restore=dict(line.restore), replay=replay)
+        return RecoveryPlan(restore=dict(line.restore), rearrive=rearrive)
 
 
-def _logged(record: CheckpointRecord, dst: int, seqs: range, protocol: str) -> Sequence[object]:
+def _logged(
+    record: CheckpointRecord, dst: int, seqs: range, protocol: str
+) -> tuple[Sequence[object], Sequence[PlainData]]:
+    """Payloads and piggybacks of messages ``seqs`` to ``dst`` in ``record``'s sender log."""
     meta = record.meta if isinstance(record.meta, dict) else {}
-    log = _log_from_plain(meta.get("log", {}))
-    first, payloads = log.get(dst, (record.sent.get(dst, 0) + 1, []))
+    try:
+        log = _log_from_plain(meta.get("log", {}))
+    except (TypeError, ValueError) as exc:
+        raise RecoveryError(
+            f"{protocol}: rank {record.rank}'s sender log (checkpoint {record.index}) is not "
+            f"[first, payloads, piggybacks] per channel ({exc}); the checkpoint meta is damaged "
+            "or was written by an older snapline"
+        ) from None
+    first, payloads, piggybacks = log.get(dst, (record.sent.get(dst, 0) + 1, [], []))
     if seqs.start < first or seqs.stop > first + len(payloads):
         raise RecoveryError(
             f"{protocol}: rank {record.rank}'s sender log (checkpoint {record.index}) holds "
@@ -553,4 +571,5 @@ def _logged(record: CheckpointRecord, dst: int, seqs: range, protocol: str) -> S
             f"{seqs.start}..{seqs.stop - 1}; the log was collected too early or the checkpoint "
             "meta is damaged"
         )
-    return payloads[seqs.start - first : seqs.stop - first]
+    window = slice(seqs.start - first, seqs.stop - first)
+    return payloads[window], piggybacks[window]

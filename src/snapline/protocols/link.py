@@ -28,7 +28,8 @@ protocol class's ``plan_recovery``; restored ranks get new protocol objects via 
 counters from their record, in-flight control messages of their previous incarnation and
 application messages it sent after the restored checkpoint dropped (those sent before it are in
 transit for the cut and stay queued; arrived-but-undelivered messages are lost), replay
-delivered straight to the "application" (not through the protocol), and surviving ranks get
+delivered straight to the "application" (not through the protocol), then ``rearrive`` items
+fed through the protocols as ``MessageArrived`` (with their piggybacks), and surviving ranks get
 ``RecoveryCompleted``. Arriving duplicates (``seq`` already received) are dropped.
 """
 
@@ -351,6 +352,25 @@ class InMemoryLink:
         self.incarnation += 1
         for rank, index in sorted(plan.restore.items()):
             self._restore(rank, index, plan.replay.get(rank, ()))
+        for rank, items in sorted(plan.rearrive.items()):
+            state = self._live(rank)
+            for item in items:
+                if item.seq <= state.received.get(item.src, 0):
+                    continue  # a duplicate, as drivers drop it
+                message = AppMessage(
+                    src=item.src,
+                    dst=rank,
+                    seq=item.seq,
+                    payload=item.payload,
+                    piggyback=item.piggyback,
+                )
+                state.arrived[(item.src, item.seq)] = message
+                self.feed(
+                    rank,
+                    MessageArrived(
+                        src=item.src, seq=item.seq, payload=item.payload, piggyback=item.piggyback
+                    ),
+                )
         restored = frozenset(plan.restore)
         for state in self.ranks:
             if state.rank not in restored:

@@ -499,7 +499,8 @@ class LocalJob:
                 "t_done": round(t_done, 6),
                 "failed": sorted(failed),
                 "restore": {str(r): int(i) for r, i in plan.restore.items()},
-                "replayed": sum(len(v) for v in plan.replay.values()),
+                "replayed": sum(len(v) for v in plan.replay.values())
+                + sum(len(v) for v in plan.rearrive.values()),
                 "whole_job": whole_job,
             }
         )

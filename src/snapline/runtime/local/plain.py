@@ -53,11 +53,11 @@ def record_from_plain(raw: dict[str, Any]) -> CheckpointRecord:
 
 
 def replay_to_plain(items: Sequence[ReplayItem]) -> list[list[Any]]:
-    """Replay items as ``["m", src, seq, payload]`` / ``["t", name]``."""
+    """Replay items as ``["m", src, seq, payload, piggyback]`` / ``["t", name]``."""
     out: list[list[Any]] = []
     for item in items:
         if isinstance(item, Redelivery):
-            out.append(["m", item.src, item.seq, item.payload])
+            out.append(["m", item.src, item.seq, item.payload, item.piggyback])
         else:
             out.append(["t", item.name])
     return out
@@ -68,7 +68,14 @@ def replay_from_plain(raw: Sequence[Sequence[Any]]) -> list[ReplayItem]:
     items: list[ReplayItem] = []
     for entry in raw:
         if entry[0] == "m":
-            items.append(Redelivery(src=int(entry[1]), seq=int(entry[2]), payload=entry[3]))
+            items.append(
+                Redelivery(
+                    src=int(entry[1]),
+                    seq=int(entry[2]),
+                    payload=entry[3],
+                    piggyback=entry[4] if len(entry) > 4 else None,
+                )
+            )
         else:
             items.append(TimerReplay(name=str(entry[1])))
     return items

@@ -553,7 +553,7 @@ class Worker:
                     engine.forget_messages_from(src, cut)
         for item in replay_from_plain(msg.get("rearrive") or []):
             if isinstance(item, Redelivery):
-                engine.message_arrived(item.src, item.seq, item.payload, None)
+                engine.message_arrived(item.src, item.seq, item.payload, item.piggyback)
         self.transport.set_expected(dict(engine.received), all_sources=self_restored, only=cuts)
         if recovery:
             engine.recovery_completed(restored, epoch)

@@ -14,6 +14,13 @@
 * ``InvariantChecker`` -- the app's invariant holds on the recovered cut after every recovery
   and on the final state; the app's final check holds on the results.
 * ``ReferenceChecker`` -- a deterministic app ends with exactly the failure-free results.
+* ``CheckpointPatternChecker`` -- a protocol's own promise about its checkpoints
+  (``Protocol.checkpoint_pattern``), on the surviving history at the end of the run: no
+  checkpoint on a Z-cycle (BCS), or rollback-dependency trackability (FDAS). It keeps each
+  rank's checkpoints, sends and deliveries in the rank's order; a restore cuts the rank's
+  history back to the restored checkpoint (what follows was undone), and re-sent or replayed
+  messages are recorded where they happen again. ``zigzag.dependency_vectors`` then decides
+  both promises for all checkpoints at once.
 """
 
 from __future__ import annotations
@@ -25,6 +32,15 @@ from typing import Any
 import numpy as np
 
 from snapline.protocols.base import RecoveryPlan, RecoveryView
+from snapline.protocols.zigzag import (
+    CheckpointId,
+    Execution,
+    MessageEvent,
+    dependency_vectors,
+    rdt_violations,
+    z_cycle_checkpoints,
+    z_path,
+)
 
 
 class CheckFailed(Exception):
@@ -228,6 +244,154 @@ class RecoveryChecker:
                     self.name,
                     f"orphan messages after recovery: rank {dst} has delivered {got} messages "
                     f"from rank {src}, which has sent only {put}",
+                )
+
+
+#: ``Protocol.checkpoint_pattern`` values the simulator can check.
+CHECKPOINT_PATTERNS = frozenset({"no-useless-checkpoint", "rdt"})
+
+_CHECKPOINT = 0
+_SEND = 1
+_DELIVER = 2
+
+
+class CheckpointPatternChecker:
+    """A protocol's promise about the pattern of its checkpoints, on the surviving history.
+
+    ``"no-useless-checkpoint"``: no checkpoint lies on a Z-cycle, so every one belongs to some
+    consistent cut. ``"rdt"``: every Z-path between two checkpoints is doubled by a causal path
+    (rollback-dependency trackability; it implies the former).
+    """
+
+    name = "checkpoint pattern"
+    __slots__ = ("checkpoints", "events", "n", "pattern", "runs")
+
+    def __init__(self, n: int, pattern: str) -> None:
+        if pattern not in CHECKPOINT_PATTERNS:
+            raise ValueError(
+                f"unknown checkpoint pattern {pattern!r}; known: {sorted(CHECKPOINT_PATTERNS)}"
+            )
+        self.n = n
+        self.pattern = pattern
+        self.runs = 0
+        #: Per rank, in its order: (_CHECKPOINT, index, 0) / (_SEND, dst, seq) /
+        #: (_DELIVER, src, seq).
+        self.events: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+        #: Per rank: checkpoint index -> its position in ``events``.
+        self.checkpoints: list[dict[int, int]] = [{} for _ in range(n)]
+
+    def checkpoint(self, rank: int, index: int) -> None:
+        """``rank`` took checkpoint ``index`` (at the ``TakeCheckpoint``)."""
+        self.checkpoints[rank][index] = len(self.events[rank])
+        self.events[rank].append((_CHECKPOINT, index, 0))
+
+    def sent(self, src: int, dst: int, seq: int) -> None:
+        """``src`` transmitted message ``seq`` to ``dst``."""
+        self.events[src].append((_SEND, dst, seq))
+
+    def delivered(self, dst: int, src: int, seq: int) -> None:
+        """``dst`` handed message ``seq`` from ``src`` to the application."""
+        self.events[dst].append((_DELIVER, src, seq))
+
+    def rollback(self, rank: int, index: int) -> None:
+        """``rank`` was restored to checkpoint ``index``: what it did after that is undone."""
+        if index == 0:
+            cut = 0
+        else:
+            at = self.checkpoints[rank].get(index)
+            if at is None:
+                raise CheckFailed(
+                    self.name,
+                    f"rank {rank} was restored to checkpoint {index}, which its surviving "
+                    "history never took",
+                )
+            cut = at + 1
+        del self.events[rank][cut:]
+        self.checkpoints[rank] = {i: p for i, p in self.checkpoints[rank].items() if p < cut}
+
+    def execution(self) -> tuple[Execution, list[tuple[int, int, int]]]:
+        """The surviving history as a ``zigzag.Execution``, and each message's (src, dst, seq)."""
+        ids: dict[tuple[int, int, int], int] = {}
+        keys: list[tuple[int, int, int]] = []
+        sends: list[tuple[int, int]] = []
+        checkpoints: dict[int, list[int]] = {}
+        for rank, events in enumerate(self.events):
+            interval = 0
+            for step, (kind, a, b) in enumerate(events):
+                if kind == _CHECKPOINT:
+                    checkpoints.setdefault(rank, []).append(a)
+                    interval += 1
+                elif kind == _SEND:
+                    ids[(rank, a, b)] = len(keys)
+                    keys.append((rank, a, b))
+                    sends.append((interval, step))
+        delivered: dict[int, tuple[int, int]] = {}
+        for rank, events in enumerate(self.events):
+            interval = 0
+            for step, (kind, a, b) in enumerate(events):
+                if kind == _CHECKPOINT:
+                    interval += 1
+                elif kind == _DELIVER:
+                    message = ids.get((a, rank, b))
+                    if message is None:
+                        raise CheckFailed(
+                            self.name,
+                            f"rank {rank} delivered message {b} from rank {a}, which the "
+                            "sender's surviving history never sent",
+                        )
+                    delivered[message] = (interval, step)
+        messages = []
+        for i, (src, dst, _) in enumerate(keys):
+            got = delivered.get(i)
+            messages.append(
+                MessageEvent(
+                    src=src,
+                    dst=dst,
+                    send_interval=sends[i][0],
+                    deliver_interval=None if got is None else got[0],
+                    send_step=sends[i][1],
+                    deliver_step=None if got is None else got[1],
+                )
+            )
+        execution = Execution(
+            n=self.n,
+            checkpoints={r: tuple(c) for r, c in checkpoints.items()},
+            messages=tuple(messages),
+        )
+        return execution, keys
+
+    def check_end(self) -> None:
+        """Decide the promise on the surviving history; ``CheckFailed`` names a witness."""
+        self.runs += 1
+        execution, keys = self.execution()
+        vectors = dependency_vectors(execution)
+
+        def named(c: CheckpointId) -> str:
+            rank, position = c
+            index = execution.checkpoints[rank][position - 1] if position else 0
+            return f"C({rank},{index})"
+
+        def witness(frm: CheckpointId, to: CheckpointId) -> str:
+            path = z_path(execution, frm, to) or []
+            return " ".join(f"{keys[i][0]}->{keys[i][1]}#{keys[i][2]}" for i in path)
+
+        useless = sorted(z_cycle_checkpoints(vectors))
+        if useless:
+            c = useless[0]
+            raise CheckFailed(
+                self.name,
+                f"{len(useless)} checkpoint(s) on a Z-cycle (useless), first {named(c)}: "
+                f"Z-cycle {witness(c, c)}",
+            )
+        if self.pattern == "rdt":
+            violations = rdt_violations(vectors)
+            if violations:
+                v = violations[0]
+                raise CheckFailed(
+                    self.name,
+                    f"not rollback-dependency trackable: {len(violations)} Z-path(s) with no "
+                    f"causal path, first from {named(v.frm)} to {named(v.to)}: Z-path "
+                    f"{witness(v.frm, v.to)}",
                 )
 
 

@@ -60,6 +60,7 @@ from snapline.runtime.sim.checks import (
     ChannelChecker,
     CheckFailed,
     CheckOutcome,
+    CheckpointPatternChecker,
     RecoveryChecker,
 )
 from snapline.runtime.sim.config import Delay, SimConfig
@@ -176,7 +177,12 @@ class Simulator:
             )
         self.channels = ChannelChecker(n, track_payloads=config.check_payloads)
         self.check_sent = self.channels.sent if config.check_payloads else None
-        if not config.trace:
+        pattern = self.protocol_cls.checkpoint_pattern
+        #: The protocol's promise about its checkpoints, checked at the end of every run.
+        self.pattern: CheckpointPatternChecker | None = (
+            CheckpointPatternChecker(n, pattern) if pattern is not None else None
+        )
+        if not config.trace and self.pattern is None:
             # Hot path: without a trace, deliveries go straight to the checker (one Python
             # call less per message). Set through __dict__ because it shadows a method.
             self.__dict__["delivered"] = self.channels.delivered
@@ -264,6 +270,8 @@ class Simulator:
             self.stats["piggyback_bytes"] += len(_packb(piggyback))
         if self.check_sent is not None:
             self.check_sent(src, dst, seq, payload)
+        if self.pattern is not None:
+            self.pattern.sent(src, dst, seq)
         if self.writer is not None:
             self.writer.event(
                 self.now_s,
@@ -292,6 +300,8 @@ class Simulator:
             self.storage.begin_write(rank, image, self.now_s)
         except StorageMisuse as exc:
             raise self._misuse(rank, image.record.index, exc) from None
+        if self.pattern is not None:
+            self.pattern.checkpoint(rank, image.record.index)
         start = max(self.now_s, self.disk_free_s[rank])
         done = start + self.persist_delay[rank]()
         self.disk_free_s[rank] = done
@@ -355,6 +365,8 @@ class Simulator:
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         """Check and record a delivery."""
         self.channels.delivered(rank, src, seq, payload)
+        if self.pattern is not None:
+            self.pattern.delivered(rank, src, seq)
         if self.writer is not None:
             self.writer.event(self.now_s, rank, "deliver", {"src": src, "seq": seq})
 
@@ -659,6 +671,8 @@ class Simulator:
         live = [e for e in self.engines if e is not None]
         assert len(live) == self.n
         self.channels.check_end({e.rank: e.sent for e in live})
+        if self.pattern is not None:
+            self.pattern.check_end()
         self.check_invariant("at the end")
         results = [e.process.result() for e in live]
         if self.spec is not None and self.spec.check_final is not None:
@@ -709,6 +723,8 @@ class Simulator:
             CheckOutcome("app invariant", True, self.invariant_runs),
             CheckOutcome("termination", True, 1),
         ]
+        if self.pattern is not None:
+            checks.append(CheckOutcome(self.pattern.name, True, self.pattern.runs))
         # Wall-clock figures differ between identical runs; the trace holds simulated facts only.
         trace = (
             self.writer.finish(

@@ -13,7 +13,9 @@ above those counters are void on arrival -- except for ranks that re-execute exa
 (``replay_timers_only``: message logging), whose old messages stay valid because they will be
 sent again identically. Then restored ranks replay, ``rearrive`` items are fed through the
 protocols, the recovered cut is checked (no channel delivered more than was sent; the app
-invariant holds), and every live rank hears ``RecoveryCompleted``.
+invariant holds), and every live rank hears ``RecoveryCompleted``. The checkpoint-pattern
+checker (for protocols that promise one) forgets what each restored rank did after its
+restored checkpoint.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def recover(sim: Simulator) -> None:
                 incarnation=inc,
             )
         engines[rank] = engine
+        if sim.pattern is not None:
+            sim.pattern.rollback(rank, index)
         if rank not in exact:
             # In-flight messages of older incarnations above this count are void. An exact
             # re-execution sends the same messages again, so its old ones stay valid.
@@ -127,12 +131,15 @@ def recover(sim: Simulator) -> None:
         if rank in fresh:
             restored_engine.start(defer_timers=timers_only)
         restored_engine.resume(plan.replay.get(rank, ()), timers_only=timers_only)
+    rearrived = 0
     for rank, items in sorted(plan.rearrive.items()):
         receiver = engines[rank]
         assert receiver is not None
         for item in items:
-            receiver.message_arrived(item.src, item.seq, item.payload, None)
-    replayed = sum(e.stats["replayed"] for e in live) - replayed_before
+            rearrived += receiver.message_arrived(item.src, item.seq, item.payload, item.piggyback)
+    replayed = sum(e.stats["replayed"] for e in live) - replayed_before + rearrived
+    # The run's "replayed" total counts re-sent messages fed through the protocol too.
+    sim.retired["replayed"] = sim.retired.get("replayed", 0) + rearrived
     sim.tally.requested = sum(e.requested_sends for e in live)
     sim.tally.delivered = sum(sum(e.received.values()) for e in live)
     sim.finished = sum(e.done for e in live)
