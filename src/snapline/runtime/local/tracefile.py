@@ -6,11 +6,18 @@ the page cache keeps what was written). Event times are ``time.monotonic()`` sec
 job started -- one clock for every process on the machine -- so the files merge into one
 time-ordered trace. The supervisor adds ``crash`` events and the recovery records, and writes
 ``<store>/trace.json`` in the format of ``snapline.runtime.trace`` (drawn by ``snapline viz``).
+
+A ``kill -9`` can land in the middle of a ``write`` and leave the file ending in part of a line.
+The rank's next incarnation appends to the same file, and its first line -- the ``restore``
+event the checkers roll the rank's channels back on -- would be glued to that fragment and lost
+with it (the checkers then report the re-delivered messages as duplicates). So a writer opens
+the file with ``open_for_append``, which cuts such a torn tail first, as the ledger does.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +27,44 @@ from snapline.runtime.trace import TraceWriter
 TRACE_NAME = "trace.json"
 
 
+def rank_trace_path(store_dir: Path, rank: int) -> Path:
+    """The event file of ``rank``."""
+    return store_dir / "trace" / f"rank-{rank}.jsonl"
+
+
+def open_for_append(path: Path) -> int:
+    """Open a JSON-lines file for appending (an fd), first cutting a torn last line.
+
+    Only one process writes a rank's file at a time (a new incarnation starts after the old
+    one died), so the tail it finds is final.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            # Search back for the last newline; the torn part is what follows it.
+            end = size
+            while end > 0:
+                start = max(0, end - 4096)
+                chunk = os.pread(fd, end - start, start)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            if end < size:
+                os.ftruncate(fd, end)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_rank_events(store_dir: Path, n: int) -> list[dict[str, Any]]:
     """Every rank's events, merged in time order (a torn last line is skipped)."""
     events: list[dict[str, Any]] = []
     for rank in range(n):
-        path = store_dir / "trace" / f"rank-{rank}.jsonl"
+        path = rank_trace_path(store_dir, rank)
         if not path.exists():
             continue
         for line in path.read_text(encoding="utf-8").splitlines():

@@ -68,6 +68,7 @@ from snapline.runtime.local.stable import (
     StableWriter,
     wait_beating,
 )
+from snapline.runtime.local.tracefile import open_for_append, rank_trace_path
 from snapline.runtime.local.wire import FrameReader, WireError, connect_handshake, frame, pack
 from snapline.topology import Topology
 
@@ -105,15 +106,11 @@ class Worker:
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", 0))
         logs = self.store_dir / "logs"
         logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._log_fd = os.open(
-            logs / f"rank-{self.rank}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
+        # A previous incarnation killed in mid-write may have left a torn line: cut it, so
+        # that this incarnation's first lines (its restore event) are not lost with it.
+        self._log_fd = open_for_append(logs / f"rank-{self.rank}.jsonl")
         self._trace_fd = (
-            os.open(
-                self.store_dir / "trace" / f"rank-{self.rank}.jsonl",
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                0o600,
-            )
+            open_for_append(rank_trace_path(self.store_dir, self.rank))
             if self.config.trace
             else -1
         )
