@@ -1,4 +1,4 @@
-"""BCS and FDAS executions never have a useless checkpoint; uncoordinated ones do.
+"""BCS and FDAS executions never have a useless checkpoint (FDAS ones are RDT); uncoordinated do.
 
 Random runs through the in-memory link (random sends, deliveries, basic checkpoints, persists)
 are recorded as a ``zigzag.Execution`` and checked for Z-cycles; the counters-based check of
@@ -18,7 +18,13 @@ from snapline.protocols.independent import IndependentCheckpointing
 from snapline.protocols.link import AppMessage, InMemoryLink
 from snapline.protocols.recovery_line import useless_checkpoints
 from snapline.protocols.uncoordinated import Uncoordinated
-from snapline.protocols.zigzag import Execution, ExecutionRecorder, useless_indices
+from snapline.protocols.zigzag import (
+    Execution,
+    ExecutionRecorder,
+    dependency_vectors,
+    rdt_violations,
+    useless_indices,
+)
 from snapline.topology import Topology
 
 
@@ -75,6 +81,9 @@ def test_communication_induced_runs_have_no_useless_checkpoint(
     link, execution = random_run(FDAS if fdas else BCS, seed, n, 120)
     assert useless_indices(execution) == set()
     assert _counter_useless(link) == set()
+    if fdas:
+        # FDAS promises more: every Z-path is doubled by a causal path (RDT).
+        assert rdt_violations(dependency_vectors(execution)) == []
 
 
 def test_uncoordinated_random_runs_do_make_useless_checkpoints() -> None:

@@ -57,6 +57,29 @@ def test_the_promise_holds_across_recoveries(protocol: str) -> None:
     assert resent > 20, resent
 
 
+@pytest.mark.parametrize("protocol", CIC)
+def test_the_promise_is_checked_on_larger_jobs(protocol: str) -> None:
+    """16 ranks, hundreds of messages and checkpoints, crashes: the checker keeps up."""
+    crashes = 0
+    for seed in range(2):
+        result = run_simulation(
+            SimConfig(
+                app="bank",
+                n=16,
+                protocol=protocol,
+                seed=seed,
+                interval_s=2.0,
+                app_params={"messages": 15},
+                crash_rate=0.01,
+                max_crashes=3,
+            )
+        )
+        assert pattern_checked(result), (protocol, seed)
+        assert result.stats["messages_delivered"] > 200
+        crashes += result.stats["crashes"]
+    assert crashes > 0
+
+
 def test_fdas_forces_a_checkpoint_for_a_dependency_on_a_first_interval() -> None:
     """``snapline sim --app token-ring -n 3 --protocol fdas --seed 15 --interval 3``.
 
