@@ -110,9 +110,7 @@ class Worker:
         # that this incarnation's first lines (its restore event) are not lost with it.
         self._log_fd = open_for_append(logs / f"rank-{self.rank}.jsonl")
         self._trace_fd = (
-            open_for_append(rank_trace_path(self.store_dir, self.rank))
-            if self.config.trace
-            else -1
+            open_for_append(rank_trace_path(self.store_dir, self.rank)) if self.config.trace else -1
         )
         self._trace_buf: list[str] = []
         self.transport = Transport(
