@@ -212,3 +212,43 @@ def test_soak_several_random_kills(tmp_path: Path, protocol: str) -> None:
     result = job.outcome(timeout_s=120.0)
     assert len(result.failures) == kills
     assert check_run(result, app="bank", app_params=params, topology="complete") == []
+
+
+def test_a_torn_trace_line_of_a_killed_rank_does_not_hide_its_restore(tmp_path: Path) -> None:
+    """A kill -9 in the middle of a trace write must not make the checkers see duplicates.
+
+    The rank is stopped, part of a line is appended to its trace file (what a kill -9 in the
+    middle of its ``write`` leaves), and it is killed. Its next incarnation appends its
+    ``restore`` event to the same file; glued to the fragment it was lost, and the messages the
+    new incarnation delivered again were reported as duplicates.
+    """
+    params = {"messages": 3000}
+    for attempt in range(3):
+        store = tmp_path / f"job-{attempt}"
+        job = JobThread(
+            app="heat",
+            n=2,
+            store=store,
+            protocol="uncoordinated",
+            topology="line",
+            interval="0.3s",
+            app_options=params,
+            timeout="60s",
+        )
+        job.start()
+        pid = wait_running(store).get(1)
+        if pid is not None and wait_progress(store, 400, job):
+            os.kill(pid, signal.SIGSTOP)
+            with (store / "trace" / "rank-1.jsonl").open("ab") as trace:
+                trace.write(b'{"t": 1.5, "rank": 1, "kind": "deli')
+            os.kill(pid, signal.SIGKILL)
+            result = job.outcome()
+            if result.failures:
+                break
+        else:
+            job.outcome()
+        params = {"messages": params["messages"] * 3}
+    else:
+        raise AssertionError("the job always finished before the kill")
+    assert [f["rank"] for f in result.failures] == [1]
+    assert check_run(result, app="heat", app_params=params, topology="line") == []
