@@ -1,4 +1,4 @@
-"""The checkers on their own: payload equality and exactly-once channel bookkeeping."""
+"""The checkers on their own: payload equality, exactly-once channels, checkpoint patterns."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from snapline.protocols.base import RecoveryPlan, RecoveryView, initial_record
 from snapline.runtime.sim.checks import (
     ChannelChecker,
     CheckFailed,
+    CheckpointPatternChecker,
     RecoveryChecker,
     compare_results,
     values_equal,
@@ -98,3 +99,45 @@ def test_recovery_checker_validates_plans_and_cuts() -> None:
     checker.check_cut([(0, 1)], {0: {1: 3}, 1: {}}, {0: {}, 1: {0: 3}})
     with pytest.raises(CheckFailed, match="orphan"):
         checker.check_cut([(0, 1)], {0: {1: 2}, 1: {}}, {0: {}, 1: {0: 3}})
+
+
+def test_checkpoint_pattern_checker_finds_a_zigzag_without_a_causal_path() -> None:
+    checker = CheckpointPatternChecker(3, "rdt")
+    checker.sent(1, 2, 1)  # 1 sends to 2 before it hears from 0: a zig-zag
+    checker.sent(0, 1, 1)
+    checker.delivered(1, 0, 1)
+    checker.delivered(2, 1, 1)
+    checker.checkpoint(2, 1)
+    with pytest.raises(CheckFailed, match=r"from C\(0,0\) to C\(2,1\): Z-path 0->1#1 1->2#1"):
+        checker.check_end()
+    # The same pattern is no Z-cycle: only RDT is broken.
+    relaxed = CheckpointPatternChecker(3, "no-useless-checkpoint")
+    relaxed.events = [list(e) for e in checker.events]
+    relaxed.check_end()
+    assert relaxed.runs == 1
+
+
+def test_checkpoint_pattern_checker_forgets_what_a_rollback_undid() -> None:
+    checker = CheckpointPatternChecker(2, "no-useless-checkpoint")
+    # The domino pattern puts C(1,1) on a Z-cycle ...
+    for k in range(1, 3):
+        checker.checkpoint(0, k)
+        checker.sent(0, 1, k)
+        checker.delivered(1, 0, k)
+        checker.checkpoint(1, k)
+        checker.sent(1, 0, k)
+        checker.delivered(0, 1, k)
+    with pytest.raises(CheckFailed, match="on a Z-cycle"):
+        checker.check_end()
+    # ... but a recovery to C(0,1) and C(1,0) undoes every message of the cycle, and the
+    # re-execution that follows (0->1 #1 sent and delivered again) makes none.
+    checker.rollback(0, 1)
+    checker.rollback(1, 0)
+    checker.sent(0, 1, 1)
+    checker.delivered(1, 0, 1)
+    checker.checkpoint(1, 1)
+    checker.check_end()
+    execution, keys = checker.execution()
+    assert keys == [(0, 1, 1)] and dict(execution.checkpoints) == {0: (1,), 1: (1,)}
+    with pytest.raises(CheckFailed, match="never took"):
+        checker.rollback(1, 5)
