@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +24,8 @@ from typing import Any
 import pytest
 
 from snapline.runtime.local import RunResult, read_status, run
-from snapline.runtime.local.ledger import ledger_path, read_ledger
+from snapline.runtime.local.ledger import _scan, ledger_path, read_ledger
+from snapline.runtime.local.status import pid_alive
 from snapline.runtime.local.verify import check_run
 from snapline.runtime.sim import SimConfig, reference_outputs
 
@@ -117,3 +120,106 @@ def test_outputs_released_exactly_once_across_kill_9(
         assert Counter(map(repr, got)) == Counter(map(repr, expected[rank])), f"rank {rank}"
         # Ids 1..k reached the world, each once (the ledger skips ids already released).
         assert read_ledger(ledger_path(store, rank), rank).released_outputs == len(got)
+
+
+def test_resume_resolves_a_round_left_in_doubt_by_a_whole_job_kill(tmp_path: Path) -> None:
+    """kill -9 of the whole job, one participant in doubt on disk; --resume resolves it.
+
+    The crash state is made exact from a real one: after the kill, a participant whose last
+    checkpoint belongs to a round rank 0 initiated and committed loses the tail of its ledger
+    from that round's commit marker on -- as if it had died after voting yes, before the
+    decision reached it (what follows the marker is only output that the commit released).
+    The initiator's commit is durable, so the resumed job must commit the participant's
+    checkpoint and restore it, not fall back behind the initiator's committed checkpoint.
+    """
+    params = {"messages": 300, "step_s": 0.005}
+    for attempt in range(3):
+        store = tmp_path / f"job-{attempt}"
+        kill_whole_job(store, params)
+        found = make_participant_in_doubt(store)
+        if found is not None:
+            break
+    else:
+        pytest.fail("no participant ever had a committed last round to put in doubt")
+    participant, index = found
+
+    result = run(store=store, resume=True, timeout="90s")
+    restore = result.recoveries[0]["restore"]
+    assert restore[str(participant)] == index, restore
+    log = (store / "logs" / "supervisor.jsonl").read_text()
+    assert f'"commit": {{"{participant}": [{index}]}}' in log
+    assert check_run(result, app="chatter", app_params=params, topology="complete") == []
+
+
+def kill_whole_job(store: Path, params: dict[str, Any]) -> None:
+    """Run chatter as ``snapline run`` and kill -9 the supervisor and every worker mid-run."""
+    cmd = [sys.executable, "-m", "snapline", "run", "chatter", "-n", str(N), "--store"]
+    cmd += [str(store), "--protocol", "two-phase", "--topology", "complete"]
+    cmd += ["--interval", "0.05s"] + [a for k, v in params.items() for a in ("-p", f"{k}={v}")]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60.0
+        while True:
+            assert time.monotonic() < deadline, "the job never got going"
+            try:
+                status = read_status(store)
+            except Exception:
+                time.sleep(0.02)
+                continue
+            assert status.state not in ("finished", "failed"), status.state
+            if (
+                status.state == "running"
+                and status.messages_delivered >= 200
+                and sum(r.last_checkpoint > 0 for r in status.ranks) >= 2
+            ):
+                break
+            time.sleep(0.01)
+        for pid in [status.supervisor_pid] + [int(r.pid) for r in status.ranks]:  # type: ignore[arg-type]
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(pid_alive(int(r.pid)) for r in status.ranks):  # type: ignore[arg-type]
+            assert time.monotonic() < deadline, "workers outlived the kill"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def make_participant_in_doubt(store: Path) -> tuple[int, int] | None:
+    """Cut a participant's ledger at the commit marker of its last committed round.
+
+    Reachable by a crash: had the participant died right before writing that marker, nothing
+    after it would exist, and no rank could have committed a checkpoint that received what the
+    participant sent later (a round covering such a receipt would have asked the participant
+    to join, and it would hold that round's checkpoint: committed, or tentative and in doubt,
+    which the kill itself left and which is used as it is). Returns (rank, index) or None.
+    """
+    decided = {
+        tuple(rec.meta["round"])
+        for rec in read_ledger(ledger_path(store, 0), 0).committed_records()
+        if rec.index > 0
+    }
+    for rank in range(1, N):
+        for rec in read_ledger(ledger_path(store, rank), rank).tentative_records():
+            if tuple(rec.meta["round"]) in decided:
+                return rank, rec.index  # the kill itself left it in doubt
+    for rank in range(1, N):
+        path = ledger_path(store, rank)
+        committed = read_ledger(path, rank).committed_records()
+        if len(committed) < 2 or tuple(committed[-1].meta["round"]) not in decided:
+            continue
+        index = committed[-1].index
+        records = list(_scan(path.read_bytes()))
+        starts = [0] + [end for end, _ in records]
+        for start, (_, rec) in zip(starts, records, strict=False):
+            if rec.get("k") == "commit" and int(rec["index"]) == index:
+                tail = {r.get("k") for end, r in records if end > start + 1} - {"commit"}
+                assert tail <= {"ckpt", "discard", "output"}, tail
+                with path.open("r+b") as f:
+                    f.truncate(start)
+                return rank, index
+    return None

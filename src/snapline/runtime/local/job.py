@@ -505,7 +505,13 @@ class LocalJob:
         )
         if self._running_since_s is None:
             self._running_since_s = time.monotonic()
-        self.log("recovered", failed=sorted(failed), restore=dict(plan.restore), epoch=self.epoch)
+        self.log(
+            "recovered",
+            failed=sorted(failed),
+            restore=dict(plan.restore),
+            commit={r: list(i) for r, i in plan.commit.items()},
+            epoch=self.epoch,
+        )
         self._publish("running", force=True)
         del restored
 
