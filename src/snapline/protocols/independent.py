@@ -39,8 +39,8 @@ replay); checkpoints taken meanwhile are not gossiped (wrong counters could make
 unsafe). Their piggybacks are not absorbed either, and ``RecoveryPlan.rearrive`` cannot carry
 them yet: see ``communication_induced``.
 
-Without gc the log and the stored checkpoints grow without bound and output is never
-released; knowledge of ranks that cannot reach this one never arrives, which only delays
+Without gc the log and the stored checkpoints grow without bound and output is held until
+the job ends (the driver releases it then); knowledge of ranks that cannot reach this one never arrives, which only delays
 collection.
 
 Costs. Control messages: at most one per outbound channel per own basic checkpoint, against
