@@ -40,8 +40,8 @@ unsafe). Their piggybacks are not absorbed either, and ``RecoveryPlan.rearrive``
 them yet: see ``communication_induced``.
 
 Without gc the log and the stored checkpoints grow without bound and output is held until
-the job ends (the driver releases it then); knowledge of ranks that cannot reach this one never arrives, which only delays
-collection.
+the job ends (the driver releases it then); knowledge of ranks that cannot reach this one
+never arrives, which only delays collection.
 
 Costs. Control messages: at most one per outbound channel per own basic checkpoint, against
 one per channel per checkpoint (forced ones included) of every rank when each summary was
