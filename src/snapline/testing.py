@@ -1,8 +1,9 @@
 """Test your own Process classes (and protocols) under failures, with snapline's own checkers.
 
 ``simulate`` runs one seeded job in the deterministic simulator and returns a ``SimResult``
-(``.results``, ``.stats``, ``.trace``, ``.checks``); every checker runs on it -- consistent
-recovery, exactly-once delivery, termination, and (for ``deterministic=True`` processes)
+(``.results``, ``.stats``, ``.outputs``, ``.trace``, ``.checks``); every checker runs on it --
+consistent recovery, exactly-once delivery, exactly-once output (each ``ctx.output`` released
+once, never changed by a rollback), termination, and (for ``deterministic=True`` processes)
 equality with the failure-free run -- and a violation raises ``SimulationError`` naming the
 seed. ``assert_recovers`` runs a batch of seeds with crashes and also fails if no crash ever
 happened (a test that never injects a fault proves nothing). ``sweep`` does the same for the

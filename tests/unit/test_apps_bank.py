@@ -15,7 +15,7 @@ PARAMS = APPS["bank"].resolve_params({})
 
 
 def test_registry_lists_every_app_with_a_spec() -> None:
-    assert set(APPS) == {"bank", "token-ring", "wordcount", "heat"}
+    assert set(APPS) == {"bank", "token-ring", "wordcount", "heat", "chatter"}
     for name, spec in APPS.items():
         assert spec.name == name and spec.deterministic
         assert spec.size_param in spec.params

@@ -17,7 +17,6 @@ from snapline.protocols.base import (
     OutputRequested,
     PeerFailed,
     RecoveryView,
-    ReleaseOutput,
     SendRequested,
     TimerFired,
     Transmit,
@@ -35,7 +34,7 @@ def test_registered_under_its_name() -> None:
     assert protocol_class("none") is NoCheckpointing
 
 
-def test_everything_passes_straight_through() -> None:
+def test_messages_and_timers_pass_straight_through_and_output_is_held() -> None:
     p = proto()
     assert p.handle(SendRequested(send_id=4, dst=2, payload="x")) == [
         Transmit(send_id=4, dst=2, payload="x")
@@ -44,7 +43,8 @@ def test_everything_passes_straight_through() -> None:
         Deliver(src=0, seq=3)
     ]
     assert p.handle(AppTimerDue(timer_id=7, name="t")) == [FireAppTimer(timer_id=7)]
-    assert p.handle(OutputRequested(output_id=2)) == [ReleaseOutput(output_id=2)]
+    # Output is held until the job ends: any failure restarts the whole job.
+    assert p.handle(OutputRequested(output_id=2)) == []
     assert p.handle(CheckpointRequested()) == []
     assert p.handle(PeerFailed(rank=0)) == []
     assert p.stats["checkpoints_basic"] == 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from snapline.protocols.base import RecoveryPlan, RecoveryView, initial_record
+from snapline.protocols.base import CheckpointRecord, RecoveryPlan, RecoveryView, initial_record
 from snapline.runtime.sim.checks import (
     ChannelChecker,
     CheckFailed,
     CheckpointPatternChecker,
+    OutputChecker,
     RecoveryChecker,
+    compare_outputs,
     compare_results,
     values_equal,
 )
@@ -141,3 +143,38 @@ def test_checkpoint_pattern_checker_forgets_what_a_rollback_undid() -> None:
     assert keys == [(0, 1, 1)] and dict(execution.checkpoints) == {0: (1,), 1: (1,)}
     with pytest.raises(CheckFailed, match="never took"):
         checker.rollback(1, 5)
+
+
+def test_recovery_checker_accepts_restoring_a_checkpoint_the_plan_commits() -> None:
+    tentative = CheckpointRecord(rank=1, index=4, forced=True, sent={}, received={})
+    view = RecoveryView(
+        n=2,
+        failed=frozenset({1}),
+        committed={0: [initial_record(0)], 1: [initial_record(1)]},
+        volatile={0: initial_record(0)},
+        tentative={1: [tentative]},
+    )
+    checker = RecoveryChecker()
+    checker.validate_plan(view, RecoveryPlan(restore={1: 4}, commit={1: [4]}), {0: {0}, 1: {0}})
+    with pytest.raises(CheckFailed, match="not tentative"):
+        checker.validate_plan(view, RecoveryPlan(restore={1: 0}, commit={1: [5]}), {0: {0}, 1: {0}})
+
+
+def test_output_checker_counts_each_id_once_and_catches_changed_re_releases() -> None:
+    checker = OutputChecker(2)
+    assert checker.release(0, 1, ["a", "b"]) == ["a", "b"]
+    # Released again from a restored checkpoint: same items under the same ids are skipped.
+    assert checker.release(0, 2, ["b", "c"]) == ["c"]
+    checker.check_end([3, 0])
+    with pytest.raises(CheckFailed, match="re-executed differently"):
+        checker.release(0, 3, ["x"])
+    with pytest.raises(CheckFailed, match="never released"):
+        checker.release(1, 2, ["late"])
+    with pytest.raises(CheckFailed, match="produced 4 outputs"):
+        checker.check_end([4, 0])
+
+
+def test_compare_outputs_is_a_per_rank_multiset_comparison() -> None:
+    assert compare_outputs([[["got", 1], ["sent", 2]]], [[["sent", 2], ["got", 1]]]) is None
+    problem = compare_outputs([[["got", 1], ["got", 2]]], [[["got", 1], ["got", 1]]])
+    assert problem is not None and "never released" in problem and "repeated" in problem

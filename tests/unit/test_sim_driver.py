@@ -155,6 +155,7 @@ def test_correct_protocol_passes_every_check_with_crashes() -> None:
     assert names == {
         "exactly-once delivery",
         "consistent recovery",
+        "exactly-once output",
         "app invariant",
         "termination",
         "failure-free result",

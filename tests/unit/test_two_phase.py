@@ -6,11 +6,13 @@ import random
 
 import pytest
 
-from snapline.errors import ConfigError
+from snapline.errors import ConfigError, RecoveryError
 from snapline.protocols.base import (
     Commit,
     DiscardCheckpoint,
+    RecoveryCompleted,
     Redelivery,
+    ReleaseOutput,
     TakeCheckpoint,
     Transmit,
     is_consistent,
@@ -211,3 +213,164 @@ def test_checkpoints_after_a_rollback_are_not_candidates_again() -> None:
     lk.run()
     assert all(not s.taken for s in lk.ranks)
     assert latest_cut_is_consistent(lk)
+
+
+# --------------------------------------------------------------------------------------------
+# In-doubt rounds: a participant that voted yes and has not heard the decision when a peer
+# fails keeps its checkpoint; the recovery resolves it from the initiator's durable decision.
+
+
+def voted_round(n: int) -> InMemoryLink:
+    """Rank 0 initiates, rank 1 joins and votes yes; both persisted; no decision out yet."""
+    lk = link(Topology.complete(n))
+    lk.send(1, 0, "dep")
+    lk.run()
+    lk.request_checkpoint(0)
+    lk.deliver(0, 1)  # the request: rank 1 joins (checkpoint 1)
+    lk.persist(1)  # rank 1 votes yes
+    lk.persist(0)
+    assert tp(lk, 1).phase is Phase.VOTED
+    return lk
+
+
+def decide(lk: InMemoryLink) -> None:
+    """Rank 0 gets rank 1's vote and commits; the decision is queued, not delivered."""
+    lk.deliver(1, 0)
+    assert Commit(index=1) in lk.ranks[0].actions
+    assert lk.committed_index(1) == 0
+
+
+def test_initiator_dies_after_committing_the_participant_in_doubt_commits() -> None:
+    lk = voted_round(2)
+    decide(lk)
+    lk.crash(0)
+    proto = tp(lk, 1)
+    assert proto.phase is Phase.RECOVERING and proto.current is not None, "in doubt"
+    assert not any(isinstance(a, DiscardCheckpoint) for a in lk.ranks[1].actions)
+    assert proto.stats["rounds_in_doubt"] == 1
+    lk.send(1, 0, "sent while in doubt")
+    assert proto.stats["messages_held"] == 1
+    plan = lk.recover()
+    assert plan.commit == {1: (1,)}, "resolved from rank 0's committed checkpoint of the round"
+    assert plan.restore == {0: 1}, "rank 0 restores its committed checkpoint, not behind it"
+    assert lk.committed_index(1) == 1 and proto.label == 1 and proto.phase is Phase.IDLE
+    assert not any(isinstance(a, Commit) for a in lk.ranks[1].actions), "the driver committed"
+    lk.run()
+    assert [m.payload for m in lk.ranks[0].delivered][-1] == "sent while in doubt"
+    assert latest_cut_is_consistent(lk)
+
+
+def test_initiator_dies_before_deciding_the_round_is_presumed_aborted() -> None:
+    lk = voted_round(2)
+    lk.crash(0)  # rank 1's vote never reached it
+    assert tp(lk, 1).current is not None, "in doubt"
+    plan = lk.recover()
+    assert plan.commit == {}
+    assert plan.restore == {0: 0}
+    assert DiscardCheckpoint(index=1) in lk.ranks[1].actions
+    assert lk.committed_index(1) == 0 and tp(lk, 1).current is None
+    assert latest_cut_is_consistent(lk)
+
+
+def test_a_participant_that_dies_in_doubt_restores_its_resolved_checkpoint() -> None:
+    lk = voted_round(2)
+    decide(lk)
+    lk.crash(1)
+    plan = lk.recover()
+    # Without the resolution rank 1 would restore its initial state, and rank 0's committed
+    # checkpoint (which received "dep" from rank 1) would become an orphan behind it.
+    assert plan.commit == {1: (1,)}
+    assert plan.restore == {1: 1}
+    assert latest_cut_is_consistent(lk)
+
+
+def test_a_decision_that_arrives_during_recovery_is_applied() -> None:
+    lk = voted_round(3)
+    decide(lk)
+    lk.crash(2)  # an unrelated rank: rank 1 is in doubt
+    assert tp(lk, 1).phase is Phase.RECOVERING and tp(lk, 1).current is not None
+    while tp(lk, 1).current is not None:
+        lk.deliver(0, 1)  # the decision (behind flooded copies of other control)
+    assert Commit(index=1) in lk.ranks[1].actions
+    plan = lk.recover()
+    assert plan.commit == {} and plan.restore == {2: 0}
+    assert tp(lk, 1).phase is Phase.IDLE and lk.committed_index(1) == 1
+    assert latest_cut_is_consistent(lk)
+
+
+def test_the_planner_refuses_a_line_behind_a_committed_checkpoint() -> None:
+    # The state the resolution prevents: rank 0 committed round 1, rank 1 did not (its
+    # checkpoint was lost), so the only consistent cut is behind rank 0's commit.
+    lk = voted_round(2)
+    decide(lk)
+    lk.ranks[1].taken.clear()
+    lk.ranks[1].persisted.clear()
+    lk.crash(1)
+    with pytest.raises(RecoveryError, match="behind its committed checkpoint"):
+        lk.recover()
+
+
+# --------------------------------------------------------------------------------------------
+# Output commit and sender-log pruning.
+
+
+def released(lk: InMemoryLink, rank: int) -> list[int]:
+    return [a.output_id for a in lk.ranks[rank].actions if isinstance(a, ReleaseOutput)]
+
+
+def test_output_is_released_after_the_commit_of_a_checkpoint_that_covers_it() -> None:
+    lk = link(Topology.complete(2))
+    lk.output(1)
+    lk.send(1, 0, "dep")
+    lk.output(0)
+    lk.run()
+    assert released(lk, 0) == [] and released(lk, 1) == [], "no committed checkpoint yet"
+    lk.request_checkpoint(0)
+    lk.deliver(0, 1)  # rank 1 joins; its checkpoint covers output 1
+    lk.output(1)  # output 2: after the checkpoint, not covered by it
+    lk.run()
+    assert released(lk, 0) == [1] and released(lk, 1) == [1]
+    actions = lk.ranks[1].actions
+    assert actions.index(ReleaseOutput(output_id=1)) > actions.index(Commit(index=1))
+
+
+def test_a_restored_rank_releases_again_what_its_checkpoint_covers() -> None:
+    lk = link(Topology.complete(2))
+    lk.output(0)
+    lk.request_checkpoint(0)
+    lk.run()
+    record = lk.ranks[0].committed[-1]
+    assert record.meta["outputs"] == 1
+    proto = TwoPhaseCoordinated.restored(
+        record=record, n=2, inbound=frozenset({1}), outbound=frozenset({1}), incarnation=1
+    )
+    # Its commit may have been made durable by a recovery (in doubt), or the release lost
+    # with the process: drivers skip ids already released.
+    assert proto.handle(RecoveryCompleted(restored=frozenset({0}), incarnation=1)) == [
+        ReleaseOutput(output_id=1)
+    ]
+    assert proto.handle(RecoveryCompleted(restored=frozenset({0}), incarnation=2)) == []
+
+
+def test_the_sender_log_is_pruned_at_the_receivers_committed_checkpoint() -> None:
+    lk = link(Topology.complete(2))
+    for i in range(5):
+        lk.send(0, 1, f"a{i}")
+    lk.run()
+    lk.request_checkpoint(1)  # rank 1 depends on 0: both take checkpoint 1
+    lk.run()
+    assert lk.committed_index(1) == 1 and lk.ranks[1].committed[-1].received == {0: 5}
+    for i in range(3):
+        lk.send(0, 1, f"b{i}")
+    lk.run()
+    assert [seq for seq, _ in tp(lk, 0).sent_log[1]] == list(range(1, 9))
+    lk.request_checkpoint(1)  # the request tells rank 0 that rank 1's commit received 5
+    lk.run()
+    assert [seq for seq, _ in tp(lk, 0).sent_log[1]] == [6, 7, 8]
+    assert tp(lk, 0).stats["sender_log_pruned"] == 5
+    # What is left still serves a recovery: rank 1 fails and restores checkpoint 2.
+    lk.send(0, 1, "c")
+    lk.crash(1)
+    plan = lk.recover()
+    assert plan.restore[1] == lk.committed_index(1)
+    assert plan.replay.get(1) == [Redelivery(src=0, seq=9, payload="c")]

@@ -7,12 +7,13 @@ invariant checks, and whether the app is deterministic (same result under any sc
 
 from __future__ import annotations
 
-from snapline.apps import bank, heat, token_ring, wordcount
+from snapline.apps import bank, chatter, heat, token_ring, wordcount
 from snapline.apps.spec import AppSpec, CutView
 from snapline.errors import ConfigError
 
 APPS: dict[str, AppSpec] = {
-    spec.name: spec for spec in (bank.SPEC, token_ring.SPEC, wordcount.SPEC, heat.SPEC)
+    spec.name: spec
+    for spec in (bank.SPEC, token_ring.SPEC, wordcount.SPEC, heat.SPEC, chatter.SPEC)
 }
 
 

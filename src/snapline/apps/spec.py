@@ -32,6 +32,8 @@ class AppSpec:
     ``check_final`` does the same for the final ``Process.result()`` of every rank.
     ``deterministic`` apps end with the same results whatever the schedule and failures.
     ``size_param`` is the parameter ``--messages`` sets (messages per rank, rounds, steps).
+    ``outputs_deterministic`` apps release the same outputs per rank (as a multiset) under any
+    schedule and failures: the simulator compares them with the failure-free run's.
     """
 
     name: str
@@ -41,6 +43,7 @@ class AppSpec:
     deterministic: bool
     params: Mapping[str, Any] = field(default_factory=dict)
     size_param: str = "messages"
+    outputs_deterministic: bool = False
     check_cut: Callable[[CutView], str | None] | None = None
     check_final: Callable[[Sequence[object], Mapping[str, Any], int], str | None] | None = None
 

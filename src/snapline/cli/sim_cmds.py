@@ -123,7 +123,7 @@ def summary_table(result: SimResult) -> Table:
 
 def sim(
     app: str = typer.Option(
-        "bank", "--app", help="Example app: bank, token-ring, wordcount, heat."
+        "bank", "--app", help="Example app: bank, token-ring, wordcount, heat, chatter."
     ),
     n: int = typer.Option(4, "-n", "--ranks", help="Number of ranks."),
     protocol: str = typer.Option("none", "--protocol", help="Checkpointing protocol name."),

@@ -52,9 +52,15 @@ previous incarnation of a restored rank are dropped by the driver (every recover
 incarnation), unless that rank re-executes exactly (``replay_timers_only``): it sends the same
 messages again. Duplicates are dropped by sequence number.
 
-Output commit. ``ctx.output(x)`` becomes ``OutputRequested(output_id)``; the driver releases
-the output when the protocol says ``ReleaseOutput(output_id)``, i.e. once the state that
-produced it is recoverable.
+Output commit. ``ctx.output(x)`` becomes ``OutputRequested(output_id)``; output ids count the
+rank's outputs in its surviving history (they are saved with checkpoints). The driver releases
+the output when the protocol says ``ReleaseOutput(output_id)``: only once no recovery can roll
+the rank back to before that output -- not merely once a checkpoint after it exists -- since a
+re-execution after a rollback need not produce the same output under the same id (it may
+receive in another order). Releasing is idempotent by id: drivers hand each id to the world
+once and skip ids already released, so a protocol may release again what a restored
+checkpoint covers. What a protocol still holds when the job ends is released then: nothing can
+roll the job back any more.
 """
 
 from __future__ import annotations
@@ -160,10 +166,16 @@ class PeerFailed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecoveryCompleted:
-    """A recovery finished; ``restored`` ranks were rolled back. Sent to every live rank."""
+    """A recovery finished; ``restored`` ranks were rolled back. Sent to every live rank.
+
+    ``committed`` lists this rank's checkpoints that the recovery committed on the protocol's
+    behalf (``RecoveryPlan.commit``: in-doubt checkpoints whose round the planner found
+    decided); the driver made those commits durable before sending this event.
+    """
 
     restored: frozenset[int]
     incarnation: int
+    committed: frozenset[int] = frozenset()
 
 
 Event: TypeAlias = (
@@ -363,12 +375,16 @@ class RecoveryView:
     ``volatile[r]`` is the current state of a surviving rank as a record (``index`` = -1,
     ``meta`` = ``Protocol.volatile_meta()``); failed ranks are absent from it.
     ``message_logs[r]`` are rank r's stable ``LogMessage`` entries in write order.
+    ``tentative[r]`` lists rank r's checkpoints that are persisted but neither committed nor
+    discarded (and not voided by a restore), oldest first: a protocol whose commit decision
+    can be cut short by a failure (two-phase) resolves them here.
     """
 
     n: int
     failed: frozenset[int]
     committed: Mapping[int, Sequence[CheckpointRecord]]
     volatile: Mapping[int, CheckpointRecord]
+    tentative: Mapping[int, Sequence[CheckpointRecord]] = field(default_factory=dict)
     message_logs: Mapping[int, Sequence[PlainData]] = field(default_factory=dict)
     edges: frozenset[tuple[int, int]] = frozenset()
 
@@ -411,10 +427,13 @@ class RecoveryPlan:
     from it (delivered, held or early; no orphan even if they received more than the restored
     record's ``sent``) and drop re-sent copies by seq; consistency of such a plan is checked
     after the replay, on live counters, not on the restored record.
-    ``rolled_back_events`` is the planner's measure of work lost (for reports).
+    ``commit[r]`` names tentative checkpoints of rank r (from ``RecoveryView.tentative``) the
+    driver commits, durably, before it restores anything: ``restore`` may name them, and rank
+    r, if it is not restored, learns it from ``RecoveryCompleted.committed``.
     """
 
     restore: Mapping[int, int]
+    commit: Mapping[int, Sequence[int]] = field(default_factory=dict)
     replay: Mapping[int, Sequence[ReplayItem]] = field(default_factory=dict)
     replay_timers_only: frozenset[int] = frozenset()
     #: ``rearrive[r]``: messages the driver feeds rank r (restored or surviving) *through its

@@ -26,36 +26,57 @@ Concurrent initiators are serialized by priority (smaller ``(serial, initiator)`
 serials are a Lamport clock): a request of a lower-priority round than the one a rank is in is
 refused (that round aborts), one of a higher-priority round is deferred until the current round
 ends. Waits only go from higher to lower priority, so there is no deadlock and the round of
-highest priority always finishes. Any ``PeerFailed`` aborts every round in progress; until
-``RecoveryCompleted`` no round starts, and control of an older incarnation is ignored.
+highest priority always finishes. A ``PeerFailed`` aborts every round in progress
+at the ranks that have not voted yet (the initiator cannot have decided without their votes);
+until ``RecoveryCompleted`` no round starts, and control of an older incarnation is ignored.
+
+In-doubt rounds. A participant that voted yes and has not heard the decision when a peer fails
+is *in doubt*: the initiator may have committed (its ``Commit`` is durable before it sends a
+decision) or not. It keeps its tentative checkpoint and its held sends. Every checkpoint's meta
+names its round, so recovery resolves the round from the initiator's durable decision:
+``plan_recovery`` commits (``RecoveryPlan.commit``) every tentative checkpoint whose round some
+rank committed, and presumes abort otherwise -- at planning time every live initiator has
+decided or aborted, and a dead one decides nothing more. The participant learns the outcome
+from ``RecoveryCompleted.committed`` (or from the decision itself, if it still arrives first).
+So a round commits on all its participants or on none, the latest committed checkpoints form a
+consistent cut, and a recovery line never falls behind a committed checkpoint (the planner
+checks it).
 
 Control messages are flooded: an envelope ``(origin, serial, to)`` is forwarded on every
 outbound channel the first time a rank sees it. First copies of one origin's envelopes arrive
 in the order it sent them, so a decision never overtakes its request.
 
-Recovery: the recovery line is the maximum consistent cut over committed checkpoints and the
-survivors' volatile records (``recovery_line``): failed ranks restore, survivors keep running
-unless they hold an orphan. A round that committed only partly (a failure between decisions)
-is therefore still safe: the cut is computed from counters, not from round outcomes. Messages
-in transit for the cut are re-delivered from the senders' logs (kept in checkpoint meta and
-volatile meta: ``{dst: [[seq, payload], ...]}``).
+Recovery: the recovery line is the maximum consistent cut over committed checkpoints (in-doubt
+ones resolved first) and the survivors' volatile records (``recovery_line``): failed ranks
+restore, survivors keep running unless they hold an orphan. Messages in transit for the cut are
+re-delivered from the senders' logs (kept in checkpoint meta and volatile meta: ``{dst: [[seq,
+payload], ...]}``).
 
-Costs: one int piggybacked per message; per round, flooded request, vote and decision per
-participant (each costs one control message per channel); sends held during rounds; the
-sender log is never pruned (it grows with the messages sent: known weakness).
+Sender log pruning. A receiver never rolls back behind its latest committed checkpoint, so a
+message it received before that checkpoint is never re-delivered. A request from ``dst`` to a
+rank it depends on carries what ``dst``'s latest committed checkpoint received from that rank
+(``acked``), and the rank drops those entries from its log to ``dst``. A receiver asks its
+senders in every round it joins, so a log holds about two checkpoint intervals of messages to a
+receiver that takes part in rounds; to one that never does (it sends nothing anyone depends
+on) the log keeps everything, which its recovery from the initial state needs.
 
-No output commit: ``OutputRequested`` is released at once. A failure between decisions can leave
-a round committed on some participants only, and a later recovery line may then fall behind a
-committed checkpoint, so "a committed checkpoint after the output" does not make the output
-safe. Providing it needs in-doubt rounds resolved from the initiator's durable decision (or a
-known-consistent committed cut); until then the README says so.
+Output commit: an output is released once a committed checkpoint of this rank was taken after
+it (``ReleaseOutput`` right after that ``Commit``): the recovery line never falls behind a
+committed checkpoint, so no rollback can undo it. A rank restored from a checkpoint releases
+again what that checkpoint covers (its commit may have been made durable by a recovery, or the
+release lost with the process; drivers skip ids already released).
+
+Costs: one int piggybacked per message (the label);
+per round, flooded request, vote and decision per participant (each costs one control message
+per channel); sends held during rounds (and while in doubt, until the recovery resolves it);
+output held until the next committed round that covers it.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeAlias, assert_never
 
 from snapline.errors import ConfigError, RecoveryError
@@ -124,11 +145,28 @@ class _Round:
     all_yes: bool = True
     #: Dependencies (sender -> label) that the tentative checkpoint covers.
     covered: dict[int, int] = field(default_factory=dict)
+    #: Messages received per sender at the tentative checkpoint (its ``received`` counters).
+    received: dict[int, int] = field(default_factory=dict)
+    #: The last output id the tentative checkpoint covers (released when it commits).
+    outputs: int = 0
 
 
 def _round_id(data: PlainData) -> RoundId:
     serial, initiator, incarnation = data
     return (int(serial), int(initiator), int(incarnation))
+
+
+#: The label a restored rank assumes for messages replayed to it: above any real label, so the
+#: sender joins the restored rank's next round.
+_REPLAYED_LABEL = 1 << 62
+
+
+def _round_of(record: CheckpointRecord) -> RoundId | None:
+    """The round a stored checkpoint was taken in (None for the initial state)."""
+    meta = record.meta
+    if not isinstance(meta, dict) or meta.get("round") is None:
+        return None
+    return _round_id(meta["round"])
 
 
 class TwoPhaseCoordinated(Protocol):
@@ -138,8 +176,8 @@ class TwoPhaseCoordinated(Protocol):
     #: One global checkpoint per interval, started by rank 0 (any rank may initiate).
     checkpoint_requests = "one"
     needs_fifo = False
-    #: Timers fire at once and output is released at once (no output commit: see above).
-    passes_through = frozenset({"timers", "outputs"})
+    #: Timers fire at once; output waits for a committed checkpoint (see above).
+    passes_through = frozenset({"timers"})
 
     def __init__(
         self,
@@ -166,6 +204,16 @@ class TwoPhaseCoordinated(Protocol):
         self.held: list[SendRequested] = []
         self.sent_log: dict[int, list[tuple[int, object]]] = {}
         self.sent_count: dict[int, int] = {}
+        #: Messages received per sender (every arrival is delivered at once).
+        self.received: dict[int, int] = {}
+        #: What the latest committed checkpoint received per sender (sent as ``acked``).
+        self.committed_received: dict[int, int] = {}
+        #: The last output id requested, and the last one released.
+        self.last_output_id = 0
+        self.released_output_id = 0
+        #: Set on a restored object: release what the restored checkpoint covers once the
+        #: recovery completes.
+        self.release_on_recovery = False
         self.flood_serial = 0
         self.seen: dict[int, set[int]] = {}
         self.stats.update(
@@ -177,6 +225,8 @@ class TwoPhaseCoordinated(Protocol):
             requests_deferred=0,
             requests_skipped=0,
             control_forwarded=0,
+            rounds_in_doubt=0,
+            sender_log_pruned=0,
         )
 
     def _check_topology(self) -> None:
@@ -211,6 +261,7 @@ class TwoPhaseCoordinated(Protocol):
                 if src not in self.inbound or not isinstance(label, int):
                     raise self.error(self.phase, event, "message without a label or channel")
                 self.deps[src] = max(self.deps.get(src, -1), label)
+                self.received[src] = seq
                 return [Deliver(src=src, seq=seq)]
             case ControlArrived(src=src, control=control):
                 return self._on_envelope(event, control)
@@ -241,27 +292,48 @@ class TwoPhaseCoordinated(Protocol):
             case MessageLogged():
                 raise self.error(self.phase, event, "two-phase logs no messages")
             case OutputRequested(output_id=output_id):
-                # Output commit needs a recoverable state; a committed checkpoint after the
-                # output is not enough on its own (partial commits), so release at once and
-                # say so: output commit is not provided by this protocol.
-                return [ReleaseOutput(output_id=output_id)]
+                # Held until a committed checkpoint taken after it (see the module docstring).
+                self.last_output_id = output_id
+                return []
             case PeerFailed():
                 # Deferred requests belong to rounds the failure aborts too: drop them first,
                 # or ending the current round would start one of them (and it never ends).
                 self.deferred.clear()
-                actions = self._end_round(commit=False) if self.current else []
+                rnd = self.current
+                if rnd is not None and self.phase in (Phase.VOTED, Phase.RECOVERING):
+                    # In doubt: the initiator may have committed. Keep the checkpoint and the
+                    # held sends; the recovery resolves the round.
+                    if self.phase is Phase.VOTED:
+                        self.stats["rounds_in_doubt"] += 1
+                    self.phase = Phase.RECOVERING
+                    return []
+                actions = self._end_round(commit=False) if rnd is not None else []
                 self.phase = Phase.RECOVERING
                 return actions
-            case RecoveryCompleted(incarnation=incarnation):
-                self.incarnation = incarnation
-                self.phase = Phase.IDLE
-                future, self.future = self.future, []
-                actions = []
-                for src, body in future:
-                    actions += self._on_request(src, body)
-                return actions
+            case RecoveryCompleted(restored=restored, incarnation=incarnation, committed=done):
+                return self._on_recovery_completed(restored, incarnation, done)
             case _:
                 assert_never(event)
+
+    def _on_recovery_completed(
+        self, restored: frozenset[int], incarnation: int, committed: frozenset[int]
+    ) -> list[Action]:
+        actions: list[Action] = []
+        rnd = self.current
+        if rnd is not None:
+            # The round this rank was in doubt about, resolved by the recovery plan; the
+            # driver already made a commit durable, and the children were resolved alike.
+            actions += self._end_round(commit=rnd.index in committed, durable=True)
+        if self.release_on_recovery and self.rank in restored:
+            self.release_on_recovery = False
+            if self.released_output_id > 0:
+                actions.append(ReleaseOutput(output_id=self.released_output_id))
+        self.incarnation = incarnation
+        self.phase = Phase.IDLE
+        future, self.future = self.future, []
+        for src, body in future:
+            actions += self._on_request(src, body)
+        return actions
 
     def _transmit(self, send: SendRequested) -> Transmit:
         seq = self.sent_count.get(send.dst, 0) + 1
@@ -280,21 +352,38 @@ class TwoPhaseCoordinated(Protocol):
         self.next_index += 1
         if parent is not None:
             self.stats["checkpoints_forced"] += 1
-        rnd = _Round(round_id=round_id, parent=parent, index=index, covered=dict(self.deps))
+        rnd = _Round(
+            round_id=round_id,
+            parent=parent,
+            index=index,
+            covered=dict(self.deps),
+            received=dict(self.received),
+            outputs=self.last_output_id,
+        )
         self.current = rnd
         self.phase = Phase.COLLECTING
         self.deps = {}
         actions: list[Action] = [
-            TakeCheckpoint(index=index, forced=parent is not None, meta=self._meta())
+            TakeCheckpoint(
+                index=index, forced=parent is not None, meta=self._meta(round_id=round_id)
+            )
         ]
         for dep, label in sorted(rnd.covered.items()):
             rnd.waiting.add(dep)
-            actions += self._send_to(dep, {"t": "req", "round": list(round_id), "label": label})
+            request = {
+                "t": "req",
+                "round": list(round_id),
+                "label": label,
+                "acked": self.committed_received.get(dep, 0),
+            }
+            actions += self._send_to(dep, request)
         return actions
 
-    def _meta(self) -> PlainData:
+    def _meta(self, *, round_id: RoundId | None = None) -> PlainData:
         return {
             "serial": self.serial,
+            "round": None if round_id is None else list(round_id),
+            "outputs": self.last_output_id,
             "log": {
                 str(dst): [[seq, payload] for seq, payload in entries]
                 for dst, entries in sorted(self.sent_log.items())
@@ -305,6 +394,7 @@ class TwoPhaseCoordinated(Protocol):
         round_id = _round_id(body["round"])
         label = int(body["label"])
         self.serial = max(self.serial, round_id[0])
+        self._prune_log(src, int(body.get("acked", 0)))
         if round_id[2] > self.incarnation:
             # Started after a recovery this rank has not heard of yet: answer after it.
             self.future.append((src, body))
@@ -325,6 +415,16 @@ class TwoPhaseCoordinated(Protocol):
             return []
         self.stats["requests_refused"] += 1
         return self._vote_to(src, round_id, yes=False, joined=False)
+
+    def _prune_log(self, dst: int, acked: int) -> None:
+        # ``dst``'s latest committed checkpoint received ``acked`` messages from this rank, and
+        # no recovery line falls behind it: those are never re-delivered.
+        entries = self.sent_log.get(dst)
+        if not entries or entries[0][0] > acked:
+            return
+        keep = [(seq, payload) for seq, payload in entries if seq > acked]
+        self.stats["sender_log_pruned"] += len(entries) - len(keep)
+        self.sent_log[dst] = keep
 
     def _vote_to(self, dst: int, round_id: RoundId, *, yes: bool, joined: bool) -> list[Action]:
         return self._send_to(
@@ -357,29 +457,43 @@ class TwoPhaseCoordinated(Protocol):
         rnd = self.current
         if rnd is None or rnd.round_id != _round_id(body["round"]):
             return []  # this rank left the round on a failure, or never joined it
+        if self.phase is Phase.RECOVERING:
+            # In doubt, and the decision got here before the recovery resolved the round: it
+            # is the initiator's durable decision, the one the recovery would find.
+            return self._end_round(commit=bool(body["commit"]))
         if self.phase is not Phase.VOTED:
             raise self.error(self.phase, event, "decision before this rank voted")
         return self._end_round(commit=bool(body["commit"]))
 
-    def _end_round(self, *, commit: bool) -> list[Action]:
+    def _end_round(self, *, commit: bool, durable: bool = False) -> list[Action]:
+        """End the current round; with ``durable`` the recovery resolved it (and committed)."""
         rnd = self.current
         assert rnd is not None
         self.current = None
-        self.phase = Phase.IDLE
+        if self.phase is not Phase.RECOVERING:
+            self.phase = Phase.IDLE
         actions: list[Action] = []
         if commit and rnd.persisted:
-            actions.append(Commit(index=rnd.index))
+            if not durable:
+                actions.append(Commit(index=rnd.index))
             self.label = rnd.index
+            self.committed_received = dict(rnd.received)
             self.stats["rounds_committed"] += 1
+            if rnd.outputs > self.released_output_id:
+                # After the Commit (durable first): nothing can roll this rank back behind it.
+                self.released_output_id = rnd.outputs
+                actions.append(ReleaseOutput(output_id=rnd.outputs))
         else:
             actions.append(DiscardCheckpoint(index=rnd.index))
             self.stats["rounds_aborted"] += 1
             for src, label in rnd.covered.items():
                 self.deps[src] = max(self.deps.get(src, -1), label)
-        for child in sorted(rnd.children):
-            actions += self._send_to(
-                child, {"t": "decide", "round": list(rnd.round_id), "commit": commit}
-            )
+        if not durable:
+            # A recovery resolved the children too: they need no decision from this rank.
+            for child in sorted(rnd.children):
+                actions += self._send_to(
+                    child, {"t": "decide", "round": list(rnd.round_id), "commit": commit}
+                )
         held, self.held = self.held, []
         actions += [self._transmit(send) for send in held]
         deferred, self.deferred = self.deferred, []
@@ -425,8 +539,12 @@ class TwoPhaseCoordinated(Protocol):
     # ----------------------------------------------------------------------------------------
 
     def volatile_meta(self) -> PlainData:
-        """Serial and sender log, as a checkpoint taken now would store them."""
+        """Serial, outputs and sender log, as a checkpoint taken now would store them."""
         return self._meta()
+
+    def sender_log_entries(self) -> int:
+        """How many messages the sender log holds now (over all outbound channels)."""
+        return sum(len(entries) for entries in self.sent_log.values())
 
     @classmethod
     def restored(
@@ -445,6 +563,13 @@ class TwoPhaseCoordinated(Protocol):
         proto.label = record.index
         proto.next_index = max(record.index + 1, incarnation << INDEX_INCARNATION_SHIFT)
         proto.sent_count = {int(d): int(c) for d, c in record.sent.items()}
+        # The restored checkpoint is committed: it is this rank's committed line now.
+        proto.received = {int(s): int(c) for s, c in record.received.items()}
+        proto.committed_received = dict(proto.received)
+        # The recovery replays in-transit messages straight to the application, past this
+        # object, and their labels are unknown here: the next checkpoint asks every sender to
+        # join, so a replayed message's send is covered by a checkpoint of its sender.
+        proto.deps = dict.fromkeys(inbound, _REPLAYED_LABEL)
         meta = record.meta
         if isinstance(meta, dict):
             proto.serial = int(meta["serial"])
@@ -452,14 +577,31 @@ class TwoPhaseCoordinated(Protocol):
                 int(dst): [(int(seq), payload) for seq, payload in entries]
                 for dst, entries in meta["log"].items()
             }
+            proto.last_output_id = proto.released_output_id = int(meta.get("outputs", 0))
+            proto.release_on_recovery = proto.released_output_id > 0
         # Envelopes are numbered per incarnation so receivers never mistake them for old ones.
         proto.flood_serial = incarnation << INDEX_INCARNATION_SHIFT
         return proto
 
     @classmethod
     def plan_recovery(cls, view: RecoveryView) -> RecoveryPlan:
-        """Maximum consistent cut; restored ranks get their in-transit messages from logs."""
+        """Resolve in-doubt rounds; maximum consistent cut; in-transit messages from logs."""
+        commit = resolve_in_doubt(view)
+        if commit:
+            committed = {r: list(records) for r, records in view.committed.items()}
+            for rank, indices in commit.items():
+                chosen = [rec for rec in view.tentative[rank] if rec.index in indices]
+                committed[rank] = sorted([*committed.get(rank, []), *chosen], key=_index)
+            view = replace(view, committed=committed)
         line = recovery_line(view)
+        for rank, index in line.restore.items():
+            latest = max((rec.index for rec in view.committed.get(rank, ())), default=0)
+            if index < latest:
+                raise RecoveryError(
+                    f"two-phase recovery line restores rank {rank} to checkpoint {index}, "
+                    f"behind its committed checkpoint {latest}: the committed checkpoints are "
+                    "not a consistent cut (a round committed on some participants only)"
+                )
         replay: dict[int, list[ReplayItem]] = {}
         for (src, dst), seqs in sorted(line.in_transit.items()):
             if dst not in line.restore:
@@ -476,4 +618,33 @@ class TwoPhaseCoordinated(Protocol):
             replay.setdefault(dst, []).extend(
                 Redelivery(src=src, seq=seq, payload=entries[seq]) for seq in seqs
             )
-        return RecoveryPlan(restore=dict(line.restore), replay=replay)
+        return RecoveryPlan(
+            restore=dict(line.restore),
+            replay=replay,
+            commit={r: tuple(indices) for r, indices in commit.items()},
+        )
+
+
+def resolve_in_doubt(view: RecoveryView) -> dict[int, list[int]]:
+    """Tentative checkpoints to commit: those whose round some rank committed (durably).
+
+    The initiator commits before it sends any decision, and a participant commits only on the
+    decision, so a committed checkpoint of round R anywhere means R was decided commit; a round
+    no rank committed is presumed aborted (at planning time nobody can commit it any more).
+    """
+    decided: set[RoundId] = set()
+    for records in view.committed.values():
+        for record in records:
+            round_id = _round_of(record)
+            if round_id is not None:
+                decided.add(round_id)
+    commit: dict[int, list[int]] = {}
+    for rank, records in sorted(view.tentative.items()):
+        for record in records:
+            if _round_of(record) in decided:
+                commit.setdefault(rank, []).append(record.index)
+    return commit
+
+
+def _index(record: CheckpointRecord) -> int:
+    return record.index

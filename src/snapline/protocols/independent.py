@@ -38,9 +38,9 @@ forgets what it knew above the line of ranks restored by a recovery (the line it
 before every recovery line, so it stands), and ignores summaries older than their restore, so
 checkpoints of an abandoned execution never count.
 
-Without gc the log and the stored checkpoints grow without bound and output is never
-released; knowledge of ranks that cannot reach this one never arrives, which only delays
-collection.
+Without gc the log and the stored checkpoints grow without bound and output is held until
+the job ends (the driver releases it then); knowledge of ranks that cannot reach this one
+never arrives, which only delays collection.
 
 Costs. Control messages: at most one per outbound channel per own basic checkpoint, against
 one per channel per checkpoint (forced ones included) of every rank when each summary was

@@ -23,14 +23,17 @@ persisted, a recovery plan that leaves a failed rank out, restores an uncommitte
 checkpoint, yields an inconsistent cut, or replays messages out of order. ``ProtocolError``
 raised by a protocol propagates unchanged.
 
-Recovery follows ``base``: committed records and the survivors' volatile records go to the
-protocol class's ``plan_recovery``; restored ranks get new protocol objects via ``restored``,
+Recovery follows ``base``: committed records, tentative ones (persisted, not yet committed or
+discarded) and the survivors' volatile records go to the protocol class's ``plan_recovery``;
+tentative checkpoints the plan commits (``RecoveryPlan.commit``) are committed first; restored
+ranks get new protocol objects via ``restored``,
 counters from their record, in-flight control messages of their previous incarnation and
 application messages it sent after the restored checkpoint dropped (those sent before it are in
 transit for the cut and stay queued; arrived-but-undelivered messages are lost), replay
 delivered straight to the "application" (not through the protocol), then ``rearrive`` items
 fed through the protocols as ``MessageArrived`` (with their piggybacks), and surviving ranks get
-``RecoveryCompleted``. Arriving duplicates (``seq`` already received) are dropped.
+``RecoveryCompleted`` (with the checkpoints the plan committed for them). Arriving duplicates
+(``seq`` already received) are dropped.
 """
 
 from __future__ import annotations
@@ -337,6 +340,10 @@ class InMemoryLink:
             volatile={s.rank: self.volatile_record(s.rank) for s in self.ranks if s.alive},
             message_logs={s.rank: list(s.log_stable) for s in self.ranks},
             edges=self.edges,
+            tentative={
+                s.rank: [s.taken[i] for i in sorted(s.taken) if i in s.persisted]
+                for s in self.ranks
+            },
         )
 
     def volatile_record(self, rank: int) -> CheckpointRecord:
@@ -348,6 +355,7 @@ class InMemoryLink:
         """Plan a recovery with the protocol class, check it, and carry it out."""
         view = self.recovery_view()
         plan = type(self.ranks[0].protocol).plan_recovery(view)
+        self._commit_resolved(view, plan)
         self._check_plan(view, plan)
         self.incarnation += 1
         for rank, index in sorted(plan.restore.items()):
@@ -376,7 +384,11 @@ class InMemoryLink:
             if state.rank not in restored:
                 self.feed(
                     state.rank,
-                    RecoveryCompleted(restored=restored, incarnation=self.incarnation),
+                    RecoveryCompleted(
+                        restored=restored,
+                        incarnation=self.incarnation,
+                        committed=frozenset(plan.commit.get(state.rank, ())),
+                    ),
                 )
         self.plans.append(plan)
         return plan
@@ -493,6 +505,17 @@ class InMemoryLink:
         if not state.alive:
             raise LinkViolation(f"rank {rank} is crashed; recover() first")
         return state
+
+    def _commit_resolved(self, view: RecoveryView, plan: RecoveryPlan) -> None:
+        # What a driver does before restoring: commit the tentative checkpoints the plan names.
+        for rank, indices in sorted(plan.commit.items()):
+            tentative = {rec.index for rec in view.tentative.get(rank, ())}
+            state = self.ranks[rank]
+            for index in indices:
+                if index not in tentative:
+                    raise LinkViolation(f"plan commits rank {rank}'s non-tentative {index}")
+                state.committed.append(state.taken.pop(index))
+            state.committed.sort(key=lambda rec: rec.index)
 
     def _check_plan(self, view: RecoveryView, plan: RecoveryPlan) -> None:
         missing = view.failed - set(plan.restore)

@@ -9,8 +9,12 @@ transit. Piggyback: nothing. Cost: no checkpoints, no control messages, no failu
 overhead; all work done before a failure is lost.
 
 Every message is transmitted as soon as the application sends it and delivered as soon as it
-arrives; application timers fire when due; outputs are released at once (there is nothing to
-recover, so waiting would not make them safer).
+arrives; application timers fire when due.
+
+Output commit: every output is held until the job ends. Any failure rolls the whole job back
+to its start, so no state is recoverable before the end, and a re-execution need not produce
+the same outputs in the same order (it may receive in another order): output released earlier
+would be repeated or lost. The driver releases what is held when the job has ended.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from snapline.protocols.base import (
     RecoveryCompleted,
     RecoveryPlan,
     RecoveryView,
-    ReleaseOutput,
     SendRequested,
     TimerFired,
     Transmit,
@@ -50,11 +53,12 @@ class NoCheckpointing(Protocol):
 
     name: ClassVar[str] = "none"
     needs_fifo: ClassVar[bool] = False
-    # ``handle`` below is exactly the pass-through the engine's fast path implements.
-    passes_through: ClassVar[frozenset[str]] = frozenset({"sends", "arrivals", "timers", "outputs"})
+    # ``handle`` below is exactly the pass-through the engine's fast path implements for
+    # messages and timers; outputs are held (see the module docstring).
+    passes_through: ClassVar[frozenset[str]] = frozenset({"sends", "arrivals", "timers"})
 
     def handle(self, event: Event) -> list[Action]:
-        """Pass messages, timers and outputs straight through; take no checkpoints."""
+        """Pass messages and timers straight through; hold outputs; take no checkpoints."""
         match event:
             case SendRequested(send_id=send_id, dst=dst, payload=payload):
                 return [Transmit(send_id=send_id, dst=dst, payload=payload)]
@@ -62,8 +66,8 @@ class NoCheckpointing(Protocol):
                 return [Deliver(src=src, seq=seq)]
             case AppTimerDue(timer_id=timer_id):
                 return [FireAppTimer(timer_id=timer_id)]
-            case OutputRequested(output_id=output_id):
-                return [ReleaseOutput(output_id=output_id)]
+            case OutputRequested():
+                return []  # held until the job ends: nothing is recoverable before
             case CheckpointRequested() | PeerFailed() | RecoveryCompleted():
                 return []
             case ControlArrived() | CheckpointPersisted() | CheckpointWriteFailed():

@@ -162,8 +162,12 @@ class EnginePort(Protocol):
         """Write a message-log entry to stable storage; later ``message_logged(entry_id)``."""
         ...
 
-    def release_output(self, rank: int, items: list[object]) -> None:
-        """Hand released outputs to the outside world."""
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
+        """Hand outputs ``first_id, first_id+1, ...`` to the outside world.
+
+        Idempotent by id: an id released before (a restored checkpoint's output, released
+        again by its protocol) is skipped, so the world sees each id once.
+        """
         ...
 
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
@@ -464,9 +468,17 @@ class RankEngine:
         """The driver detected that ``rank`` crashed."""
         self._feed(PeerFailed(rank=rank))
 
-    def recovery_completed(self, restored: frozenset[int], incarnation: int) -> None:
-        """A recovery finished; ``restored`` ranks were rolled back."""
-        self._feed(RecoveryCompleted(restored=restored, incarnation=incarnation))
+    def recovery_completed(
+        self,
+        restored: frozenset[int],
+        incarnation: int,
+        committed: frozenset[int] = frozenset(),
+    ) -> None:
+        """A recovery finished; ``restored`` ranks were rolled back; ``committed``: this
+        rank's checkpoints the recovery committed (already durable)."""
+        self._feed(
+            RecoveryCompleted(restored=restored, incarnation=incarnation, committed=committed)
+        )
 
     def volatile_record(self) -> CheckpointRecord:
         """This rank's current counters and protocol data as a record (``index`` -1)."""
@@ -507,6 +519,14 @@ class RankEngine:
     def pending_outputs(self) -> list[object]:
         """Outputs requested but not released yet, oldest first."""
         return list(self._outputs.values())
+
+    def held_outputs(self) -> list[tuple[int, object]]:
+        """Outputs requested but not released yet, as ``(output_id, item)``, oldest first."""
+        return list(self._outputs.items())
+
+    def release_held_outputs(self) -> None:
+        """The job ended and nothing can roll it back any more: release every held output."""
+        self._release_outputs(self.output_id)
 
     def in_transit_unsent(self) -> list[tuple[int, object]]:
         """Sends the application made that are not transmitted yet, as ``(dst, payload)``."""
@@ -758,17 +778,20 @@ class RankEngine:
                 assert_never(action)
 
     def _release_outputs(self, output_id: int) -> None:
-        # Outputs are kept in id order: release the prefix up to output_id.
-        items = []
+        # Outputs are kept in id order (contiguous): release the prefix up to output_id.
+        items: list[object] = []
+        first_id = 0
         for oid in list(self._outputs):
             if oid > output_id:
                 break
+            if not items:
+                first_id = oid
             items.append(self._outputs.pop(oid))
         if items:
             self._stats["outputs_released"] += len(items)
             if self.trace:
                 self.port.record(self.rank, "output", count=len(items))
-            self.port.release_output(self.rank, items)
+            self.port.release_output(self.rank, first_id, items)
 
     def _out_of_order(self, src: int, seq: int, action: object = None) -> ProtocolError:
         # On the fast path (no action) received and arrived counts move together, so a gap

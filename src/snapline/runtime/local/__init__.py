@@ -20,12 +20,15 @@ Architecture (why it is built this way):
   fsynced append-only ledger per rank, written in protocol order by one thread (``stable``).
 
 Output commit: ``ctx.output(x)`` is held by the engine until the protocol says
-``ReleaseOutput`` -- i.e. the state that produced it is recoverable (committed) -- and is then
-appended to the rank's ledger as a numbered output record (after the commit marker it depends
-on is durable). Output ids are part of the checkpointed state, so output re-executed after a
-rollback gets the same ids and is skipped: each output is released exactly once across
-failures. ``RunResult.outputs`` (and ``snapline run``) show the released outputs; what is still
-held when the job ends is released then, since nothing can roll the job back any more.
+``ReleaseOutput`` -- i.e. no recovery can roll the rank back to before it (for ``none``, that is
+only once the job has ended) -- and is then appended to the rank's ledger as a numbered output
+record (after the commit marker it depends on is durable). Output ids are part of the
+checkpointed state; a protocol may release again what a restored checkpoint covers (the same
+items under the same ids), and ids already in the ledger are skipped: each output is released
+exactly once across failures, for every protocol. What is still held when every rank has
+reported its result is written to the ledgers by the supervisor, once the workers have exited:
+from then on nothing can roll the job back. ``RunResult.outputs`` (and ``snapline run``) show
+the released outputs.
 
 Files in the store directory: ``job.json`` (for ``--resume``), ``status.json`` (``snapline
 ps``), ``rank-N/`` (checkpoint states), ``ledger/``, ``logs/*.jsonl`` (structured logs),

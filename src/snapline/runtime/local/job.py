@@ -37,7 +37,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from snapline.errors import ConfigError, RuntimeFailure, SnaplineError
 from snapline.protocols import protocol_class
 from snapline.protocols.base import CheckpointRecord, RecoveryPlan, RecoveryView, initial_record
 from snapline.runtime.local.config import JobConfig, load_job, save_job
-from snapline.runtime.local.ledger import LedgerView, ledger_path, read_ledger
+from snapline.runtime.local.ledger import LedgerView, LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.plain import record_from_plain, replay_to_plain
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
 from snapline.runtime.local.supervisor import Supervisor, write_log_line
@@ -506,7 +506,13 @@ class LocalJob:
         )
         if self._running_since_s is None:
             self._running_since_s = time.monotonic()
-        self.log("recovered", failed=sorted(failed), restore=dict(plan.restore), epoch=self.epoch)
+        self.log(
+            "recovered",
+            failed=sorted(failed),
+            restore=dict(plan.restore),
+            commit={r: list(i) for r, i in plan.commit.items()},
+            epoch=self.epoch,
+        )
         self._publish("running", force=True)
         del restored
 
@@ -551,7 +557,12 @@ class LocalJob:
         self._wait_hello(sorted(failed))
         del respawned
         restored = set(plan.restore)
-        records = {r: self._record_of(ledgers[r], plan.restore[r]) for r in restored}
+        # In-doubt checkpoints the plan resolved as committed: each rank writes the commit
+        # markers itself (it owns its ledger), restored ones before they restore.
+        commit = {r: [int(i) for i in indices] for r, indices in plan.commit.items() if indices}
+        records = {
+            r: self._record_of(ledgers[r], plan.restore[r], commit.get(r, ())) for r in restored
+        }
         for rank in sorted(restored):
             replay = plan.replay.get(rank, ())
             sup.send(
@@ -563,6 +574,7 @@ class LocalJob:
                     "epoch": epoch,
                     "replay": replay_to_plain(replay),
                     "timers_only": rank in plan.replay_timers_only,
+                    "commit": commit.get(rank, []),
                 },
             )
             self._rebuilt_this_round.add(rank)
@@ -589,6 +601,7 @@ class LocalJob:
                     "exact": sorted(plan.replay_timers_only),
                     # Messages to feed through the protocol (after replay, before new ones).
                     "rearrive": replay_to_plain(getattr(plan, "rearrive", {}).get(rank, ())),
+                    "commit": commit.get(rank, []),
                 },
             )
         self._check_recovered_cut(self._wait_replies(everyone, "resumed", round_id))
@@ -618,6 +631,7 @@ class LocalJob:
             volatile=volatile,
             message_logs={r: list(lv.message_log) for r, lv in ledgers.items()},
             edges=frozenset(self.edges),
+            tentative={r: lv.tentative_records() for r, lv in ledgers.items()},
         )
         self.log(
             "plan_input",
@@ -638,9 +652,13 @@ class LocalJob:
         return plan
 
     @staticmethod
-    def _record_of(ledger: LedgerView, index: int) -> CheckpointRecord:
+    def _record_of(
+        ledger: LedgerView, index: int, committing: Iterable[int] = ()
+    ) -> CheckpointRecord:
         if index == 0:
             return initial_record(ledger.rank)
+        if index in committing and index in ledger.persisted:
+            return ledger.persisted[index]
         for record in ledger.committed_records():
             if record.index == index:
                 return record
@@ -712,6 +730,34 @@ class LocalJob:
             sup.send(rank, {"op": "exit"})
         return True
 
+    def _release_held_outputs(self, ranks: list[int]) -> None:
+        """Release what the protocols still held at the end into the ranks' ledgers.
+
+        Every rank has reported its result, so no failure can roll the job back any more:
+        this is the moment the held output becomes safe (before it, ``none`` holds all of it).
+        The workers have exited (one that lingers is killed first), so the supervisor is the
+        only writer of their ledgers; ids already released are skipped.
+        """
+        sup = self._sup
+        for rank in ranks:
+            if sup.slots[rank].alive:
+                sup.kill(rank, "still running after its result was in")
+        sup.reap_finished(timeout_s=5.0)
+        for rank in ranks:
+            held = (sup.slots[rank].result or {}).get("held_outputs") or []
+            if not held:
+                continue
+            path = ledger_path(self.store_dir, rank)
+            released = read_ledger(path, rank).released_outputs
+            writer = LedgerWriter(path)
+            try:
+                for output_id, item in held:
+                    if int(output_id) > released:
+                        writer.append({"k": "output", "id": int(output_id), "item": item})
+                        released = int(output_id)
+            finally:
+                writer.close()
+
     def _finish(self) -> RunResult:
         sup = self._sup
         run_s = self._terminated_s - (self._running_since_s or self._t0)
@@ -721,6 +767,7 @@ class LocalJob:
             slot.state = "finished"
         results = {r: sup.slots[r].result["result"] for r in ranks}  # type: ignore[index]
         stats = {r: dict(sup.slots[r].result["stats"]) for r in ranks}  # type: ignore[index]
+        self._release_held_outputs(ranks)
         ledgers = {r: read_ledger(ledger_path(self.store_dir, r), r) for r in ranks}
         outputs = {r: list(ledgers[r].outputs) for r in ranks}
         elapsed = time.monotonic() - self._t0

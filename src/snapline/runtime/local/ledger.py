@@ -110,6 +110,14 @@ class LedgerView:
     outputs: list[PlainData] = field(default_factory=list)
     released_outputs: int = 0
 
+    def tentative_records(self) -> list[CheckpointRecord]:
+        """Persisted checkpoints neither committed nor discarded, oldest first."""
+        return [
+            self.persisted[index]
+            for index in sorted(self.persisted)
+            if index > 0 and index not in self.committed and index not in self.discarded
+        ]
+
     def committed_records(self) -> list[CheckpointRecord]:
         """Committed checkpoints oldest first, including the implicit initial checkpoint 0."""
         out = [initial_record(self.rank)]

@@ -10,7 +10,10 @@ guarantees are the simulator's, through the same checker objects:
   and in order, and at the end every message sent was delivered;
 * the app's ``check_final`` invariant on the results (built-in apps);
 * for deterministic built-in apps, the results equal the simulator's failure-free results for
-  the same job and seed (``reference_results``): nothing lost, nothing duplicated.
+  the same job and seed (``reference_results``): nothing lost, nothing duplicated;
+* for built-in apps whose outputs are deterministic, each rank's released outputs (its ledger)
+  equal the simulator's failure-free outputs as a multiset (``reference_outputs``): output
+  commit released nothing twice and lost nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from typing import Any
 
 from snapline.runtime.local.config import is_builtin_app
 from snapline.runtime.local.job import RunResult
-from snapline.runtime.sim.checks import ChannelChecker, CheckFailed, compare_results
+from snapline.runtime.sim.checks import (
+    ChannelChecker,
+    CheckFailed,
+    compare_outputs,
+    compare_results,
+)
 from snapline.runtime.trace import load_trace
 
 
@@ -71,7 +79,7 @@ def check_run(
     results = [result.results[r] for r in range(result.n)]
     if is_builtin_app(app):
         from snapline.apps import app_spec
-        from snapline.runtime.sim import SimConfig, reference_results
+        from snapline.runtime.sim import SimConfig, reference_outputs, reference_results
 
         spec = app_spec(app)
         params = spec.resolve_params(app_params or {})
@@ -79,17 +87,16 @@ def check_run(
             problem = spec.check_final(results, params, result.n)
             if problem is not None:
                 problems.append(f"app invariant: {problem}")
+        job = SimConfig(
+            app=app, n=result.n, seed=seed, app_params=dict(app_params or {}), topology=topology
+        )
         if spec.deterministic:
-            reference = reference_results(
-                SimConfig(
-                    app=app,
-                    n=result.n,
-                    seed=seed,
-                    app_params=dict(app_params or {}),
-                    topology=topology,
-                )
-            )
-            problem = compare_results(reference, results)
+            problem = compare_results(reference_results(job), results)
             if problem is not None:
                 problems.append(f"failure-free result: {problem}")
+        if spec.outputs_deterministic:
+            released = [list(result.outputs.get(r, [])) for r in range(result.n)]
+            problem = compare_outputs(reference_outputs(job), released)
+            if problem is not None:
+                problems.append(f"failure-free outputs: {problem}")
     return problems

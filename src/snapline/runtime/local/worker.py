@@ -344,12 +344,9 @@ class Worker:
             )
         )
 
-    def release_output(self, rank: int, items: list[object]) -> None:
-        """Release outputs (numbered, so a re-execution after rollback is not released twice)."""
-        engine = self.engine
-        assert engine is not None
-        last_id = engine.output_id - len(engine.pending_outputs())
-        self.writer.put(OutputJob(first_id=last_id - len(items) + 1, items=list(items)))
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
+        """Release outputs (numbered: an id released before is skipped by the writer)."""
+        self.writer.put(OutputJob(first_id=first_id, items=list(items)))
 
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         """Trace the delivery."""
@@ -462,6 +459,9 @@ class Worker:
         elif op == "restore":
             index = int(msg["index"])
             self.incarnation = int(msg["epoch"])
+            # In-doubt checkpoints the plan resolved as committed (the restored one may be
+            # among them): committed durably before the restore voids anything later.
+            self._commit_resolved(msg)
             self._build_restored(index, self.incarnation)
             self._resume_plan = {
                 "start": index == 0,
@@ -551,7 +551,10 @@ class Worker:
                 engine.message_arrived(item.src, item.seq, item.payload, item.piggyback)
         self.transport.set_expected(dict(engine.received), all_sources=self_restored, only=cuts)
         if recovery:
-            engine.recovery_completed(restored, epoch)
+            if not self_restored:
+                self._commit_resolved(msg)
+            committed = frozenset(int(i) for i in msg.get("commit") or ())
+            engine.recovery_completed(restored, epoch, committed)
         # Counters right after restore and replay, before anything new: the supervisor checks
         # that the recovered state is a consistent cut.
         self._send_control_link(
@@ -567,6 +570,11 @@ class Worker:
         if self._requests_basic:
             self._next_checkpoint_s = now + self.config.interval_s
         self.log("resumed", epoch=epoch, restored=sorted(restored))
+
+    def _commit_resolved(self, msg: dict[str, Any]) -> None:
+        """Write the commit markers of the checkpoints the recovery plan committed here."""
+        for index in msg.get("commit") or ():
+            self.commit_checkpoint(self.rank, int(index))
 
     def _freeze(self, msg: dict[str, Any]) -> None:
         engine = self.engine
@@ -615,12 +623,10 @@ class Worker:
 
     def _stop(self) -> None:
         engine = self.engine
-        if engine is not None:
-            # The job is complete and nothing can roll it back any more: release what is left.
-            rest = engine.pending_outputs()
-            if rest:
-                first = engine.output_id - len(rest) + 1
-                self.writer.put(OutputJob(first_id=first, items=rest))
+        # Outputs the protocol still holds are released by the supervisor once every rank has
+        # reported: until then a failure can still roll this rank back (and under 'none'
+        # re-execute it from the start, producing its outputs in another order).
+        held = [[oid, item] for oid, item in engine.held_outputs()] if engine is not None else []
         self._await_durable("stop")
         self._flush_trace()
         result = engine.process.result() if engine is not None else None
@@ -638,7 +644,13 @@ class Worker:
             }
         )
         self._send_control_link(
-            {"op": "result", "rank": self.rank, "result": result, "stats": stats}
+            {
+                "op": "result",
+                "rank": self.rank,
+                "result": result,
+                "stats": stats,
+                "held_outputs": held,
+            }
         )
 
     # ------------------------------------------------------------------------------ event loop

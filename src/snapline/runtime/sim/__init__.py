@@ -13,12 +13,25 @@ import traceback
 
 from snapline.apps import app_spec
 from snapline.errors import SimulationError, SnaplineError
-from snapline.runtime.sim.checks import CheckFailed, CheckOutcome, compare_results
+from snapline.runtime.sim.checks import (
+    CheckFailed,
+    CheckOutcome,
+    compare_outputs,
+    compare_results,
+)
 from snapline.runtime.sim.config import Delay, Partition, SimConfig
 from snapline.runtime.sim.driver import Simulator
 from snapline.runtime.sim.result import SimResult
 
-__all__ = ["Delay", "Partition", "SimConfig", "SimResult", "run_simulation"]
+__all__ = [
+    "Delay",
+    "Partition",
+    "SimConfig",
+    "SimResult",
+    "reference_outputs",
+    "reference_results",
+    "run_simulation",
+]
 
 
 def _failure(config: SimConfig, what: str) -> SimulationError:
@@ -78,23 +91,35 @@ def failure_free(config: SimConfig) -> SimConfig:
     )
 
 
-_REFERENCE_CACHE: dict[str, tuple[object, ...]] = {}
+_REFERENCE_CACHE: dict[str, tuple[list[object], list[list[object]]]] = {}
 _REFERENCE_CACHE_SIZE = 256
 
 
-def reference_results(config: SimConfig) -> list[object]:
-    """The failure-free results of ``config``'s job (cached per job and seed for apps)."""
+def _reference_run(config: SimConfig) -> tuple[list[object], list[list[object]]]:
+    """Results and released outputs of the failure-free run (cached per job and seed)."""
     reference = failure_free(config)
     if reference.process_factory is not None:
-        return list(_run_raw(reference).results)
+        raw = _run_raw(reference)
+        return list(raw.results), raw.outputs
     # The repr of a config without a factory names every field: a complete cache key.
     key = repr(reference)
     cached = _REFERENCE_CACHE.get(key)
     if cached is None:
         if len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_SIZE:
             _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
-        cached = _REFERENCE_CACHE[key] = tuple(_run_raw(reference).results)
-    return copy.deepcopy(list(cached))
+        raw = _run_raw(reference)
+        cached = _REFERENCE_CACHE[key] = (list(raw.results), raw.outputs)
+    return copy.deepcopy(cached)
+
+
+def reference_results(config: SimConfig) -> list[object]:
+    """The failure-free results of ``config``'s job (cached per job and seed for apps)."""
+    return _reference_run(config)[0]
+
+
+def reference_outputs(config: SimConfig) -> list[list[object]]:
+    """What each rank releases in the failure-free run of ``config``'s job (cached)."""
+    return _reference_run(config)[1]
 
 
 def run_simulation(config: SimConfig) -> SimResult:
@@ -111,4 +136,14 @@ def run_simulation(config: SimConfig) -> SimResult:
         if problem is not None:
             raise _failure(config, f"check failed: failure-free result: {problem}")
         result.checks.append(CheckOutcome("failure-free result", True, 1))
+    if (
+        config.reference
+        and config.app is not None
+        and config.process_factory is None
+        and app_spec(config.app).outputs_deterministic
+    ):
+        problem = compare_outputs(reference_outputs(config), result.outputs)
+        if problem is not None:
+            raise _failure(config, f"check failed: failure-free outputs: {problem}")
+        result.checks.append(CheckOutcome("failure-free outputs", True, 1))
     return result

@@ -13,6 +13,12 @@
   on purpose and makes it consistent by deterministic replay.
 * ``InvariantChecker`` -- the app's invariant holds on the recovered cut after every recovery
   and on the final state; the app's final check holds on the results.
+* ``OutputChecker`` -- output commit: the world sees each output id of a rank once, ids in
+  order with no gap; an id released again (a protocol re-releasing what a restored checkpoint
+  covers) must carry the item released first -- otherwise a rollback undid released output and
+  the re-execution produced something else under that id; at the end every output of the
+  surviving history was released. For apps whose outputs are deterministic, each rank's
+  released outputs equal the failure-free run's as a multiset.
 * ``ReferenceChecker`` -- a deterministic app ends with exactly the failure-free results.
 * ``CheckpointPatternChecker`` -- a protocol's own promise about its checkpoints
   (``Protocol.checkpoint_pattern``), on the surviving history at the end of the run: no
@@ -25,6 +31,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,15 +218,32 @@ class RecoveryChecker:
     def validate_plan(
         self, view: RecoveryView, plan: RecoveryPlan, committed_indices: Mapping[int, set[int]]
     ) -> None:
-        """The plan restores every failed rank to a committed checkpoint."""
+        """The plan restores every failed rank to a committed checkpoint.
+
+        Checkpoints the plan commits (``plan.commit``) count as committed; they must be
+        tentative ones of the view.
+        """
         self.runs += 1
         missing = sorted(view.failed - set(plan.restore))
         if missing:
             raise CheckFailed(self.name, f"plan leaves failed ranks {missing} unrestored")
+        for rank, indices in plan.commit.items():
+            tentative = {rec.index for rec in view.tentative.get(rank, ())}
+            unknown = sorted(set(indices) - tentative)
+            if unknown:
+                raise CheckFailed(
+                    self.name,
+                    f"plan commits checkpoints {unknown} of rank {rank}, which are not "
+                    f"tentative (tentative: {sorted(tentative)})",
+                )
         for rank, index in plan.restore.items():
             if not 0 <= rank < view.n:
                 raise CheckFailed(self.name, f"plan restores unknown rank {rank}")
-            if index != 0 and index not in committed_indices[rank]:
+            if (
+                index != 0
+                and index not in committed_indices[rank]
+                and index not in plan.commit.get(rank, ())
+            ):
                 raise CheckFailed(
                     self.name,
                     f"plan restores rank {rank} to checkpoint {index}, which is not committed "
@@ -393,6 +417,75 @@ class CheckpointPatternChecker:
                     f"causal path, first from {named(v.frm)} to {named(v.to)}: Z-path "
                     f"{witness(v.frm, v.to)}",
                 )
+
+
+class OutputChecker:
+    """Output commit: each output id released once, in order, never changed by a rollback."""
+
+    name = "exactly-once output"
+    __slots__ = ("released", "runs")
+
+    def __init__(self, n: int) -> None:
+        #: Per rank, the items the world has seen, output id k at position k-1.
+        self.released: list[list[object]] = [[] for _ in range(n)]
+        self.runs = 0
+
+    def release(self, rank: int, first_id: int, items: Sequence[object]) -> list[object]:
+        """The engine released ``items`` under ids ``first_id...``; returns the new ones."""
+        self.runs += 1
+        seen = self.released[rank]
+        if first_id < 1 or first_id > len(seen) + 1:
+            raise CheckFailed(
+                self.name,
+                f"rank {rank} released output ids from {first_id} after only {len(seen)}: "
+                "outputs in between were never released (lost)",
+            )
+        fresh: list[object] = []
+        for offset, item in enumerate(items):
+            output_id = first_id + offset
+            if output_id <= len(seen):
+                if not values_equal(seen[output_id - 1], item):
+                    raise CheckFailed(
+                        self.name,
+                        f"rank {rank} released output {output_id} as "
+                        f"{_short(seen[output_id - 1])} and, after a rollback, again as "
+                        f"{_short(item)}: released output was rolled back and re-executed "
+                        "differently (output repeated or lost)",
+                    )
+            else:
+                seen.append(item)
+                fresh.append(item)
+        return fresh
+
+    def check_end(self, produced: Sequence[int]) -> None:
+        """At the end rank r released exactly the ``produced[r]`` outputs of its history."""
+        for rank, count in enumerate(produced):
+            got = len(self.released[rank])
+            if got != count:
+                raise CheckFailed(
+                    self.name,
+                    f"rank {rank} produced {count} outputs in its surviving history but "
+                    f"{got} were released",
+                )
+
+
+def compare_outputs(
+    expected: Sequence[Sequence[object]], got: Sequence[Sequence[object]]
+) -> str | None:
+    """None if ``got[r]`` equals ``expected[r]`` as a multiset for every rank r."""
+    if len(expected) != len(got):
+        return f"outputs of {len(got)} ranks, expected {len(expected)}"
+    for rank, (want, have) in enumerate(zip(expected, got, strict=True)):
+        want_count = Counter(repr(x) for x in want)
+        have_count = Counter(repr(x) for x in have)
+        if want_count != have_count:
+            missing = sorted((want_count - have_count).elements())
+            extra = sorted((have_count - want_count).elements())
+            return (
+                f"rank {rank} released {len(have)} outputs, the failure-free run {len(want)}; "
+                f"never released: {_short(missing)}; repeated or invented: {_short(extra)}"
+            )
+    return None
 
 
 def compare_results(expected: Sequence[object], got: Sequence[object]) -> str | None:

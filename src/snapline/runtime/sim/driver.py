@@ -61,6 +61,7 @@ from snapline.runtime.sim.checks import (
     CheckFailed,
     CheckOutcome,
     CheckpointPatternChecker,
+    OutputChecker,
     RecoveryChecker,
 )
 from snapline.runtime.sim.config import Delay, SimConfig
@@ -150,7 +151,9 @@ class Simulator:
         self.crashes = 0
         self.recoveries: list[dict[str, Any]] = []
         self.storage = StableStorage(n)
-        self.outputs: list[list[object]] = [[] for _ in range(n)]
+        self.output_checker = OutputChecker(n)
+        #: What the world has seen: per rank, the released outputs in id order.
+        self.outputs: list[list[object]] = self.output_checker.released
         self.protocol_timers: dict[tuple[int, str], int] = {}
         self.dup_pending: dict[int, bool] = {}
 
@@ -358,9 +361,9 @@ class Simulator:
         self.log_free_s[rank] = done
         self._push(done, _LOGGED, rank, self.epoch[rank], entry_id, entry)
 
-    def release_output(self, rank: int, items: list[object]) -> None:
-        """Outputs reach the outside world."""
-        self.outputs[rank].extend(items)
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
+        """Outputs reach the outside world (each id once; the checker sees re-releases)."""
+        self.output_checker.release(rank, first_id, items)
 
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         """Check and record a delivery."""
@@ -674,6 +677,10 @@ class Simulator:
         if self.pattern is not None:
             self.pattern.check_end()
         self.check_invariant("at the end")
+        # The job has ended: nothing can roll it back, so what protocols hold is released.
+        for engine in live:
+            engine.release_held_outputs()
+        self.output_checker.check_end([e.output_id for e in live])
         results = [e.process.result() for e in live]
         if self.spec is not None and self.spec.check_final is not None:
             problem = self.spec.check_final(results, self.params, self.n)
@@ -720,6 +727,7 @@ class Simulator:
         checks = [
             CheckOutcome(self.channels.name, True, stats["messages_delivered"]),
             CheckOutcome(self.recovery_checker.name, True, self.recovery_checker.runs),
+            CheckOutcome(self.output_checker.name, True, self.output_checker.runs),
             CheckOutcome("app invariant", True, self.invariant_runs),
             CheckOutcome("termination", True, 1),
         ]

@@ -43,11 +43,18 @@ def recover(sim: Simulator) -> None:
         volatile={r: e.volatile_record() for r, e in enumerate(engines) if e is not None},
         message_logs={r: tuple(log) for r, log in enumerate(sim.storage.logs) if log},
         edges=frozenset(sim.edges),
+        tentative={r: sim.storage.tentative_records(r) for r in range(n)},
     )
     plan: RecoveryPlan = sim.protocol_cls.plan_recovery(view)
     sim.recovery_checker.validate_plan(
         view, plan, {r: {rec.index for rec in committed[r]} for r in range(n)}
     )
+    # In-doubt checkpoints the planner resolved as committed: committed before any restore.
+    for rank, indices in sorted(plan.commit.items()):
+        for index in indices:
+            sim.commit_checkpoint(rank, index)
+        if indices:
+            committed[rank] = sim.storage.committed_records(rank)
     cut = {r: view.volatile[r] for r in view.volatile if r not in plan.restore}
     for rank, index in plan.restore.items():
         cut[rank] = next(rec for rec in committed[rank] if rec.index == index)
@@ -164,7 +171,9 @@ def recover(sim: Simulator) -> None:
     sim.progress_s = sim.now_s
     restored_set = frozenset(restored)
     for engine in live:
-        engine.recovery_completed(restored_set, incarnation)
+        engine.recovery_completed(
+            restored_set, incarnation, frozenset(plan.commit.get(engine.rank, ()))
+        )
 
 
 def restored_engine_sent(engines: Sequence[RankEngine | None], rank: int, dst: int) -> int:

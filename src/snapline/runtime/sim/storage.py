@@ -153,6 +153,13 @@ class StableStorage:
         stored = sorted((i, c) for i, c in self.checkpoints[rank].items() if c.committed)
         return [initial_record(rank), *(c.record() for _, c in stored)]
 
+    def tentative_records(self, rank: int) -> list[CheckpointRecord]:
+        """Rank's persisted checkpoints neither committed nor discarded, oldest first."""
+        stored = sorted(
+            (i, c) for i, c in self.checkpoints[rank].items() if c.persisted and not c.committed
+        )
+        return [c.record() for _, c in stored]
+
     def restore_image(self, rank: int, index: int) -> tuple[CheckpointImage, float]:
         """A private copy of committed checkpoint ``index`` and the time it was taken."""
         stored = self.checkpoints[rank].get(index)
