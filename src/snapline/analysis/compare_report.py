@@ -9,6 +9,7 @@ from rich.table import Table
 from snapline.analysis.charts import ChartPanel, ChartRow, render_comparison_chart
 from snapline.analysis.compare import BASELINE, ComparisonResult
 from snapline.analysis.metrics import TraceMetrics
+from snapline.analysis.units import human_bytes
 
 #: The chart's panels, in reading order; keys are ``TraceMetrics`` fields.
 PANELS: tuple[ChartPanel, ...] = (
@@ -18,13 +19,13 @@ PANELS: tuple[ChartPanel, ...] = (
         labels=("basic", "forced"),
     ),
     ChartPanel(title="control messages", keys=("control_messages",)),
-    ChartPanel(title="piggybacked bytes", keys=("piggyback_bytes",)),
-    ChartPanel(title="blocking time (s)", keys=("blocking_s",)),
-    ChartPanel(title="work lost to rollback (s)", keys=("work_lost_s",)),
+    ChartPanel(title="piggybacked bytes", keys=("piggyback_bytes",), unit="bytes"),
+    ChartPanel(title="blocking time", keys=("blocking_s",), unit="seconds"),
+    ChartPanel(title="work lost to rollback", keys=("work_lost_s",), unit="seconds"),
     ChartPanel(title="rollback distance (checkpoints, max)", keys=("rollback_checkpoints_max",)),
-    ChartPanel(title="recovery time (s)", keys=("recovery_s",)),
-    ChartPanel(title="bytes stored", keys=("bytes_stored",)),
-    ChartPanel(title="makespan (s)", keys=("makespan_s",)),
+    ChartPanel(title="recovery time", keys=("recovery_s",), unit="seconds"),
+    ChartPanel(title="bytes stored", keys=("bytes_stored",), unit="bytes"),
+    ChartPanel(title="makespan", keys=("makespan_s",), unit="seconds"),
 )
 
 
@@ -60,7 +61,7 @@ def comparison_table(result: ComparisonResult) -> Table:
         ("work\nlost s", "right"),
         ("rollback\nckpts / s", "right"),
         ("recovery\ns", "right"),
-        ("bytes\nstored", "right"),
+        ("stored", "right"),
         ("makespan\ns", "right"),
     ):
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
@@ -85,7 +86,7 @@ def comparison_table(result: ComparisonResult) -> Table:
             _num(m.work_lost_s),
             f"{m.rollback_checkpoints_max} / {_num(m.rollback_distance_s_max)}",
             _num(m.recovery_s),
-            _num(m.bytes_stored),
+            "n/a" if m.bytes_stored is None else human_bytes(m.bytes_stored),
             _num(m.makespan_s),
         )
     return table
@@ -135,6 +136,23 @@ def _chart_values(metrics: TraceMetrics | None) -> dict[str, float | None]:
     }
 
 
+def chart_title(result: ComparisonResult) -> str:
+    """The chart's title: the job, and the crashes that actually hit it (not just scheduled)."""
+    config = result.config
+    crashes = len(result.crash_schedule)
+    head = (
+        f"Protocol comparison: {config.app}, n={config.n}, seed {config.seed}, checkpoint "
+        f"interval {_num(config.interval_s)} s"
+    )
+    seen = result.crashes_seen()
+    if not crashes or (seen and not any(seen.values())):
+        return f"{head}: NO CRASH in any run (nothing to recover from)"
+    plural = "es" if crashes != 1 else ""
+    if result.crashes_everywhere():
+        return f"{head}, the same {crashes} crash{plural} in every run"
+    return f"{head}, {crashes} crash{plural} scheduled; not every run had them all (see table)"
+
+
 def render_comparison(result: ComparisonResult, path: Path) -> None:
     """Write the small-multiples chart of ``result`` to ``path`` (.png or .svg)."""
     rows = [
@@ -146,11 +164,5 @@ def render_comparison(result: ComparisonResult, path: Path) -> None:
         )
         for o in result.outcomes
     ]
-    config = result.config
-    crashes = len(result.crash_schedule)
-    title = (
-        f"Protocol comparison: {config.app}, n={config.n}, seed {config.seed}, checkpoint "
-        f"interval {_num(config.interval_s)} s, the same {crashes} crash"
-        f"{'es' if crashes != 1 else ''} scheduled for every protocol"
-    )
+    title = chart_title(result)
     render_comparison_chart(rows, PANELS, path, title=title)

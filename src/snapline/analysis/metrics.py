@@ -101,11 +101,21 @@ def _stat(stats: Mapping[str, Any], name: str) -> float | None:
     return None
 
 
+def makespan_s(trace: Trace) -> float:
+    """From the job's start (t = 0) to its end: the driver's ``end_t`` or the last event.
+
+    Not the last ``finish`` event: ``ctx.finish()`` says a rank has no work of its own left
+    (a rank may call it in ``on_start`` and still handle messages for the rest of the run).
+    """
+    end_t = trace.stats.get("end_t")
+    reported = float(end_t) if isinstance(end_t, int | float) and not isinstance(end_t, bool) else 0
+    return max(trace.end_t, reported)
+
+
 def summarize(trace: Trace) -> TraceMetrics:
     """Count checkpoints, messages, control traffic, rollbacks and recovery for one trace."""
     basic = forced = discarded = app_messages = control = piggyback = crashes = 0
     replayed_events = 0
-    finish_t = 0.0
     for event in trace.events:
         match event.kind:
             case "checkpoint":
@@ -125,8 +135,6 @@ def summarize(trace: Trace) -> TraceMetrics:
                 crashes += 1
             case "replay":
                 replayed_events += 1
-            case "finish":
-                finish_t = max(finish_t, event.t)
             case _:
                 pass
     work_lost = recovery_s = distance_s = 0.0
@@ -159,7 +167,7 @@ def summarize(trace: Trace) -> TraceMetrics:
         recovery_s=recovery_s,
         # Recoveries report their count; a driver that only writes replay events still counts.
         replayed_messages=max(replayed, replayed_events),
-        makespan_s=finish_t if finish_t > 0 else trace.end_t,
+        makespan_s=makespan_s(trace),
         blocking_s=blocking,
         bytes_stored=None if stored is None else int(stored),
     )

@@ -11,12 +11,14 @@ from rich.console import Console
 from rich.pretty import Pretty
 from rich.table import Table
 
+from snapline.cli.options import SnaplineGroup
 from snapline.journal import inspect_journal, iter_edits, load_image
 
 journal_app = typer.Typer(
     name="journal",
     help="Inspect image + edit-log journals (snapline.journal).",
     no_args_is_help=True,
+    cls=SnaplineGroup,
 )
 
 

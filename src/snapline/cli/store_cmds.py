@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -17,6 +18,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 from rich.tree import Tree
 
+from snapline.errors import NotAStore
+from snapline.runtime.local.jobdir import checkpoint_label, is_job_dir, job_checkpoints
 from snapline.state.codec import decode_tree
 from snapline.store import Store, open_store
 from snapline.store.manifest import LeafRef, Manifest
@@ -54,6 +57,13 @@ def progress_bar(label: str, total_bytes: int) -> Iterator[Callable[[int, int], 
 
 
 def _open(directory: str) -> Store:
+    path = Path(directory)
+    if is_job_dir(path):
+        raise NotAStore(
+            f"{directory} is the directory of a job (snapline run), which holds one store per "
+            f"rank: use {path / 'rank-0'} (and rank-1, ...); `snapline ls {directory}` lists "
+            "them all with the recovery line"
+        )
     return open_store(directory, create=False)
 
 
@@ -61,8 +71,15 @@ def _when(unix_s: float) -> str:
     return dt.datetime.fromtimestamp(unix_s).strftime("%m-%d %H:%M:%S")
 
 
-def ls(directory: str = typer.Argument(..., help="Store directory (or file:// URL).")) -> None:
-    """List checkpoints: step, time, size, bytes new vs shared with the previous step."""
+def ls(
+    directory: str = typer.Argument(
+        ..., help="Store directory (or file:// URL), or the directory of a job (snapline run)."
+    ),
+) -> None:
+    """List checkpoints: step, time, size, bytes new vs shared; for a job, each rank's."""
+    if is_job_dir(Path(directory)):
+        _ls_job(Path(directory))
+        return
     with _open(directory) as store:
         infos = store.list()
         table = Table(title=f"checkpoints in {store.url}")
@@ -83,6 +100,42 @@ def ls(directory: str = typer.Argument(..., help="Store directory (or file:// UR
                 ", ".join(f"{k}={v}" for k, v in info.meta.items()),
             )
         console.print(table if infos else f"no checkpoints in {store.url}")
+
+
+def _ls_job(job_dir: Path) -> None:
+    """Each rank's committed checkpoints and the recovery line a resume would restore."""
+    listing = job_checkpoints(job_dir)
+    config = listing.config
+    line = listing.recovery_line
+    table = Table(
+        title=f"job in {job_dir}: {config.app} on {config.n} ranks, {config.protocol}",
+        title_justify="left",
+    )
+    for name in ("rank", "committed", "newest", "recovery line", "its step"):
+        table.add_column(name, justify="right")
+    for rank in range(config.n):
+        ckpts = listing.checkpoints[rank]
+        restore = None if line is None else line[rank]
+        table.add_row(
+            str(rank),
+            str(len(ckpts)),
+            ckpts[-1].label if ckpts else "none",
+            "?" if restore is None else checkpoint_label(restore),
+            "" if not restore else str(restore),
+        )
+    console.print(table)
+    if line is None:
+        console.print(f"[yellow]recovery line unknown:[/] {listing.problem}")
+    else:
+        console.print(
+            "recovery line: what `snapline run --resume --store "
+            f"{job_dir}` restores if every rank dies now ('none': the initial state)"
+        )
+    console.print(
+        "each rank's checkpoints are a store: snapline ls / inspect "
+        f"{job_dir / 'rank-0'} (--step STEP)",
+        highlight=False,
+    )
 
 
 class _LeafMark:
@@ -204,7 +257,7 @@ def verify(
         console.print(table)
         console.print(
             f"[red]damaged[/]: step(s) {', '.join(map(str, report.damaged_steps))}; "
-            "`snapline load` falls back to the newest intact step"
+            "a load (store.load(), snapline run --resume) falls back to the newest intact step"
         )
         raise typer.Exit(1)
 
