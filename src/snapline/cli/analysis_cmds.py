@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -27,9 +28,9 @@ from snapline.cli.options import (
 )
 from snapline.errors import ConfigError
 
-# The comparison table has eleven columns: when output goes to a file or pipe, do not wrap it
-# at rich's default of 80 columns.
-_console = Console(width=None if sys.stdout.isatty() else 160)
+# Output to a file or pipe gets the wide comparison table (one line per protocol) unless
+# COLUMNS says otherwise; a terminal gets what fits it (``comparison_tables``).
+_console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 def viz(
@@ -208,7 +209,7 @@ def compare(
     from snapline.analysis.compare import ComparisonConfig
     from snapline.analysis.compare import compare as run_comparison
     from snapline.analysis.compare_report import (
-        comparison_table,
+        comparison_tables,
         interval_report,
         render_comparison,
     )
@@ -252,7 +253,8 @@ def compare(
                 progress.advance(task)
 
         result = run_comparison(config, progress=step)
-    _console.print(comparison_table(result))
+    for table in comparison_tables(result, _console.width):
+        _console.print(table)
     if result.crash_schedule:
         crashes = ", ".join(f"{rank}@{t:g}" for rank, t in result.crash_schedule)
         _console.print(f"crash schedule (same for every protocol): {crashes}", highlight=False)

@@ -285,9 +285,10 @@ def diff(
     a: int = typer.Argument(..., help="First step."),
     b: int = typer.Argument(..., help="Second step."),
 ) -> None:
-    """Compare two checkpoints leaf by leaf (by chunk hashes; no data is read)."""
+    """Compare two checkpoints: arrays by chunk hashes, scalars and strings by value."""
     with _open(directory) as store:
         ma, mb = store.manifest(a), store.manifest(b)
+        values = _value_changes(_skeleton_tree(store, ma), _skeleton_tree(store, mb), "state")
     leaves_a = {leaf.path: leaf for leaf in ma.leaves}
     leaves_b = {leaf.path: leaf for leaf in mb.leaves}
     table = Table(title=f"step {a} -> step {b}")
@@ -317,14 +318,60 @@ def diff(
             table.add_row(path, "[yellow]changed[/]", detail)
         else:
             same += 1
-    skel_a = ma.chunks[ma.skeleton[0]].id
-    skel_b = mb.chunks[mb.skeleton[0]].id
+    for path, change, detail in values:
+        table.add_row(path, change, detail)
     if table.row_count:
         console.print(table)
     console.print(
-        f"{same} leaf/leaves unchanged; non-array values "
-        f"{'unchanged' if skel_a == skel_b else 'changed'}"
+        f"{same} array(s) unchanged; "
+        f"{len(values) or 'no'} scalar or string value(s) changed, added or removed"
     )
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _value_changes(a: object, b: object, path: str) -> list[tuple[str, str, str]]:
+    """(path, change, detail) for every non-array value that differs between two trees."""
+    if isinstance(a, _LeafMark) or isinstance(b, _LeafMark):
+        # Arrays are compared by their chunks (above); a value that became one shows there too.
+        if isinstance(a, _LeafMark) and isinstance(b, _LeafMark):
+            return []
+        return [(path, "[yellow]retyped[/]", "array <-> value")]
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, str, str]] = []
+        for key in [*a, *(k for k in b if k not in a)]:
+            where = f"{path}[{key!r}]"
+            if key not in b:
+                out += _added_or_removed(where, a[key], "[red]removed[/]")
+            elif key not in a:
+                out += _added_or_removed(where, b[key], "[green]added[/]")
+            else:
+                out += _value_changes(a[key], b[key], where)
+        return out
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and type(a) is type(b):
+        out = []
+        for i in range(max(len(a), len(b))):
+            where = f"{path}[{i}]"
+            if i >= len(b):
+                out += _added_or_removed(where, a[i], "[red]removed[/]")
+            elif i >= len(a):
+                out += _added_or_removed(where, b[i], "[green]added[/]")
+            else:
+                out += _value_changes(a[i], b[i], where)
+        return out
+    if type(a) is type(b) and a == b:
+        return []
+    return [(path, "[yellow]changed[/]", f"{_short_repr(a)} -> {_short_repr(b)}")]
+
+
+def _added_or_removed(path: str, value: object, change: str) -> list[tuple[str, str, str]]:
+    # Arrays added or removed are reported by the leaf comparison; only values here.
+    if isinstance(value, _LeafMark):
+        return []
+    return [(path, change, _short_repr(value))]
 
 
 def register(app: typer.Typer) -> None:
