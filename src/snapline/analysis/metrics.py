@@ -147,7 +147,12 @@ def summarize(trace: Trace) -> TraceMetrics:
             # The restored checkpoint may be younger than the detection: survivors keep
             # working (and checkpointing) until the recovery line is computed at t_done.
             since = checkpoint_time(trace, rank, index, before_t=recovery.t_done)
-            until = crash_time(trace, rank, before_t=recovery.t_done)
+            # A survivor's earlier crash (handled by an earlier recovery) does not count.
+            until = (
+                crash_time(trace, rank, before_t=recovery.t_done)
+                if rank in recovery.failed
+                else None
+            )
             distance_s = max(distance_s, (recovery.t_done if until is None else until) - since)
             depth = max(depth, _rolled_past(trace, recovery, rank, since))
     blocking = _stat(trace.stats, "blocking_s")

@@ -28,9 +28,15 @@ from snapline.cli.options import (
 )
 from snapline.errors import ConfigError
 
-# Output to a file or pipe gets the wide comparison table (one line per protocol) unless
-# COLUMNS says otherwise; a terminal gets what fits it (``comparison_tables``).
-_console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+
+def _out() -> Console:
+    """The console for this call: output to a file or pipe gets the wide comparison table (one
+    line per protocol) unless COLUMNS says otherwise; a terminal gets what fits it."""
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+
+
+HTML_MAX_RANKS = 256
+HTML_MAX_MESSAGES = 6000
 
 
 def viz(
@@ -87,6 +93,7 @@ def viz(
     from snapline.analysis.trace_view import view_trace
     from snapline.runtime.trace import load_trace
 
+    console = _out()
     window_from = optional_duration_s(t_from, "--from")
     window_to = optional_duration_s(t_to, "--to")
     parsed = view_trace(load_trace(trace))
@@ -96,13 +103,26 @@ def viz(
     )
     target = out if out is not None else (trace.with_suffix(".svg") if html is None else None)
     for note in diagram.notes:
-        _console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     if target is not None:
         render_spacetime(diagram, target)
-        _console.print(f"wrote {target}", highlight=False)
+        console.print(f"wrote {target}", highlight=False)
     if html is not None:
-        write_spacetime_html(diagram, summarize(parsed), html)
-        _console.print(f"wrote {html}", highlight=False)
+        # The page scrolls and zooms: it shows every rank (up to HTML_MAX_RANKS) and more
+        # messages than a picture can, unless the user chose ranks or a window.
+        page = diagram
+        if chosen is None or t_to is None:
+            page = layout_spacetime(
+                parsed,
+                ranks=chosen,
+                t_from=window_from,
+                t_to=window_to,
+                show_control=not hide_control,
+                max_ranks=HTML_MAX_RANKS,
+                max_messages=HTML_MAX_MESSAGES,
+            )
+        write_spacetime_html(page, summarize(parsed), html)
+        console.print(f"wrote {html}", highlight=False)
 
 
 def _parse_params(params: list[str]) -> dict[str, object]:
@@ -214,6 +234,7 @@ def compare(
         render_comparison,
     )
 
+    console = _out()
     if n < 1:
         raise ConfigError(f"-n must be >= 1, got {n}")
     interval_s = duration_s(interval, "--interval")
@@ -244,7 +265,7 @@ def compare(
         sim_options=sim_options,
     )
     names = config.chosen_protocols()
-    with Progress(console=_console, transient=True) as progress:
+    with Progress(console=console, transient=True) as progress:
         task = progress.add_task("comparing", total=len(names))
 
         def step(what: str) -> None:
@@ -253,13 +274,13 @@ def compare(
                 progress.advance(task)
 
         result = run_comparison(config, progress=step)
-    for table in comparison_tables(result, _console.width):
-        _console.print(table)
+    for table in comparison_tables(result, console.width):
+        console.print(table)
     if result.crash_schedule:
         crashes = ", ".join(f"{rank}@{t:g}" for rank, t in result.crash_schedule)
-        _console.print(f"crash schedule (same for every protocol): {crashes}", highlight=False)
+        console.print(f"crash schedule (same for every protocol): {crashes}", highlight=False)
     for warning in result.warnings():
-        _console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     unreported = [
         name
         for name, value in (
@@ -269,26 +290,24 @@ def compare(
         if value and all(v is None for v in value)
     ]
     if unreported:
-        _console.print(
+        console.print(
             f"[yellow]note:[/] the driver does not report {' or '.join(unreported)} (n/a)",
             highlight=False,
         )
     for line in interval_report(result):
-        _console.print(line, highlight=False)
+        console.print(line, highlight=False)
     failed = [o for o in result.outcomes if not o.ok]
     for outcome in failed:
-        _console.print(
-            f"[bold red]{outcome.protocol} failed:[/] {outcome.failure}", highlight=False
-        )
+        console.print(f"[bold red]{outcome.protocol} failed:[/] {outcome.failure}", highlight=False)
     if chart is not None:
         render_comparison(result, chart)
-        _console.print(f"wrote {chart}", highlight=False)
+        console.print(f"wrote {chart}", highlight=False)
     if json_out is not None:
         try:
             json_out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot write {json_out}: {exc.strerror or exc}") from exc
-        _console.print(f"wrote {json_out}", highlight=False)
+        console.print(f"wrote {json_out}", highlight=False)
     if strict and failed:
         raise typer.Exit(1)
 

@@ -32,7 +32,8 @@ def _when(unix_s: float | None) -> str:
 def inspect_cmd(
     directory: Annotated[Path, typer.Argument(help="The journal directory.")],
     edits: Annotated[
-        bool, typer.Option("--edits", help="Print every operation in the edit log.")
+        bool,
+        typer.Option("--edits", metavar="", help="Print every operation in the edit log."),
     ] = False,
     from_txid: Annotated[
         int, typer.Option("--from-txid", help="With --edits: start at this txid.")
