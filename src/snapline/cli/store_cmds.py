@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
@@ -68,7 +69,9 @@ def _open(directory: str) -> Store:
 
 
 def _when(unix_s: float) -> str:
-    return dt.datetime.fromtimestamp(unix_s).strftime("%m-%d %H:%M:%S")
+    when = dt.datetime.fromtimestamp(unix_s)
+    # Today's checkpoints need no date: the column stays narrow.
+    return when.strftime("%H:%M:%S" if when.date() == dt.date.today() else "%m-%d %H:%M:%S")
 
 
 def ls(
@@ -82,9 +85,16 @@ def ls(
         return
     with _open(directory) as store:
         infos = store.list()
-        table = Table(title=f"checkpoints in {store.url}")
+        # No vertical rules: the room goes to the meta column, which may be long.
+        table = Table(title=f"checkpoints in {store.url}", box=box.SIMPLE_HEAD)
         for name in ("step", "time", "size", "stored", "new", "shared", "chunks", "meta"):
-            table.add_column(name, justify="left" if name in ("time", "meta") else "right")
+            # Numbers and times never wrap; the free-form meta wraps whole instead of being cut.
+            table.add_column(
+                name,
+                justify="left" if name in ("time", "meta") else "right",
+                no_wrap=name != "meta",
+                overflow="fold",
+            )
         for info in infos:
             if info.damaged:
                 table.add_row(str(info.step), "[red]damaged[/]", "", "", "", "", "", info.damaged)
@@ -97,7 +107,7 @@ def ls(
                 human_bytes(info.new_bytes),
                 human_bytes(info.shared_bytes),
                 str(info.chunk_count),
-                ", ".join(f"{k}={v}" for k, v in info.meta.items()),
+                "\n".join(f"{k}={v}" for k, v in info.meta.items()),
             )
         console.print(table if infos else f"no checkpoints in {store.url}")
 
