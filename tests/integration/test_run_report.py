@@ -126,6 +126,9 @@ def test_figures_agree_across_table_summary_ps_ls_and_trace(tmp_path: Path) -> N
     first_finish = min(e["t"] for e in trace["events"] if e["kind"] == "finish")
     assert trace["stats"]["outcome"] == "finished"
     assert trace["stats"]["end_t"] >= last_event > first_finish
+    # The initial state dates from when the ranks ran, not from before they were spawned.
+    first_event = min(e["t"] for e in trace["events"])
+    assert 0 < trace["stats"]["start_t"] <= first_event
     viz = _snapline("viz", "job/trace.json", "--html", "run.html", cwd=tmp_path)
     assert viz.returncode == 0, viz.stderr
     page = (tmp_path / "run.html").read_text()

@@ -381,3 +381,20 @@ def test_html_zooms_scrolls_and_has_a_tooltip_per_mark(trace: Trace) -> None:
     group = next(g for g in root.iter(f"{SVG_NS}g") if g.get("id") == "checkpoints-forced")
     uses = [e for e in group.iter() if e.tag == f"{SVG_NS}use"]
     assert len(uses) == 1 and uses[0].find(f"{SVG_NS}title") is not None
+
+
+def test_rolling_back_to_the_initial_state_loses_work_since_the_job_ran() -> None:
+    # A local job: its clock starts before the processes are spawned (start_t = 2 s).
+    b = _TraceBuilder(2)
+    b.message(2.1, 2.2, 0, 1, seq=1)
+    b.event(2.5, 1, "crash")
+    b.recoveries.append(
+        {"t_detect": 2.6, "t_done": 3.0, "failed": [1], "restore": {"0": 0, "1": 0}}
+    )
+    trace = view_trace(b.build(stats={"start_t": 2.0, "end_t": 3.5}))
+    st = layout_spacetime(trace)
+    assert [(s.rank, s.t_from, s.t_to) for s in st.rolled_back] == [(0, 2.0, 2.6), (1, 2.0, 2.5)]
+    (line,) = st.recovery_lines
+    assert line.points == ((0, 2.0, True), (1, 2.0, True))
+    assert st.t_from > 1.9 and any("processes starting" in note for note in st.notes)
+    assert summarize(trace).rollback_distance_s_max == pytest.approx(1.0)  # 2.0 -> 3.0

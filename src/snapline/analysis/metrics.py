@@ -52,18 +52,30 @@ class TraceMetrics:
 def checkpoint_time(trace: Trace, rank: int, index: int, *, before_t: float) -> float:
     """When ``rank`` took checkpoint ``index`` (the latest such event at or before ``before_t``).
 
-    Index 0 is the initial state, taken at time 0. A checkpoint the trace does not show (it
-    may predate a windowed trace) is placed at time 0 as well.
+    Index 0 is the initial state, taken when the job started running (``initial_state_t``). A
+    checkpoint the trace does not show (it may predate a windowed trace) is placed there too.
     """
+    found = initial_state_t(trace)
     if index == 0:
-        return 0.0
-    found = 0.0
+        return found
     for event in trace.events:
         if event.t > before_t:
             break
         if event.rank == rank and event.kind == "checkpoint" and event.int_field("index") == index:
             found = event.t
     return found
+
+
+def initial_state_t(trace: Trace) -> float:
+    """When the ranks started running from their initial state: the driver's ``start_t``, or 0.
+
+    A local job's clock starts before its processes are spawned; rolling back to the initial
+    state loses the work done since they ran, not the start-up before.
+    """
+    start_t = trace.stats.get("start_t")
+    if isinstance(start_t, int | float) and not isinstance(start_t, bool) and start_t > 0:
+        return float(start_t)
+    return 0.0
 
 
 def crash_time(trace: Trace, rank: int, *, before_t: float) -> float | None:

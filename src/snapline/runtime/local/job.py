@@ -777,7 +777,9 @@ class LocalJob:
             failures=self.failures,
             stats={
                 "elapsed_s": time.monotonic() - self._t0,
-                # When the job ended (termination detected, or the failure): its makespan.
+                # When every rank first ran (the initial state's time: spawning is no work)
+                # and when the job ended (termination detected, or the failure).
+                "start_t": round((self._running_since_s or self._t0) - self._t0, 6),
                 "end_t": round(max(end_s, 0.0), 6),
                 "restarts": sum(slot.restarts for slot in self._sup.slots),
                 "outcome": outcome,
