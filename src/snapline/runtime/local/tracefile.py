@@ -70,6 +70,10 @@ def merge_trace(
             taken = checkpoint_times.get((int(rank_text), int(index)), start_t)
             rolled_back_s[rank_text] = round(max(0.0, rec["t_detect"] - taken), 6)
         writer.recovery({**rec, "rolled_back_s": rolled_back_s})
+    if "end_t" in stats and events:
+        # Ranks may still log (a commit, a flushed checkpoint) after termination was detected:
+        # the job ends with its last event.
+        stats = {**stats, "end_t": max(float(stats["end_t"]), float(events[-1]["t"]))}
     trace = writer.finish(stats)
     path = store_dir / TRACE_NAME
     trace.write(path)
