@@ -43,7 +43,8 @@ def viz(
     trace: Annotated[
         Path,
         typer.Argument(
-            help="Trace file: <store>/trace.json of `snapline run`, or `snapline sim --trace`."
+            metavar="TRACE",
+            help="Trace file: <store>/trace.json of `snapline run`, or `snapline sim --trace`.",
         ),
     ],
     out: Annotated[

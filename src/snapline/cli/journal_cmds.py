@@ -30,7 +30,7 @@ def _when(unix_s: float | None) -> str:
 
 @journal_app.command("inspect")
 def inspect_cmd(
-    directory: Annotated[Path, typer.Argument(help="The journal directory.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The journal directory.")],
     edits: Annotated[
         bool,
         typer.Option("--edits", metavar="", help="Print every operation in the edit log."),

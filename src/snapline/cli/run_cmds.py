@@ -215,7 +215,10 @@ def register(app: typer.Typer) -> None:
     @app.command("ps")
     def ps_cmd(
         store: Annotated[
-            Path, typer.Argument(help="Store directory of a job started with snapline run.")
+            Path,
+            typer.Argument(
+                metavar="DIR", help="Store directory of a job started with snapline run."
+            ),
         ],
     ) -> None:
         """Show a job's ranks: pid, state, incarnation, restarts, last committed checkpoint.

@@ -76,7 +76,9 @@ def _when(unix_s: float) -> str:
 
 def ls(
     directory: str = typer.Argument(
-        ..., help="Store directory (or file:// URL), or the directory of a job (snapline run)."
+        ...,
+        metavar="DIR",
+        help="Store directory (or file:// URL), or the directory of a job (snapline run).",
     ),
 ) -> None:
     """List checkpoints: step, time, size, bytes new vs shared; for a job, each rank's."""
@@ -210,7 +212,7 @@ def _add_child(tree: Tree, name: str, value: object) -> None:
 
 
 def inspect(
-    directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
     step: int | None = typer.Option(None, "--step", help="Step to show (default: newest)."),
 ) -> None:
     """Show a checkpoint's tree: keys, dtypes, shapes, sizes, chunks shared with the previous."""
@@ -239,7 +241,7 @@ def inspect(
 
 
 def verify(
-    directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
     step: int | None = typer.Option(None, "--step", help="Check only this step."),
 ) -> None:
     """Check every manifest and chunk hash; exit 1 when anything is damaged."""
@@ -291,9 +293,9 @@ def gc(
 
 
 def diff(
-    directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
-    a: int = typer.Argument(..., help="First step."),
-    b: int = typer.Argument(..., help="Second step."),
+    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
+    a: int = typer.Argument(..., metavar="STEP_A", help="First step."),
+    b: int = typer.Argument(..., metavar="STEP_B", help="Second step."),
 ) -> None:
     """Compare two checkpoints: arrays by chunk hashes, scalars and strings by value."""
     with _open(directory) as store:
