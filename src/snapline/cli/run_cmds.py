@@ -81,10 +81,13 @@ def summary_line(result: Any) -> str:
     """The totals of ``summary_table``'s columns, and what the run took."""
     restarts = sum(int(s.get("restarts", 0)) for s in result.stats.values())
     recoveries = len(result.recoveries)
+    # A resume starts every rank from the store: that is the resume, not a restart per rank.
+    resumed = any(r.get("whole_job") for r in result.recoveries)
     return (
         f"finished in {result.elapsed_s:.2f}s; {result.messages_delivered} messages delivered, "
         f"{result.checkpoints_committed} checkpoints committed, "
-        f"{recoveries} recover{'y' if recoveries == 1 else 'ies'}, "
+        f"{recoveries} recover{'y' if recoveries == 1 else 'ies'}"
+        f"{' (one of them the resume)' if resumed else ''}, "
         f"{restarts} restart{'' if restarts == 1 else 's'}"
     )
 
