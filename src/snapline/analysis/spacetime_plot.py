@@ -151,6 +151,8 @@ def build_figure(spacetime: SpaceTime) -> Figure:
         patch = _arrow(message, y_of)
         # One id per arrow, so the HTML page can give each its tooltip.
         patch.set_gid(f"{'replayed' if message.replayed else 'message'}-{number}")
+        # Arrows lie inside the axes: the layout engine need not measure each (thousands).
+        patch.set_in_layout(False)
         ax.add_patch(patch)
 
     basic, forced, discarded = _checkpoint_groups(spacetime)

@@ -36,7 +36,7 @@ def _out() -> Console:
 
 
 HTML_MAX_RANKS = 256
-HTML_MAX_MESSAGES = 6000
+HTML_MAX_MESSAGES = 4000
 
 
 def viz(
