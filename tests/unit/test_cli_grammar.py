@@ -131,3 +131,24 @@ def test_compare_table_never_cuts_protocol_names_at_80_columns() -> None:
     for name in ("none (baseline)", "message-logging", "chandy-lamport"):
         assert result.output.count(name) == 2, name  # in both tables, whole
     assert "…" not in result.output
+
+
+def test_flags_of_commands_added_later_show_no_placeholder() -> None:
+    from snapline.cli.options import SnaplineGroup
+
+    later = typer.Typer(cls=SnaplineGroup, context_settings={"help_option_names": ["-h"]})
+    group = typer.Typer()
+
+    @later.command("x")
+    def x(flag: bool = typer.Option(False, "--flag", help="a flag")) -> None:
+        """A command written without metavars."""
+
+    @group.command("y")
+    def y(other: bool = typer.Option(False, "--other", help="another flag")) -> None:
+        """A subcommand of a group added with add_typer."""
+
+    later.add_typer(group, name="grp")
+    for argv in (["x", "-h"], ["grp", "-h"], ["grp", "y", "-h"]):
+        result = runner.invoke(later, argv, env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output and "--" in result.output, argv

@@ -69,11 +69,23 @@ def _without_placeholder(option: Any) -> None:
         option.metavar = FLAG
 
 
-class SnaplineGroup(TyperGroup):
-    """A command group whose ``-h/--help`` (and its commands') shows no ``<bool>`` placeholder.
+def _quiet_flags(command: Any, ctx: Any) -> None:
+    """No ``<bool>`` after any flag of ``command`` (and of its subcommands), help included."""
+    for param in getattr(command, "params", ()):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            _without_placeholder(param)
+    _without_placeholder(command.get_help_option(ctx))
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flags(sub, ctx)
 
-    typer draws the help option as ``--help <bool>``; the option is made by click on demand,
-    so it is found here, where click asks for it, rather than in each command's definition.
+
+class SnaplineGroup(TyperGroup):
+    """A command group whose flags show no ``<bool>`` placeholder in ``-h/--help``.
+
+    typer draws a flag as ``--resume <bool>``, though a flag takes no value. Click asks the
+    group for each command (to run it or list it in help), so the placeholders are removed
+    here, for every command and subcommand -- also those added later -- rather than in each
+    option's definition. The help option is made by click on demand; it is found here too.
     """
 
     # Parameters typed Any: click's types live in ``click`` or, in newer typer, in a private
@@ -85,8 +97,8 @@ class SnaplineGroup(TyperGroup):
         return option
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        """The command ``cmd_name``, its help option without a type placeholder."""
+        """The command ``cmd_name``, its flags without a type placeholder."""
         command = super().get_command(ctx, cmd_name)
         if command is not None:
-            _without_placeholder(command.get_help_option(ctx))
+            _quiet_flags(command, ctx)
         return command
