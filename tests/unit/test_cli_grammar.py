@@ -136,7 +136,7 @@ def test_compare_table_never_cuts_protocol_names_at_80_columns() -> None:
 def test_flags_of_commands_added_later_show_no_placeholder() -> None:
     from snapline.cli.options import SnaplineGroup
 
-    later = typer.Typer(cls=SnaplineGroup, context_settings={"help_option_names": ["-h"]})
+    later = typer.Typer(cls=SnaplineGroup, context_settings={"help_option_names": ["-h", "--help"]})
     group = typer.Typer()
 
     @later.command("x")
