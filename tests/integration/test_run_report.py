@@ -120,6 +120,10 @@ def test_figures_agree_across_table_summary_ps_ls_and_trace(tmp_path: Path) -> N
     assert "recovery line" in ls.stdout
     rows = [r for r in ls.stdout.splitlines() if re.match(r"^│\s+\d+ │", r)]
     assert [int(r.split("│")[2]) for r in rows] == checkpoints
+    every = _snapline("ls", "job", "--all", cwd=tmp_path)
+    assert every.returncode == 0, every.stderr
+    assert every.stdout.count("<- restored by a resume") == 3
+    assert every.stdout.count("(inc 1)") >= 3
 
     trace = json.loads((tmp_path / "job" / "trace.json").read_text())
     last_event = max(e["t"] for e in trace["events"])

@@ -20,7 +20,12 @@ from rich.table import Table
 from rich.tree import Tree
 
 from snapline.errors import NotAStore
-from snapline.runtime.local.jobdir import checkpoint_label, is_job_dir, job_checkpoints
+from snapline.runtime.local.jobdir import (
+    JobCheckpoints,
+    checkpoint_label,
+    is_job_dir,
+    job_checkpoints,
+)
 from snapline.state.codec import decode_tree
 from snapline.store import Store, open_store
 from snapline.store.manifest import LeafRef, Manifest
@@ -80,10 +85,13 @@ def ls(
         metavar="DIR",
         help="Store directory (or file:// URL), or the directory of a job (snapline run).",
     ),
+    every: bool = typer.Option(
+        False, "--all", help="For a job: every committed checkpoint of every rank."
+    ),
 ) -> None:
     """List checkpoints: step, time, size, bytes new vs shared; for a job, each rank's."""
     if is_job_dir(Path(directory)):
-        _ls_job(Path(directory))
+        _ls_job(Path(directory), every=every)
         return
     with _open(directory) as store:
         infos = store.list()
@@ -114,9 +122,11 @@ def ls(
         console.print(table if infos else f"no checkpoints in {store.url}")
 
 
-def _ls_job(job_dir: Path) -> None:
+def _ls_job(job_dir: Path, *, every: bool) -> None:
     """Each rank's committed checkpoints and the recovery line a resume would restore."""
     listing = job_checkpoints(job_dir)
+    if every:
+        _ls_job_checkpoints(listing)
     config = listing.config
     line = listing.recovery_line
     table = Table(
@@ -148,6 +158,23 @@ def _ls_job(job_dir: Path) -> None:
         f"{job_dir / 'rank-0'} (--step STEP)",
         highlight=False,
     )
+
+
+def _ls_job_checkpoints(listing: JobCheckpoints) -> None:
+    table = Table(title="committed checkpoints", title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("rank", "checkpoint", "kind", "step", "recovery line"):
+        table.add_column(name, justify="left" if name in ("kind", "recovery line") else "right")
+    line = listing.recovery_line or {}
+    for rank, ckpts in sorted(listing.checkpoints.items()):
+        for ckpt in ckpts:
+            table.add_row(
+                str(rank),
+                ckpt.label,
+                "forced" if ckpt.forced else "basic",
+                str(ckpt.index),
+                "<- restored by a resume" if line.get(rank) == ckpt.index else "",
+            )
+    console.print(table)
 
 
 class _LeafMark:
