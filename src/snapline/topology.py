@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from snapline.errors import ConfigError
 
+#: Every topology spec ``Topology.parse`` accepts; ``--help`` texts and errors list these.
+TOPOLOGY_SPECS: tuple[str, ...] = ("complete", "ring", "bidir-ring", "line", "star", "random:K")
+
 
 @dataclass(frozen=True, slots=True)
 class Topology:
@@ -88,6 +91,4 @@ class Topology:
             return cls.star(n)
         if spec.startswith("random:"):
             return cls.random_graph(n, degree=int(spec.split(":", 1)[1]), seed=seed)
-        raise ConfigError(
-            f"unknown topology {spec!r}: use complete, ring, bidir-ring, line, star or random:K"
-        )
+        raise ConfigError(f"unknown topology {spec!r}: use one of {', '.join(TOPOLOGY_SPECS)}")

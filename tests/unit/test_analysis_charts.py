@@ -72,3 +72,31 @@ def test_bad_inputs() -> None:
         build_comparison_figure([], PANELS, title="x")
     with pytest.raises(ConfigError, match=r"\.png or \.svg"):
         render_comparison_chart(ROWS, PANELS, Path("chart.pdf"), title="x")
+
+
+def test_ticks_and_labels_use_human_units() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    panels = (
+        ChartPanel(title="bytes stored", keys=("stored",), unit="bytes"),
+        ChartPanel(title="blocking time", keys=("blocked",), unit="seconds"),
+        ChartPanel(title="control messages", keys=("control",)),
+    )
+    rows = (
+        ChartRow(protocol="a", values={"stored": 3_500_000, "blocked": 0.0123, "control": 2e6}),
+        ChartRow(protocol="b", values={"stored": 180_000, "blocked": 0.004, "control": 50_000}),
+    )
+    fig = build_comparison_figure(rows, panels, title="units")
+    FigureCanvasAgg(fig).draw()
+    stored, blocked, control = (ax for ax in fig.axes if ax.get_visible())
+    ticks = [t.get_text() for t in stored.get_xticklabels() if t.get_text()]
+    assert ticks[0] == "0 B" and all(t.endswith(" MiB") for t in ticks[1:]), ticks
+    assert "3.34 MiB" in [t.get_text() for t in stored.texts]
+    ms = [t.get_text() for t in blocked.get_xticklabels() if t.get_text()]
+    assert all(t.endswith((" ms", "0 s")) for t in ms), ms
+    assert "12.3 ms" in [t.get_text() for t in blocked.texts]
+    counts = [t.get_text() for t in control.get_xticklabels() if t.get_text()]
+    assert any(t.endswith("M") for t in counts), counts
+    for ax in (stored, blocked, control):
+        # No scientific offset text ("1e6") anywhere.
+        assert ax.xaxis.get_offset_text().get_text() == ""

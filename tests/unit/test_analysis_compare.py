@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from snapline.analysis.compare import (
     draw_crash_schedule,
     mean_delay_s,
 )
-from snapline.analysis.compare_report import comparison_table, interval_report, render_comparison
+from snapline.analysis.compare_report import (
+    chart_title,
+    comparison_table,
+    interval_report,
+    render_comparison,
+)
 from snapline.errors import ConfigError, SimulationError
 from snapline.runtime.sim import SimConfig, SimResult, run_simulation
 
@@ -52,7 +58,7 @@ def test_every_protocol_gets_the_same_crashes(tmp_path: Path) -> None:
         app="bank",
         n=3,
         interval_s=4.0,
-        crash_rate=0.02,
+        crash_rate=0.1,
         max_crashes=2,
         seed=5,
         protocols=("uncoordinated",),
@@ -63,10 +69,11 @@ def test_every_protocol_gets_the_same_crashes(tmp_path: Path) -> None:
     assert seen["none"] == seen["uncoordinated"] == result.crash_schedule
     baseline = result.outcomes[0]
     assert baseline.ok and baseline.metrics is not None
-    # Crashes scheduled after the job ended do not happen; those before do, for the baseline.
-    assert baseline.metrics.crashes <= 2
+    # The schedule lies inside the failure-free run, so every crash hits every protocol's job.
+    assert result.crashes_seen() == {"none": 2, "uncoordinated": 2}
+    assert result.crashes_everywhere() and result.warnings() == ()
     assert result.advice is not None
-    assert result.advice.mtbf_s == pytest.approx(1 / (3 * 0.02))
+    assert result.advice.mtbf_s == pytest.approx(1 / (3 * 0.1))
     assert result.advice.checkpoint_cost_s == pytest.approx(0.2)  # mean of exp:0.2
     render_comparison(result, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
@@ -98,3 +105,55 @@ def test_unknown_protocol_and_bad_option_are_config_errors() -> None:
         compare(ComparisonConfig(n=2, protocols=("nope",)))
     with pytest.raises(ConfigError, match="bad simulator option"):
         compare(ComparisonConfig(n=2, protocols=("none",), sim_options={"no_such_field": 1}))
+
+
+def test_defaults_give_several_checkpoints_and_crashes_inside_the_job(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from snapline.cli.main import app
+
+    out = CliRunner().invoke(
+        app, ["compare", "--protocols", "chandy-lamport", "--json", str(tmp_path / "r.json")]
+    )
+    assert out.exit_code == 0, out.output
+    assert "warning" not in out.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    schedule = report["crash_schedule"]
+    assert len(schedule) >= 3
+    rows = {row["protocol"]: row["metrics"] for row in report["protocols"]}
+    makespan = rows["none"]["makespan_s"]
+    assert all(t < makespan for _, t in schedule)
+    for metrics in rows.values():
+        assert metrics["crashes"] == len(schedule)
+    n = report["config"]["n"]
+    cl = rows["chandy-lamport"]
+    # Several checkpoints per rank: the interval is well inside the job.
+    assert cl["basic_checkpoints"] + cl["forced_checkpoints"] >= 3 * n
+    assert report["config"]["interval_s"] * 3 < makespan
+    assert report["warnings"] == []
+
+
+def test_a_comparison_without_crashes_says_so() -> None:
+    result = compare(ComparisonConfig(app="bank", n=2, seed=1, protocols=("chandy-lamport",)))
+    assert result.crash_schedule == ()
+    (warning,) = result.warnings()
+    assert "no crash was scheduled" in warning
+    assert "NO CRASH" in chart_title(result)
+    assert "the same" not in chart_title(result)
+
+
+def test_crashes_after_the_end_of_the_job_are_reported() -> None:
+    config = ComparisonConfig(
+        app="bank",
+        n=2,
+        seed=1,
+        interval_s=500.0,
+        protocols=("chandy-lamport",),
+        sim_options={"crash_at": ((1, 5000.0),)},
+    )
+    result = compare(config)
+    assert result.crashes_seen() == {"none": 0, "chandy-lamport": 0}
+    warnings = result.warnings()
+    assert any("none of the 1 scheduled crash(es) happened" in w for w in warnings)
+    assert any("checkpoint interval (500 s) is not shorter than the job" in w for w in warnings)
+    assert "NO CRASH" in chart_title(result)

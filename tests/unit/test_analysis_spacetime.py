@@ -129,8 +129,10 @@ def test_layout_checkpoints_spans_and_recovery_line(trace: Trace) -> None:
     assert (st.basic_checkpoints, st.forced_checkpoints) == (3, 1)
     assert [(c.rank, c.index) for c in st.checkpoints if c.discarded] == [(1, 2)]
     assert [(c.rank, c.t) for c in st.crashes] == [(2, 3.5)]
-    # A survivor loses its work up to the recovery (t_done), a failed rank up to its crash.
-    assert {(s.rank, s.t_from, s.t_to) for s in st.rolled_back} == {(1, 0.0, 4.4), (2, 2.5, 3.5)}
+    # A survivor loses its work up to the failure's detection (t_detect) and then waits for the
+    # recovery to end (t_done); a failed rank loses its work up to its crash, then is down.
+    assert {(s.rank, s.t_from, s.t_to) for s in st.rolled_back} == {(1, 0.0, 3.8), (2, 2.5, 3.5)}
+    assert [(s.rank, s.t_from, s.t_to) for s in st.waiting] == [(1, 3.8, 4.4)]
     assert [(s.rank, s.t_from, s.t_to) for s in st.down] == [(2, 3.5, 4.4)]
     (line,) = st.recovery_lines
     assert line.points == ((0, 4.4, False), (1, 0.0, True), (2, 2.5, True))
@@ -176,8 +178,10 @@ def test_rank_subset_and_window_are_stated(trace: Trace) -> None:
     assert all(m.src in (0, 1) and m.dst in (0, 1) for m in st.messages)
     assert any("2 of 3 ranks" in note for note in st.notes)
     assert any("hidden ranks" in note for note in st.notes)
+    # Sampled ranks always include the crashed one (rank 2), then the lowest others.
     capped = layout_spacetime(trace, max_ranks=2)
-    assert capped.ranks == (0, 1) and any("of 3" in note for note in capped.notes)
+    assert capped.ranks == (0, 2) and any("of 3" in note for note in capped.notes)
+    assert any("every crashed rank (2)" in note for note in capped.notes)
     windowed = layout_spacetime(trace, t_from=2.1, t_to=4.0)
     assert {c.index for c in windowed.checkpoints} == {1, 2}
     assert all(c.t >= 2.1 for c in windowed.checkpoints)
@@ -239,7 +243,7 @@ def test_svg_is_xml_with_one_marker_per_mark(trace: Trace, tmp_path: Path) -> No
     assert _count_uses(root, "crashes") == 1
     assert _count_uses(root, "finishes") == 3
     ids = [g.get("id") for g in root.iter(f"{SVG_NS}g")]
-    assert ids.count("replayed") == 1
+    assert sum(1 for i in ids if i and i.startswith("replayed-")) == 1
     assert "recovery-line-1" in ids and "rolled-back" in ids and "down" in ids
     # Same trace, same file: no timestamps in the output.
     again = tmp_path / "again.svg"
@@ -277,3 +281,120 @@ def test_html_escapes_trace_text() -> None:
     hostile = view_trace(_scenario(protocol="<script>alert(1)</script>"))
     page = spacetime_html(layout_spacetime(hostile), summarize(hostile))
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def _late_start_trace() -> Trace:
+    """A local run: 2 s of start-up before the first event; rank 1 crashes, rank 0 survives."""
+    b = _TraceBuilder(2)
+    b.message(2.0, 2.1, 0, 1, seq=1)
+    b.event(2.5, 0, "checkpoint", index=1, forced=False)
+    b.event(2.5, 1, "checkpoint", index=1, forced=True)
+    b.message(2.6, 2.7, 0, 1, seq=2)
+    b.event(3.0, 1, "crash")
+    b.recoveries.append(
+        {"t_detect": 3.2, "t_done": 4.0, "failed": [1], "restore": {"0": 1, "1": 1}}
+    )
+    b.event(4.0, 0, "restore", index=1)
+    b.event(4.0, 1, "restore", index=1)
+    b.message(4.2, 4.3, 0, 1, seq=2)
+    return view_trace(b.build(stats={"end_t": 5.0}))
+
+
+def test_start_up_gap_is_trimmed_and_stated() -> None:
+    st = layout_spacetime(_late_start_trace())
+    assert 1.9 <= st.t_from < 2.0
+    assert any("processes starting" in note for note in st.notes)
+    # An explicit window is the user's: nothing is trimmed.
+    assert layout_spacetime(_late_start_trace(), t_from=0.0, t_to=5.0).t_from == 0.0
+
+
+def test_rolled_back_work_and_waiting_are_separate_spans() -> None:
+    st = layout_spacetime(_late_start_trace())
+    assert [(s.rank, s.t_from, s.t_to) for s in st.rolled_back] == [(0, 2.5, 3.2), (1, 2.5, 3.0)]
+    assert [(s.rank, s.t_from, s.t_to) for s in st.waiting] == [(0, 3.2, 4.0)]
+    assert [(s.rank, s.t_from, s.t_to) for s in st.down] == [(1, 3.0, 4.0)]
+
+
+def test_a_survivor_that_crashed_earlier_is_not_down_again() -> None:
+    b = _TraceBuilder(2)
+    b.event(1.0, 1, "crash")
+    b.recoveries.append({"t_detect": 1.2, "t_done": 2.0, "failed": [1], "restore": {"1": 0}})
+    b.event(3.0, 0, "crash")
+    b.recoveries.append(
+        {"t_detect": 3.2, "t_done": 4.0, "failed": [0], "restore": {"0": 0, "1": 0}}
+    )
+    st = layout_spacetime(view_trace(b.build()))
+    assert [(s.rank, s.t_from, s.t_to) for s in st.down] == [(1, 1.0, 2.0), (0, 3.0, 4.0)]
+    assert (1, 2.0, 4.0) not in {(s.rank, s.t_from, s.t_to) for s in st.down}
+
+
+def test_sampled_ranks_always_include_crashed_ones() -> None:
+    b = _TraceBuilder(40)
+    b.message(0.5, 0.6, 0, 1, seq=1)
+    b.event(1.0, 33, "crash")
+    b.recoveries.append({"t_detect": 1.2, "t_done": 2.0, "failed": [33], "restore": {"33": 0}})
+    st = layout_spacetime(view_trace(b.build()), max_ranks=16)
+    assert len(st.ranks) == 16 and 33 in st.ranks and st.ranks[:15] == tuple(range(15))
+    assert any("every crashed rank (33) and ranks 0-14" in note for note in st.notes)
+
+
+def test_legend_sits_below_the_axis_label(trace: Trace) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from snapline.analysis.spacetime_plot import build_figure
+
+    for ranks in ((0,), (0, 1, 2)):
+        fig = build_figure(layout_spacetime(trace, ranks=ranks))
+        FigureCanvasAgg(fig).draw()
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        (legend,) = fig.legends
+        label = fig.axes[0].xaxis.label.get_window_extent(renderer)
+        box = legend.get_window_extent(renderer)
+        assert box.y1 <= label.y0, (ranks, box, label)  # pixels grow upwards
+
+
+def test_makespan_is_the_end_of_the_run_not_the_first_finish() -> None:
+    # Every rank calls ctx.finish() in on_start and goes on handling messages until 5 s.
+    b = _TraceBuilder(2)
+    for rank in range(2):
+        b.event(0.1, rank, "finish")
+    b.message(1.0, 4.5, 0, 1, seq=1)
+    assert summarize(view_trace(b.build())).makespan_s == 4.5
+    # A driver that reports when the job ended (termination detected) is believed.
+    assert summarize(view_trace(b.build(stats={"end_t": 5.0}))).makespan_s == 5.0
+
+
+def test_html_zooms_scrolls_and_has_a_tooltip_per_mark(trace: Trace) -> None:
+    st = layout_spacetime(trace)
+    page = spacetime_html(st, summarize(trace))
+    assert "<script" not in page
+    assert "id='zoom-2'" in page and "id='zoom-4'" in page and "class='scroll'" in page
+    svg = page[page.index("<svg") : page.index("</svg>") + len("</svg>")]
+    root = ET.fromstring(svg)
+    tips = [t.text or "" for t in root.iter(f"{SVG_NS}title")]
+    assert "rank 2 crashed at 3.500 s" in tips
+    assert "rank 1: discarded checkpoint 2 at 3.200 s" in tips
+    assert sum(t.startswith("rank 0: basic checkpoint") for t in tips) == 1
+    assert any(t.startswith("replayed message 0 -> 1") for t in tips)
+    assert any(t.startswith("rank 1: waiting for recovery for 600 ms") for t in tips)
+    # One tooltip per drawn checkpoint marker, on the marker itself.
+    group = next(g for g in root.iter(f"{SVG_NS}g") if g.get("id") == "checkpoints-forced")
+    uses = [e for e in group.iter() if e.tag == f"{SVG_NS}use"]
+    assert len(uses) == 1 and uses[0].find(f"{SVG_NS}title") is not None
+
+
+def test_rolling_back_to_the_initial_state_loses_work_since_the_job_ran() -> None:
+    # A local job: its clock starts before the processes are spawned (start_t = 2 s).
+    b = _TraceBuilder(2)
+    b.message(2.1, 2.2, 0, 1, seq=1)
+    b.event(2.5, 1, "crash")
+    b.recoveries.append(
+        {"t_detect": 2.6, "t_done": 3.0, "failed": [1], "restore": {"0": 0, "1": 0}}
+    )
+    trace = view_trace(b.build(stats={"start_t": 2.0, "end_t": 3.5}))
+    st = layout_spacetime(trace)
+    assert [(s.rank, s.t_from, s.t_to) for s in st.rolled_back] == [(0, 2.0, 2.6), (1, 2.0, 2.5)]
+    (line,) = st.recovery_lines
+    assert line.points == ((0, 2.0, True), (1, 2.0, True))
+    assert st.t_from > 1.9 and any("processes starting" in note for note in st.notes)
+    assert summarize(trace).rollback_distance_s_max == pytest.approx(1.0)  # 2.0 -> 3.0

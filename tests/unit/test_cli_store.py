@@ -80,3 +80,48 @@ def test_store_demo(tmp_path: Path) -> None:
     code, out = run("demo", "--store-only", "--dir", str(tmp_path / "demo"))
     assert code == 0, out
     assert "load() returned step 3" in out and "damage in step(s) [4]" in out
+
+
+def test_diff_shows_changed_scalars_and_strings(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    with open_store(root) as store:
+        store.save(
+            {"w": np.zeros(8), "step": 1, "name": "a", "opt": {"betas": (0.9, 0.99)}, "old": 3},
+            step=1,
+        )
+        store.save(
+            {"w": np.zeros(8), "step": 2, "name": "b", "opt": {"betas": (0.9, 0.999)}, "new": 1},
+            step=2,
+        )
+    code, out = run("diff", str(root), "1", "2")
+    assert code == 0, out
+    assert "state['step']" in out and "1 -> 2" in out
+    assert "state['name']" in out and "'a' -> 'b'" in out
+    assert "state['opt']['betas'][1]" in out and "0.99 -> 0.999" in out
+    assert "state['old']" in out and "removed" in out
+    assert "state['new']" in out and "added" in out
+    assert "state['w']" not in out  # the array did not change
+    assert "5 scalar or string value(s) changed" in out
+
+
+def test_store_commands_on_a_job_directory_point_to_its_rank_stores(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.json").write_text("{}")
+    for command in ("inspect", "verify"):
+        result = runner.invoke(app, [command, str(job)], env={"COLUMNS": "200"})
+        assert result.exit_code != 0
+        assert "the directory of a job" in str(result.exception)
+        assert str(job / "rank-0") in str(result.exception)
+
+
+def test_damage_report_names_what_really_falls_back(store_dir: Path) -> None:
+    path = store_dir / manifest_key(2)
+    data = bytearray(path.read_bytes())
+    data[40] ^= 1
+    path.write_bytes(bytes(data))
+    code, out = run("verify", str(store_dir))
+    assert code == 1
+    # There is no `snapline load` command; the fallback is the store's load() (and a resume).
+    assert "snapline load" not in out
+    assert "store.load()" in out and "newest intact step" in out

@@ -15,7 +15,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from snapline.analysis.units import Unit, human
 from snapline.errors import ConfigError
 
 SUPPORTED_SUFFIXES = (".png", ".svg")
@@ -33,11 +35,16 @@ class ChartRow:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChartPanel:
-    """One panel: the metric keys it stacks (usually one), their labels, and the panel title."""
+    """One panel: the metric keys it stacks (usually one), their labels, the panel title.
+
+    ``unit`` picks how ticks and bar labels read (``KiB``, ``ms``, ``18.6k``), so the title
+    need not carry it and no axis shows a ``1e6`` offset.
+    """
 
     title: str
     keys: tuple[str, ...]
     labels: tuple[str, ...] = ()
+    unit: Unit = "count"
 
 
 _STACK_COLORS = ("#1f3f7a", "#d62728", "#7b3294")
@@ -80,9 +87,24 @@ def _panel(ax: Axes, panel: ChartPanel, rows: Sequence[ChartRow]) -> None:
             ax.text(0.02 * span, y, "n/a", va="center", color="#888888", fontsize=8)
         else:
             ax.text(
-                total + 0.02 * span, y, _short(total), va="center", fontsize=7.5, color="#333333"
+                total + 0.02 * span,
+                y,
+                human(total, panel.unit),
+                va="center",
+                fontsize=7.5,
+                color="#333333",
             )
     ax.set_xlim(0, span * 1.28)
+    # Human units on the ticks (KiB, ms, 20k), never a "1e6" offset; few ticks so they fit.
+    locator = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10], integer=panel.unit == "count")
+    if panel.unit == "bytes":
+        # Ticks on round numbers of the unit shown (256 KiB, not 262144 B = "256 KiB" by luck).
+        scale = 1024.0 ** max(0, math.floor(math.log(span * 1.28, 1024))) if span >= 1 else 1.0
+        ticks = [t * scale for t in locator.tick_values(0, span * 1.28 / scale)]
+        ax.set_xticks([t for t in ticks if 0 <= t <= span * 1.28])
+    else:
+        ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: human(v, panel.unit)))
     ax.set_title(panel.title, fontsize=9.5, loc="left")
     ax.tick_params(axis="x", labelsize=7.5)
     ax.grid(axis="x", color="#eeeeee", zorder=0)
@@ -98,21 +120,6 @@ def _panel(ax: Axes, panel: ChartPanel, rows: Sequence[ChartRow]) -> None:
             ncol=len(panel.keys),
             borderaxespad=0.1,
         )
-
-
-def _short(value: float) -> str:
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 1e9:
-        return f"{value / 1e9:.3g}G"
-    if magnitude >= 1e6:
-        return f"{value / 1e6:.3g}M"
-    if magnitude >= 1e4:
-        return f"{value / 1e3:.3g}k"
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{value:.0f}" if magnitude >= 100 else f"{value:.3g}"
 
 
 def build_comparison_figure(

@@ -8,8 +8,11 @@ random numbers, so a crash *rate* alone would give each protocol different crash
 therefore draws the crash schedule itself, once, from its own generator seeded with the
 comparison's seed -- a Poisson process of ``crash_rate`` crashes per rank per second, capped at
 ``max_crashes`` -- and hands every protocol the same explicit ``crash_at`` list. The horizon of
-the schedule is a multiple of the failure-free run time of the baseline (``none``), measured
-first, so that crashes also land in the time that rollbacks add.
+the schedule is the failure-free run time of the baseline (``none``), measured first: every
+protocol runs at least that long, so every scheduled crash hits every protocol's job. (A
+longer horizon would put crashes after the end of the faster runs, and "the same crashes"
+would no longer be true.) ``crashes_everywhere`` says whether each run saw the whole schedule,
+and the report warns when a comparison saw no crash at all.
 
 Each protocol runs with tracing on; its metrics are summarised from the trace (``metrics``).
 A protocol that cannot be imported, or whose run raises (a checker found a violation, the run
@@ -38,8 +41,16 @@ from snapline.protocols import protocol_class, protocol_names
 from snapline.runtime.sim.config import Delay, SimConfig
 
 BASELINE = "none"
-#: The schedule covers this many failure-free run times of the baseline.
-HORIZON_FACTOR = 4.0
+#: The schedule covers this fraction of the baseline's failure-free run time.
+HORIZON_FACTOR = 1.0
+
+# Defaults chosen so that a bare ``snapline compare`` shows what protocols differ in: a job of
+# about 23 simulated seconds on 8 ranks, four or five checkpoints per rank, and a few crashes
+# inside the job (about 5 expected: 8 ranks x 0.03/s x 23 s; seed 7 draws 5).
+DEFAULT_APP = "bank"
+DEFAULT_RANKS = 8
+DEFAULT_INTERVAL_S = 5.0
+DEFAULT_CRASH_RATE = 0.03
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,9 +62,9 @@ class ComparisonConfig:
     ``checkpoint_cost_s``, ``mtbf_s`` and ``restart_s`` default to values taken from the run.
     """
 
-    app: str = "bank"
-    n: int = 16
-    interval_s: float | None = 50.0
+    app: str = DEFAULT_APP
+    n: int = DEFAULT_RANKS
+    interval_s: float | None = DEFAULT_INTERVAL_S
     crash_rate: float = 0.0
     max_crashes: int = 10
     seed: int = 7
@@ -120,7 +131,48 @@ class ComparisonResult:
             ],
             "interval": None if self.advice is None else asdict(self.advice),
             "interval_sources": dict(self.advice_sources),
+            "warnings": list(self.warnings()),
         }
+
+    def crashes_seen(self) -> dict[str, int]:
+        """How many crashes each completed run actually had (a crash after its end has none)."""
+        return {o.protocol: o.metrics.crashes for o in self.outcomes if o.metrics is not None}
+
+    def crashes_everywhere(self) -> bool:
+        """True when every completed run had every scheduled crash."""
+        return all(c == len(self.crash_schedule) for c in self.crashes_seen().values())
+
+    def warnings(self) -> tuple[str, ...]:
+        """What makes this comparison say less than it seems to, in words for the report."""
+        out: list[str] = []
+        seen = self.crashes_seen()
+        if not self.crash_schedule:
+            out.append(
+                "no crash was scheduled, so no protocol recovered: work lost, rollback and "
+                "recovery time are 0 for all; give --crash-rate or --crash-at"
+            )
+        elif seen and not any(seen.values()):
+            out.append(
+                f"none of the {len(self.crash_schedule)} scheduled crash(es) happened: every run "
+                "ended before them; schedule earlier crashes with --crash-at"
+            )
+        elif not self.crashes_everywhere():
+            detail = ", ".join(f"{p} {c}" for p, c in seen.items())
+            out.append(
+                f"not every run had all {len(self.crash_schedule)} scheduled crashes "
+                f"(crashes seen: {detail}); some runs ended before a crash was due"
+            )
+        interval = self.config.interval_s
+        base = next((o for o in self.outcomes if o.protocol == BASELINE and o.metrics), None)
+        if interval is not None and base is not None and base.metrics is not None:
+            makespan = base.metrics.makespan_s
+            if makespan > 0 and interval >= makespan:
+                out.append(
+                    f"the checkpoint interval ({interval:g} s) is not shorter than the job "
+                    f"({makespan:.3g} s): protocols take almost no basic checkpoints; use a "
+                    "shorter --interval"
+                )
+        return tuple(out)
 
 
 def mean_delay_s(spec: str) -> float:

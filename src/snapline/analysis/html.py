@@ -2,6 +2,10 @@
 
 The page loads nothing from anywhere (no scripts, fonts, style sheets or images by URL), so it
 can be mailed, archived or opened offline. Every piece of text from the trace is escaped.
+
+A diagram of many ranks stays readable: it sits in a scrollable frame, a zoom (plain CSS radio
+buttons, no script) widens it 2x or 4x, and every mark has a tooltip (an SVG ``<title>``) with
+its rank, time and checkpoint.
 """
 
 from __future__ import annotations
@@ -22,8 +26,13 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.
        color: #222; max-width: 1200px; }
 h1 { font-size: 1.3rem; margin-bottom: 0.2rem; }
 p.note { color: #8a5a00; margin: 0.2rem 0; }
-figure { margin: 1rem 0; }
-figure svg { max-width: 100%; height: auto; }
+figure { margin: 0; }
+figure svg { height: auto; display: block; }
+.scroll { overflow: auto; max-height: 85vh; border: 1px solid #ddd; margin: 0.4rem 0 1rem; }
+.zoom label { margin-right: 0.8rem; cursor: pointer; }
+#zoom-1:checked ~ .scroll svg { width: 100%; }
+#zoom-2:checked ~ .scroll svg { width: 200%; }
+#zoom-4:checked ~ .scroll svg { width: 400%; }
 table { border-collapse: collapse; margin-top: 0.5rem; }
 td, th { padding: 0.2rem 0.8rem; text-align: left; border-bottom: 1px solid #eee; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -45,6 +54,7 @@ _LEGEND: tuple[tuple[str, str, str], ...] = (
     ("recovery_line", "recovery line", "the cut restored by recovery R<i> (ringed points)"),
     ("rolled_back", "work rolled back", "shaded: work lost to the rollback"),
     ("down", "down", "hatched: from crash until recovery completed"),
+    ("waiting", "waiting for recovery", "dotted: a survivor, from detection to recovery's end"),
 )
 
 
@@ -103,7 +113,12 @@ def spacetime_html(spacetime: SpaceTime, metrics: TraceMetrics) -> str:
         f"<title>snapline run: {esc(spacetime.title)}</title>"
         f"<style>{_STYLE}</style></head><body>"
         f"<h1>{esc(spacetime.title)}</h1>{notes}"
-        f"<figure>{svg}</figure>"
+        "<input type='radio' name='zoom' id='zoom-1' checked hidden>"
+        "<input type='radio' name='zoom' id='zoom-2' hidden>"
+        "<input type='radio' name='zoom' id='zoom-4' hidden>"
+        "<div class='zoom'>zoom: <label for='zoom-1'>fit</label><label for='zoom-2'>2x</label>"
+        "<label for='zoom-4'>4x</label> (scroll to move; hover a mark for details)</div>"
+        f"<div class='scroll'><figure>{svg}</figure></div>"
         f"<h2>Legend</h2><ul class='legend'>{legend}</ul>"
         f"<h2>Summary of the whole run</h2><table>{rows}</table>"
         "</body></html>\n"

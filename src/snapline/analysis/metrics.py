@@ -52,18 +52,30 @@ class TraceMetrics:
 def checkpoint_time(trace: Trace, rank: int, index: int, *, before_t: float) -> float:
     """When ``rank`` took checkpoint ``index`` (the latest such event at or before ``before_t``).
 
-    Index 0 is the initial state, taken at time 0. A checkpoint the trace does not show (it
-    may predate a windowed trace) is placed at time 0 as well.
+    Index 0 is the initial state, taken when the job started running (``initial_state_t``). A
+    checkpoint the trace does not show (it may predate a windowed trace) is placed there too.
     """
+    found = initial_state_t(trace)
     if index == 0:
-        return 0.0
-    found = 0.0
+        return found
     for event in trace.events:
         if event.t > before_t:
             break
         if event.rank == rank and event.kind == "checkpoint" and event.int_field("index") == index:
             found = event.t
     return found
+
+
+def initial_state_t(trace: Trace) -> float:
+    """When the ranks started running from their initial state: the driver's ``start_t``, or 0.
+
+    A local job's clock starts before its processes are spawned; rolling back to the initial
+    state loses the work done since they ran, not the start-up before.
+    """
+    start_t = trace.stats.get("start_t")
+    if isinstance(start_t, int | float) and not isinstance(start_t, bool) and start_t > 0:
+        return float(start_t)
+    return 0.0
 
 
 def crash_time(trace: Trace, rank: int, *, before_t: float) -> float | None:
@@ -101,11 +113,21 @@ def _stat(stats: Mapping[str, Any], name: str) -> float | None:
     return None
 
 
+def makespan_s(trace: Trace) -> float:
+    """From the job's start (t = 0) to its end: the driver's ``end_t`` or the last event.
+
+    Not the last ``finish`` event: ``ctx.finish()`` says a rank has no work of its own left
+    (a rank may call it in ``on_start`` and still handle messages for the rest of the run).
+    """
+    end_t = trace.stats.get("end_t")
+    reported = float(end_t) if isinstance(end_t, int | float) and not isinstance(end_t, bool) else 0
+    return max(trace.end_t, reported)
+
+
 def summarize(trace: Trace) -> TraceMetrics:
     """Count checkpoints, messages, control traffic, rollbacks and recovery for one trace."""
     basic = forced = discarded = app_messages = control = piggyback = crashes = 0
     replayed_events = 0
-    finish_t = 0.0
     for event in trace.events:
         match event.kind:
             case "checkpoint":
@@ -125,8 +147,6 @@ def summarize(trace: Trace) -> TraceMetrics:
                 crashes += 1
             case "replay":
                 replayed_events += 1
-            case "finish":
-                finish_t = max(finish_t, event.t)
             case _:
                 pass
     work_lost = recovery_s = distance_s = 0.0
@@ -139,7 +159,12 @@ def summarize(trace: Trace) -> TraceMetrics:
             # The restored checkpoint may be younger than the detection: survivors keep
             # working (and checkpointing) until the recovery line is computed at t_done.
             since = checkpoint_time(trace, rank, index, before_t=recovery.t_done)
-            until = crash_time(trace, rank, before_t=recovery.t_done)
+            # A survivor's earlier crash (handled by an earlier recovery) does not count.
+            until = (
+                crash_time(trace, rank, before_t=recovery.t_done)
+                if rank in recovery.failed
+                else None
+            )
             distance_s = max(distance_s, (recovery.t_done if until is None else until) - since)
             depth = max(depth, _rolled_past(trace, recovery, rank, since))
     blocking = _stat(trace.stats, "blocking_s")
@@ -159,7 +184,7 @@ def summarize(trace: Trace) -> TraceMetrics:
         recovery_s=recovery_s,
         # Recoveries report their count; a driver that only writes replay events still counts.
         replayed_messages=max(replayed, replayed_events),
-        makespan_s=finish_t if finish_t > 0 else trace.end_t,
+        makespan_s=makespan_s(trace),
         blocking_s=blocking,
         bytes_stored=None if stored is None else int(stored),
     )

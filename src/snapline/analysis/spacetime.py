@@ -4,8 +4,11 @@ Theory of operation
 -------------------
 A space-time diagram has one horizontal line per rank (time on x) and shows the run's history
 on it: application messages as arrows from send to delivery, control messages as light arrows,
-checkpoints (basic / forced), crashes, the work each recovery rolled back, the recovery line
-(the cut the ranks were restored to) and the messages replayed to restored ranks.
+checkpoints (basic / forced), crashes, the work each recovery rolled back (from the restored
+checkpoint to the crash, or to the failure's detection for a survivor), the time ranks waited
+for the recovery (a survivor from detection to the end of recovery; a crashed rank is "down"
+from its crash), the recovery line (the cut the ranks were restored to) and the messages
+replayed to restored ranks.
 
 ``layout_spacetime`` turns a ``Trace`` into a ``SpaceTime`` of plain marks, so the geometry can
 be tested without pictures and drawn by any backend (``spacetime_plot`` draws it with
@@ -20,7 +23,9 @@ matplotlib). Matching rules, given what the trace records:
   its channel; sends to a rank that is down, and sends still unpaired when either end crashes
   or is restored, were lost (the driver drops an old incarnation's control traffic).
 
-Big traces are cut down to a rank subset and a time window; every cut is stated in ``notes``.
+Big traces are cut down to a rank subset -- crashed ranks always among them -- and a time
+window; every cut is stated in ``notes``. Without ``--from`` the axis starts shortly before the
+first event, so the start-up of the processes is not drawn as a long empty stretch.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class SpaceTime:
     finishes: tuple[PointMark, ...]
     rolled_back: tuple[SpanMark, ...]
     down: tuple[SpanMark, ...]
+    waiting: tuple[SpanMark, ...]
     recovery_lines: tuple[RecoveryLineMark, ...]
     notes: tuple[str, ...]
 
@@ -190,9 +196,10 @@ def _pair_messages(trace: Trace) -> list[MessageMark]:
 
 def _recovery_marks(
     trace: Trace,
-) -> tuple[list[SpanMark], list[SpanMark], list[RecoveryLineMark]]:
+) -> tuple[list[SpanMark], list[SpanMark], list[SpanMark], list[RecoveryLineMark]]:
     rolled: list[SpanMark] = []
     down: list[SpanMark] = []
+    waiting: list[SpanMark] = []
     lines: list[RecoveryLineMark] = []
     for number, recovery in enumerate(trace.recoveries, start=1):
         points: list[tuple[int, float, bool]] = []
@@ -202,12 +209,24 @@ def _recovery_marks(
                 # at t_done; what they did until then is rolled back.
                 index = recovery.restore[rank]
                 t_ckpt = checkpoint_time(trace, rank, index, before_t=recovery.t_done)
-                t_crash = crash_time(trace, rank, before_t=recovery.t_done)
-                t_end = recovery.t_done if t_crash is None else t_crash
+                # Only a rank this recovery handles as failed crashed for it (a survivor may
+                # have crashed in an earlier recovery).
+                t_crash = (
+                    crash_time(trace, rank, before_t=recovery.t_done)
+                    if rank in recovery.failed
+                    else None
+                )
+                # Work is lost up to the crash (or, for a survivor, up to the detection of the
+                # failure); after that the rank is down, or waits for the recovery to end.
+                t_end = recovery.t_detect if t_crash is None else t_crash
                 if t_end > t_ckpt:
                     rolled.append(SpanMark(rank=rank, t_from=t_ckpt, t_to=t_end))
                 if t_crash is not None:
                     down.append(SpanMark(rank=rank, t_from=t_crash, t_to=recovery.t_done))
+                elif recovery.t_done > max(t_end, t_ckpt):
+                    waiting.append(
+                        SpanMark(rank=rank, t_from=max(t_end, t_ckpt), t_to=recovery.t_done)
+                    )
                 points.append((rank, t_ckpt, True))
             else:
                 # A rank that keeps running contributes its state at recovery to the cut.
@@ -215,7 +234,26 @@ def _recovery_marks(
         lines.append(
             RecoveryLineMark(number=number, t_detect=recovery.t_detect, points=tuple(points))
         )
-    return rolled, down, lines
+    return rolled, down, waiting, lines
+
+
+def crashed_ranks(trace: Trace) -> tuple[int, ...]:
+    """Every rank that crashed or was declared failed during the run, sorted."""
+    ranks = {e.rank for e in trace.events if e.kind == "crash"}
+    for recovery in trace.recoveries:
+        ranks |= recovery.failed
+    return tuple(sorted(ranks))
+
+
+def sample_ranks(trace: Trace, max_ranks: int) -> tuple[int, ...]:
+    """At most ``max_ranks`` ranks to draw: every crashed rank first, then the lowest others."""
+    crashed = crashed_ranks(trace)[:max_ranks]
+    others = [r for r in range(trace.n) if r not in crashed]
+    return tuple(sorted([*crashed, *others[: max_ranks - len(crashed)]]))
+
+
+def _first_activity_t(trace: Trace) -> float:
+    return min((e.t for e in trace.events), default=0.0)
 
 
 def layout_spacetime(
@@ -235,9 +273,13 @@ def layout_spacetime(
     if ranks is None:
         ranks = tuple(range(trace.n))
         if trace.n > max_ranks:
-            ranks = ranks[:max_ranks]
+            ranks = sample_ranks(trace, max_ranks)
+            crashed = [r for r in crashed_ranks(trace) if r in ranks]
+            which = f"every crashed rank ({_rank_list(crashed)}) and " if crashed else ""
+            rest = [r for r in ranks if r not in crashed]
             notes.append(
-                f"showing ranks 0-{max_ranks - 1} of {trace.n}; choose others with --ranks"
+                f"showing {len(ranks)} of {trace.n} ranks: {which}ranks {_rank_list(rest)}; "
+                "choose others with --ranks, or see all in the --html page"
             )
     else:
         for rank in ranks:
@@ -247,6 +289,13 @@ def layout_spacetime(
             notes.append(f"showing {len(ranks)} of {trace.n} ranks")
     shown = frozenset(ranks)
     start = 0.0 if t_from is None else t_from
+    rolled, down, waiting, lines = _recovery_marks(trace)
+    # A recovery line may go back to the initial state (t = 0): then the start is kept.
+    first = min([_first_activity_t(trace), *(t for line in lines for _, t, _ in line.points)])
+    if t_from is None and first > 0.05 * trace.end_t:
+        # Nothing happens before the first event but the processes starting: leave it out.
+        start = max(0.0, first - 0.02 * (trace.end_t - first))
+        notes.append(f"the first {start:.3g} s (processes starting, no events) are not drawn")
     end = trace.end_t if t_to is None else t_to
     if end <= start:
         if t_from is not None or t_to is not None:
@@ -308,7 +357,6 @@ def layout_spacetime(
                 finishes.append(PointMark(rank=event.rank, t=event.t))
             case _:
                 pass
-    rolled, down, lines = _recovery_marks(trace)
 
     def clip(spans: list[SpanMark]) -> tuple[SpanMark, ...]:
         return tuple(
@@ -341,6 +389,18 @@ def layout_spacetime(
         finishes=tuple(finishes),
         rolled_back=clip(rolled),
         down=clip(down),
+        waiting=clip(waiting),
         recovery_lines=shown_lines,
         notes=tuple(notes),
     )
+
+
+def _rank_list(ranks: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2, 5, 7-8``."""
+    parts: list[str] = []
+    for rank in sorted(ranks):
+        if parts and rank == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{rank}"
+        else:
+            parts.append(str(rank))
+    return ", ".join(parts)

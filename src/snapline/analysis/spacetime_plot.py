@@ -8,6 +8,7 @@ and needs no display. Every kind of mark is its own artist with a stable SVG id 
 from __future__ import annotations
 
 import io
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 
 from snapline.analysis.spacetime import MessageMark, PointMark, SpaceTime, SpanMark
+from snapline.analysis.units import human_seconds
 from snapline.errors import ConfigError
+from snapline.runtime.local.jobdir import checkpoint_label
 
 COLORS = {
     "rank": "#555555",
@@ -33,6 +36,7 @@ COLORS = {
     "restore": "#1a9850",
     "rolled_back": "#f4a261",
     "down": "#cccccc",
+    "waiting": "#9ecae1",
     "recovery_line": "#7b3294",
 }
 SUPPORTED_SUFFIXES = (".png", ".svg")
@@ -40,7 +44,8 @@ SUPPORTED_SUFFIXES = (".png", ".svg")
 
 def _figure_size(spacetime: SpaceTime) -> tuple[float, float]:
     rows = len(spacetime.ranks)
-    return 11.0, max(3.2, 1.9 + 0.42 * rows)
+    # Room for the ranks, the title and its notes, the axis label and a 3-row legend.
+    return 11.0, 2.4 + 0.2 * len(spacetime.notes) + 0.42 * max(rows, 2)
 
 
 def _add_spans(
@@ -133,15 +138,24 @@ def build_figure(spacetime: SpaceTime) -> Figure:
     _add_spans(
         ax, spacetime.down, y_of, color=COLORS["down"], hatch="////", gid="down", height=0.22
     )
-    for message in spacetime.messages:
+    _add_spans(
+        ax,
+        spacetime.waiting,
+        y_of,
+        color=COLORS["waiting"],
+        hatch="..",
+        gid="waiting",
+        height=0.22,
+    )
+    for number, message in enumerate(spacetime.messages):
         patch = _arrow(message, y_of)
-        if message.replayed:
-            patch.set_gid("replayed")
+        # One id per arrow, so the HTML page can give each its tooltip.
+        patch.set_gid(f"{'replayed' if message.replayed else 'message'}-{number}")
+        # Arrows lie inside the axes: the layout engine need not measure each (thousands).
+        patch.set_in_layout(False)
         ax.add_patch(patch)
 
-    basic = [c for c in spacetime.checkpoints if not c.forced and not c.discarded]
-    forced = [c for c in spacetime.checkpoints if c.forced and not c.discarded]
-    discarded = [c for c in spacetime.checkpoints if c.discarded]
+    basic, forced, discarded = _checkpoint_groups(spacetime)
     _scatter(
         ax, basic, y_of, gid="checkpoints-basic", marker="s", s=42, color=COLORS["basic"], zorder=6
     )
@@ -241,22 +255,33 @@ def build_figure(spacetime: SpaceTime) -> Figure:
     span = spacetime.t_to - spacetime.t_from
     ax.set_xlim(spacetime.t_from - 0.01 * span, spacetime.t_to + 0.01 * span)
     ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
-    ax.set_xlabel("time (s)")
+    ax.set_xlabel("time since the job started (s)")
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.tick_params(axis="y", length=0)
     ax.grid(axis="x", color="#eeeeee", linewidth=0.8, zorder=-1)
     subtitle = "\n".join(spacetime.notes)
     ax.set_title(spacetime.title + (f"\n{subtitle}" if subtitle else ""), fontsize=11, loc="left")
-    ax.legend(
+    # Outside the axes, below everything the layout engine places (the axis label included),
+    # so the two never overlap whatever the figure's height.
+    fig.legend(
         handles=_legend_handles(),
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14),
-        ncol=6,
+        loc="outside lower center",
+        ncol=5,
         frameon=False,
         fontsize=8.5,
     )
     return fig
+
+
+def _checkpoint_groups(
+    spacetime: SpaceTime,
+) -> tuple[list[PointMark], list[PointMark], list[PointMark]]:
+    """Basic, forced and discarded checkpoints, each drawn as one group, in drawing order."""
+    basic = [c for c in spacetime.checkpoints if not c.forced and not c.discarded]
+    forced = [c for c in spacetime.checkpoints if c.forced and not c.discarded]
+    discarded = [c for c in spacetime.checkpoints if c.discarded]
+    return basic, forced, discarded
 
 
 def _legend_handles() -> list[Line2D | Patch]:
@@ -294,6 +319,12 @@ def _legend_handles() -> list[Line2D | Patch]:
             edgecolor=COLORS["rank"],
             label="down (crash to recovery)",
         ),
+        Patch(
+            facecolor=COLORS["waiting"],
+            hatch="..",
+            edgecolor=COLORS["rank"],
+            label="waiting for recovery",
+        ),
     ]
 
 
@@ -320,8 +351,80 @@ def render_spacetime(spacetime: SpaceTime, path: Path) -> None:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def spacetime_svg(spacetime: SpaceTime) -> str:
-    """The diagram as SVG text (for embedding in an HTML page)."""
+def spacetime_svg(spacetime: SpaceTime, *, tooltips: bool = True) -> str:
+    """The diagram as SVG text (for embedding in an HTML page), each mark with a tooltip."""
     buffer = io.StringIO()
     _save(build_figure(spacetime), buffer, format="svg", dpi=110)
-    return buffer.getvalue()
+    text = buffer.getvalue()
+    return _with_tooltips(text, tooltip_texts(spacetime)) if tooltips else text
+
+
+def tooltip_texts(spacetime: SpaceTime) -> dict[str, list[str]]:
+    """SVG group id -> the tooltip of each mark in it, in drawing order."""
+
+    def at(t: float) -> str:
+        return f"{t:.3f} s"
+
+    def span(kind: str, s: SpanMark) -> str:
+        length = human_seconds(s.t_to - s.t_from)
+        return f"rank {s.rank}: {kind} for {length}, {at(s.t_from)} to {at(s.t_to)}"
+
+    basic, forced, discarded = _checkpoint_groups(spacetime)
+    tips: dict[str, list[str]] = {
+        "checkpoints-basic": [
+            f"rank {c.rank}: basic checkpoint {checkpoint_label(c.index or 0)} at {at(c.t)}"
+            for c in basic
+        ],
+        "checkpoints-forced": [
+            f"rank {c.rank}: forced checkpoint {checkpoint_label(c.index or 0)} at {at(c.t)}"
+            for c in forced
+        ],
+        "checkpoints-discarded": [
+            f"rank {c.rank}: discarded checkpoint {checkpoint_label(c.index or 0)} at {at(c.t)}"
+            for c in discarded
+        ],
+        "crashes": [f"rank {c.rank} crashed at {at(c.t)}" for c in spacetime.crashes],
+        "restores": [
+            f"rank {c.rank} restored checkpoint {checkpoint_label(c.index or 0)} at {at(c.t)}"
+            for c in spacetime.restores
+        ],
+        "finishes": [f"rank {c.rank} called ctx.finish() at {at(c.t)}" for c in spacetime.finishes],
+        "rolled-back": [span("work rolled back", s) for s in spacetime.rolled_back],
+        "down": [span("down", s) for s in spacetime.down],
+        "waiting": [span("waiting for recovery", s) for s in spacetime.waiting],
+    }
+    for number, m in enumerate(spacetime.messages):
+        kind = "replayed message" if m.replayed else "control message" if m.control else "message"
+        tips[f"{'replayed' if m.replayed else 'message'}-{number}"] = [
+            f"{kind} {m.src} -> {m.dst}: sent {at(m.t_send)}, delivered {at(m.t_recv)} "
+            f"({human_seconds(m.t_recv - m.t_send)})"
+        ]
+    return tips
+
+
+_SVG_NS = "http://www.w3.org/2000/svg"
+_XLINK_NS = "http://www.w3.org/1999/xlink"
+
+
+def _with_tooltips(svg_text: str, tips: dict[str, list[str]]) -> str:
+    """Add an SVG ``<title>`` (a browser tooltip) to each mark of the groups in ``tips``."""
+    ET.register_namespace("", _SVG_NS)
+    ET.register_namespace("xlink", _XLINK_NS)
+    root = ET.fromstring(svg_text)
+    for group in root.iter(f"{{{_SVG_NS}}}g"):
+        texts = tips.get(group.get("id", ""))
+        if not texts:
+            continue
+        # A group of points holds one <use> per point; a group of spans one <path> per span;
+        # a message's group is the message itself.
+        marks = [e for e in group.iter() if e.tag == f"{{{_SVG_NS}}}use"]
+        if not marks:
+            marks = [e for e in group if e.tag == f"{{{_SVG_NS}}}path"]
+        if len(marks) != len(texts):
+            # A message's group is the one mark (its arrow is two paths: line and head).
+            marks, texts = [group], ["; ".join(texts)]
+        for mark, text in zip(marks, texts, strict=True):
+            title = ET.Element(f"{{{_SVG_NS}}}title")
+            title.text = text
+            mark.insert(0, title)
+    return ET.tostring(root, encoding="unicode")

@@ -112,9 +112,11 @@ def store_demo(directory: Path) -> None:
 
 
 def demo(
-    directory: str = typer.Option(None, "--dir", help="Where to put the demo's files (recreated)."),
+    directory: str = typer.Option(
+        None, "--dir", metavar="DIR", help="Where to put the demo's files (recreated)."
+    ),
     store_only: bool = typer.Option(
-        False, "--store-only", help="Only the tour of the checkpoint store."
+        False, "--store-only", metavar="", help="Only the tour of the checkpoint store."
     ),
 ) -> None:
     """Run a bank on 6 processes, kill -9 one, watch it recover (--store-only: store tour)."""

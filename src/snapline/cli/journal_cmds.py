@@ -11,12 +11,14 @@ from rich.console import Console
 from rich.pretty import Pretty
 from rich.table import Table
 
+from snapline.cli.options import SnaplineGroup
 from snapline.journal import inspect_journal, iter_edits, load_image
 
 journal_app = typer.Typer(
     name="journal",
     help="Inspect image + edit-log journals (snapline.journal).",
     no_args_is_help=True,
+    cls=SnaplineGroup,
 )
 
 
@@ -28,9 +30,10 @@ def _when(unix_s: float | None) -> str:
 
 @journal_app.command("inspect")
 def inspect_cmd(
-    directory: Annotated[Path, typer.Argument(help="The journal directory.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The journal directory.")],
     edits: Annotated[
-        bool, typer.Option("--edits", help="Print every operation in the edit log.")
+        bool,
+        typer.Option("--edits", metavar="", help="Print every operation in the edit log."),
     ] = False,
     from_txid: Annotated[
         int, typer.Option("--from-txid", help="With --edits: start at this txid.")

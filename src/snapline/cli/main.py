@@ -11,23 +11,43 @@ import sys
 import typer
 from rich.console import Console
 
+from snapline import __version__
 from snapline.cli import analysis_cmds, demo_cmds, journal_cmds, run_cmds, sim_cmds, store_cmds
+from snapline.cli.options import SnaplineGroup
 from snapline.errors import SnaplineError
 
 app = typer.Typer(
     name="snapline",
+    cls=SnaplineGroup,
     help="Checkpoint/restart and rollback recovery for distributed Python programs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # -h as well as --help, in every command (click passes it down to subcommands).
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"snapline {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    debug: bool = typer.Option(False, "--debug", metavar="", help="Show tracebacks for errors."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        metavar="",
+        is_eager=True,
+        callback=_print_version,
+        help="Show the version and exit.",
+    ),
 ) -> None:
     """Checkpoint/restart and rollback recovery for distributed Python programs."""
     _state["debug"] = debug

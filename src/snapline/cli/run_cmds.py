@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +14,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from snapline.errors import ConfigError
+from snapline.cli.options import DURATION, DURATION_FORMAT, FAILURE, FLAG, TOPOLOGY_HELP
+from snapline.errors import ConfigError, SnaplineError
+from snapline.runtime.local.jobdir import checkpoint_label
 
 console = Console()
 
@@ -37,39 +41,67 @@ def _number_or_text(value: str) -> Any:
 
 
 def status_line(status: Any) -> Text:
-    """One line: ranks up, checkpoints, recovery line, messages/s."""
+    """One line: ranks up, ranks with a committed checkpoint, recoveries, messages/s."""
     up = sum(r.state in ("running", "frozen") for r in status.ranks)
-    line = min((int(v) for v in status.recovery_line.values()), default=0)
     text = Text()
     text.append(
         f"{status.state:<10}", style="bold green" if status.state == "running" else "bold yellow"
     )
     text.append(f" ranks up {up}/{status.n}")
     text.append(f"  committed {status.checkpoints_committed}/{status.n} ranks")
-    text.append(f"  recovery line >= ckpt {line}")
     text.append(f"  recoveries {status.recoveries}")
     text.append(f"  {status.messages_per_s:,.0f} msg/s")
     return text
 
 
 def summary_table(result: Any) -> Table:
-    """The final report of a run."""
+    """The final report of a run: per rank, the same figures the summary line adds up.
+
+    delivered: messages in the rank's final state (redone work counts once); checkpoints:
+    committed over the whole run; restarts: processes started again after a failure.
+    """
     table = Table(title=f"snapline run: {result.protocol}, {result.n} ranks")
     for name in ("rank", "result", "delivered", "checkpoints", "restarts", "outputs"):
-        table.add_column(name, justify="right")
+        # The result wraps rather than being cut: it is what the user ran the job for.
+        table.add_column(name, justify="left" if name == "result" else "right")
     for rank in range(result.n):
         stats = result.stats.get(rank, {})
-        ckpts = int(stats.get("checkpoints_basic", 0)) + int(stats.get("checkpoints_forced", 0))
-        text = repr(result.results.get(rank))
         table.add_row(
             str(rank),
-            text if len(text) <= 40 else text[:37] + "...",
+            Text(repr(result.results.get(rank)), overflow="fold"),
             str(stats.get("messages_delivered", 0)),
-            str(ckpts),
-            str(sum(1 for f in result.failures if f["rank"] == rank)),
+            str(stats.get("checkpoints_committed", 0)),
+            str(stats.get("restarts", 0)),
             str(len(result.outputs.get(rank, []))),
         )
     return table
+
+
+def summary_line(result: Any) -> str:
+    """The totals of ``summary_table``'s columns, and what the run took."""
+    restarts = sum(int(s.get("restarts", 0)) for s in result.stats.values())
+    recoveries = len(result.recoveries)
+    # A resume starts every rank from the store: that is the resume, not a restart per rank.
+    resumed = any(r.get("whole_job") for r in result.recoveries)
+    return (
+        f"finished in {result.elapsed_s:.2f}s; {result.messages_delivered} messages delivered, "
+        f"{result.checkpoints_committed} checkpoints committed, "
+        f"{recoveries} recover{'y' if recoveries == 1 else 'ies'}"
+        f"{' (one of them the resume)' if resumed else ''}, "
+        f"{restarts} restart{'' if restarts == 1 else 's'}"
+    )
+
+
+@contextlib.contextmanager
+def _trace_hint_on_failure(store: Path, traced: bool) -> Iterator[None]:
+    """When the job fails, say where its trace is: the failed run is the one to look at."""
+    try:
+        yield
+    except SnaplineError:
+        trace = store / "trace.json"
+        if traced and trace.is_file():
+            console.print(f"trace of the failed run: {trace}  (draw it: snapline viz {trace})")
+        raise
 
 
 def register(app: typer.Typer) -> None:
@@ -85,9 +117,9 @@ def register(app: typer.Typer) -> None:
                 "Optional with --resume.",
             ),
         ] = None,
-        store: Annotated[Path, typer.Option("--store", help="Store directory of the job.")] = Path(
-            "snapline-job"
-        ),
+        store: Annotated[
+            Path, typer.Option("--store", metavar="DIR", help="Store directory of the job.")
+        ] = Path("snapline-job"),
         n: Annotated[
             int | None, typer.Option("-n", "--ranks", help="Number of ranks (processes).")
         ] = None,
@@ -98,39 +130,55 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         interval: Annotated[
-            str, typer.Option("--interval", help="Checkpoint interval, e.g. 1s, 500ms.")
+            str,
+            typer.Option(
+                "--interval", metavar=DURATION, help=f"Checkpoint interval ({DURATION_FORMAT})."
+            ),
         ] = "1s",
         topology: Annotated[
             str | None,
             typer.Option(
-                "--topology",
-                help="complete, ring, bidir-ring, line, star, random:K (default: the app's).",
+                "--topology", metavar="TOPOLOGY", help=f"{TOPOLOGY_HELP} (default: the app's)."
             ),
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the ranks' ctx.random.")] = 0,
         resume: Annotated[
-            bool, typer.Option("--resume", help="Continue a job whose processes all died.")
+            bool,
+            typer.Option("--resume", metavar=FLAG, help="Continue a job whose processes all died."),
         ] = False,
         kill: Annotated[
             list[str] | None,
-            typer.Option("--kill", help="Inject a kill -9: RANK@SECONDS (repeatable)."),
+            typer.Option(
+                "--kill",
+                "--crash-at",
+                metavar=FAILURE,
+                help="kill -9 RANK at TIME after every rank started, e.g. 1@500ms (repeatable; "
+                "--crash-at is the same, as in sim and compare).",
+            ),
         ] = None,
         param: Annotated[
             list[str] | None,
-            typer.Option("--param", "-p", help="App parameter KEY=VALUE (repeatable)."),
+            typer.Option("--param", "-p", metavar="KEY=VALUE", help="App parameter (repeatable)."),
         ] = None,
         heartbeat_timeout: Annotated[
             str,
-            typer.Option("--heartbeat-timeout", help="Declare a silent rank hung after this long."),
+            typer.Option(
+                "--heartbeat-timeout",
+                metavar=DURATION,
+                help="Declare a silent rank hung after this long.",
+            ),
         ] = "3s",
         max_restarts: Annotated[
             int, typer.Option("--max-restarts", help="Give up after this many restarts.")
         ] = 10,
         timeout: Annotated[
-            str, typer.Option("--timeout", help="Give up if the job has not finished by then.")
+            str,
+            typer.Option(
+                "--timeout", metavar=DURATION, help="Give up if the job has not finished by then."
+            ),
         ] = "10m",
         no_trace: Annotated[
-            bool, typer.Option("--no-trace", help="Do not record a trace.")
+            bool, typer.Option("--no-trace", metavar=FLAG, help="Do not record a trace.")
         ] = False,
     ) -> None:
         """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure."""
@@ -139,7 +187,7 @@ def register(app: typer.Typer) -> None:
         if app_name is None and not resume:
             raise ConfigError("give the APP to run (or --resume a job in --store)")
         live = Live(Text("starting..."), console=console, refresh_per_second=8, transient=True)
-        with live:
+        with live, _trace_hint_on_failure(store, not no_trace):
             result = run(
                 app_name,
                 n,
@@ -161,11 +209,7 @@ def register(app: typer.Typer) -> None:
         for rank, items in sorted(result.outputs.items()):
             for item in items:
                 console.print(f"[dim]output[/] rank {rank}: {item!r}")
-        console.print(
-            f"finished in {result.elapsed_s:.2f}s; {result.messages_delivered} messages, "
-            f"{result.checkpoints_committed} checkpoints committed, "
-            f"{len(result.recoveries)} recoveries, {result.restarts} restarts"
-        )
+        console.print(summary_line(result))
         if result.trace_path is not None:
             console.print(
                 f"trace: {result.trace_path}  (draw it with: snapline viz {result.trace_path})"
@@ -174,10 +218,16 @@ def register(app: typer.Typer) -> None:
     @app.command("ps")
     def ps_cmd(
         store: Annotated[
-            Path, typer.Argument(help="Store directory of a job started with snapline run.")
+            Path,
+            typer.Argument(
+                metavar="DIR", help="Store directory of a job started with snapline run."
+            ),
         ],
     ) -> None:
-        """Show a job's ranks: pid, state, incarnation, restarts, last committed checkpoint."""
+        """Show a job's ranks: pid, state, incarnation, restarts, last committed checkpoint.
+
+        "last ckpt" reads "4 (inc 1)" for checkpoint 4 of incarnation 1, "none" before the first.
+        """
         from snapline.runtime.local.status import pid_alive, read_status
 
         status = read_status(store)
@@ -187,7 +237,7 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"job {status.job_id}: {status.app} on {status.n} ranks, {status.protocol}; "
             f"supervisor pid {status.supervisor_pid} ({state}); updated {age_s:.1f}s ago; "
-            f"{status.recoveries} recoveries"
+            f"{status.recoveries} recoveries, {sum(r.restarts for r in status.ranks)} restarts"
         )
         table = Table()
         for name in ("rank", "pid", "state", "alive", "incarnation", "restarts", "last ckpt"):
@@ -200,7 +250,7 @@ def register(app: typer.Typer) -> None:
                 "yes" if pid_alive(rank.pid) else "no",
                 str(rank.incarnation),
                 str(rank.restarts),
-                str(rank.last_checkpoint),
+                checkpoint_label(rank.last_checkpoint),
             )
         console.print(table)
         if status.note:

@@ -15,6 +15,16 @@ from rich.console import Console
 from rich.table import Table
 
 from snapline.apps import app_spec
+from snapline.cli.options import (
+    DURATION,
+    DURATION_FORMAT,
+    FAILURE,
+    FLAG,
+    TOPOLOGY_HELP,
+    duration_s,
+    failures_at,
+    optional_duration_s,
+)
 from snapline.errors import ConfigError
 from snapline.runtime.sim import Partition, SimConfig, SimResult, run_simulation
 
@@ -37,19 +47,6 @@ def _option_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-def _crash_at(items: list[str]) -> tuple[tuple[int, float], ...]:
-    out = []
-    for item in items:
-        rank, sep, t = item.partition("@")
-        try:
-            out.append((int(rank), float(t)))
-        except ValueError:
-            raise ConfigError(f"bad --crash-at {item!r}: use RANK@TIME, e.g. 2@15.5") from None
-        if not sep:
-            raise ConfigError(f"bad --crash-at {item!r}: use RANK@TIME, e.g. 2@15.5")
-    return tuple(out)
 
 
 def _channel_delays(items: list[str]) -> dict[tuple[int, int], str]:
@@ -78,10 +75,7 @@ def _slow_disks(items: list[str]) -> dict[int, str]:
 def _interval(text: str) -> float | None:
     if text.lower() in ("none", "off", "never"):
         return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"bad --interval {text!r}: seconds, or 'none'") from None
+    return duration_s(text, "--interval")
 
 
 def summary_table(result: SimResult) -> Table:
@@ -128,22 +122,35 @@ def sim(
     n: int = typer.Option(4, "-n", "--ranks", help="Number of ranks."),
     protocol: str = typer.Option("none", "--protocol", help="Checkpointing protocol name."),
     seed: int = typer.Option(0, "--seed", help="The seed that determines the whole run."),
-    interval: str = typer.Option("50", "--interval", help="Basic checkpoint interval, s, or none."),
+    interval: str = typer.Option(
+        "50s",
+        "--interval",
+        metavar=DURATION,
+        help=f"Basic checkpoint interval ({DURATION_FORMAT}), or none.",
+    ),
     topology: str | None = typer.Option(
-        None, "--topology", help="complete | ring | bidir-ring | line | star | random:K."
+        None, "--topology", metavar="TOPOLOGY", help=f"{TOPOLOGY_HELP} (default: the app's)."
     ),
     messages: int | None = typer.Option(
         None, "--messages", help="The app's size: messages per rank, rounds or steps."
     ),
     param: Annotated[
-        list[str] | None, typer.Option("--param", help="App parameter KEY=VALUE.")
+        list[str] | None,
+        typer.Option("--param", "-p", metavar="KEY=VALUE", help="App parameter (repeatable)."),
     ] = None,
     option: Annotated[
-        list[str] | None, typer.Option("--option", help="Protocol option KEY=VALUE (JSON).")
+        list[str] | None,
+        typer.Option("--option", metavar="KEY=JSON", help="Protocol option (repeatable)."),
     ] = None,
     crash_rate: float = typer.Option(0.0, "--crash-rate", help="Crashes per rank per second."),
     crash_at: Annotated[
-        list[str] | None, typer.Option("--crash-at", help="Crash RANK@TIME (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--crash-at",
+            "--kill",
+            metavar=FAILURE,
+            help="Crash RANK at simulated TIME, e.g. 2@15s (repeatable; --kill is the same).",
+        ),
     ] = None,
     crash_burst: int = typer.Option(1, "--crash-burst", help="Up to this many ranks per crash."),
     crash_in_write: float = typer.Option(
@@ -153,42 +160,59 @@ def sim(
         0.0, "--crash-in-recovery", help="Chance that a recovery is hit by another crash."
     ),
     max_crashes: int = typer.Option(10, "--max-crashes", help="At most this many crashes."),
-    faults_until: float | None = typer.Option(
-        None, "--faults-until", help="No crashes after this time (then the job must finish)."
+    faults_until: str | None = typer.Option(
+        None,
+        "--faults-until",
+        metavar=DURATION,
+        help="No crashes after this time (then the job must finish).",
     ),
-    detect_delay: float = typer.Option(1.0, "--detect-delay", help="Failure detection delay, s."),
-    restart_delay: float = typer.Option(1.0, "--restart-delay", help="Restart delay, s."),
+    detect_delay: str = typer.Option(
+        "1s", "--detect-delay", metavar=DURATION, help="Failure detection delay."
+    ),
+    restart_delay: str = typer.Option(
+        "1s", "--restart-delay", metavar=DURATION, help="Restart delay."
+    ),
     delay: str = typer.Option("uniform:0.01:0.1", "--delay", help="Network delay distribution."),
     channel_delay: Annotated[
-        list[str] | None, typer.Option("--channel-delay", help="Per-channel delay SRC-DST=SPEC.")
+        list[str] | None,
+        typer.Option("--channel-delay", metavar="SRC-DST=SPEC", help="Per-channel delay."),
     ] = None,
     requests: str | None = typer.Option(
         None,
         "--requests",
         help="Basic checkpoint requests on 'all' ranks or 'one' (rank 0); default: protocol's.",
     ),
-    reorder: bool = typer.Option(False, "--reorder", help="Non-FIFO network (if allowed)."),
+    reorder: bool = typer.Option(
+        False, "--reorder", metavar=FLAG, help="Non-FIFO network (if allowed)."
+    ),
     loss: float = typer.Option(0.0, "--loss", help="Packet loss rate under the reliable layer."),
     dup: float = typer.Option(0.0, "--dup", help="Packet duplication rate under the layer."),
-    rto: float = typer.Option(0.2, "--rto", help="Retransmission timeout, s."),
+    rto: str = typer.Option("200ms", "--rto", metavar=DURATION, help="Retransmission timeout."),
     partition: Annotated[
-        list[str] | None, typer.Option("--partition", help="RANKS@START-END, e.g. 0,1@5-9.")
+        list[str] | None,
+        typer.Option("--partition", metavar="RANKS@START-END", help="e.g. 0,1@5-9 (seconds)."),
     ] = None,
     persist_delay: str = typer.Option("exp:0.2", "--persist-delay", help="Checkpoint write time."),
     slow_disk: Annotated[
-        list[str] | None, typer.Option("--slow-disk", help="RANK=SPEC write time.")
+        list[str] | None,
+        typer.Option("--slow-disk", metavar="RANK=SPEC", help="Write time of RANK's disk."),
     ] = None,
     log_delay: str = typer.Option("exp:0.01", "--log-delay", help="Message-log write time."),
-    max_time: float = typer.Option(1e6, "--max-time", help="Fail if not finished by then, s."),
-    stall_timeout: float = typer.Option(
-        2000.0, "--stall-timeout", help="Fail after this long without progress, s."
+    max_time: str = typer.Option(
+        "1000000s", "--max-time", metavar=DURATION, help="Fail if not finished by then."
+    ),
+    stall_timeout: str = typer.Option(
+        "2000s", "--stall-timeout", metavar=DURATION, help="Fail after this long without progress."
     ),
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write results as JSON here.")
+        Path | None, typer.Option("--json", metavar="FILE", help="Write results as JSON here.")
     ] = None,
-    trace_out: Annotated[Path | None, typer.Option("--trace", help="Write the trace here.")] = None,
+    trace_out: Annotated[
+        Path | None,
+        typer.Option("--trace", metavar="FILE", help="Write the trace here (for snapline viz)."),
+    ] = None,
     no_reference: bool = typer.Option(
-        False, "--no-reference", help="Skip the failure-free comparison run."
+        False, "--no-reference", metavar=FLAG, help="Skip the failure-free comparison run."
     ),
 ) -> None:
     """Run one simulated job under faults and check every guarantee on it."""
@@ -211,22 +235,22 @@ def sim(
         reorder=reorder,
         loss_rate=loss,
         dup_rate=dup,
-        rto_s=rto,
+        rto_s=duration_s(rto, "--rto"),
         partitions=tuple(Partition.parse(p) for p in partition or []),
-        crash_at=_crash_at(crash_at or []),
+        crash_at=failures_at(crash_at),
         crash_rate=crash_rate,
         crash_burst=crash_burst,
         crash_in_write=crash_in_write,
         crash_in_recovery=crash_in_recovery,
         max_crashes=max_crashes,
-        faults_until_s=faults_until,
-        detect_delay_s=detect_delay,
-        restart_delay_s=restart_delay,
+        faults_until_s=optional_duration_s(faults_until, "--faults-until"),
+        detect_delay_s=duration_s(detect_delay, "--detect-delay"),
+        restart_delay_s=duration_s(restart_delay, "--restart-delay"),
         persist_delay=persist_delay,
         slow_disks=_slow_disks(slow_disk or []),
         log_delay=log_delay,
-        max_time_s=max_time,
-        stall_timeout_s=stall_timeout,
+        max_time_s=duration_s(max_time, "--max-time"),
+        stall_timeout_s=duration_s(stall_timeout, "--stall-timeout"),
         trace=trace_out is not None,
         reference=not no_reference,
     )

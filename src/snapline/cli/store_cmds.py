@@ -9,14 +9,23 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 from rich.tree import Tree
 
+from snapline.errors import NotAStore
+from snapline.runtime.local.jobdir import (
+    JobCheckpoints,
+    checkpoint_label,
+    is_job_dir,
+    job_checkpoints,
+)
 from snapline.state.codec import decode_tree
 from snapline.store import Store, open_store
 from snapline.store.manifest import LeafRef, Manifest
@@ -54,20 +63,48 @@ def progress_bar(label: str, total_bytes: int) -> Iterator[Callable[[int, int], 
 
 
 def _open(directory: str) -> Store:
+    path = Path(directory)
+    if is_job_dir(path):
+        raise NotAStore(
+            f"{directory} is the directory of a job (snapline run), which holds one store per "
+            f"rank: use {path / 'rank-0'} (and rank-1, ...); `snapline ls {directory}` lists "
+            "them all with the recovery line"
+        )
     return open_store(directory, create=False)
 
 
 def _when(unix_s: float) -> str:
-    return dt.datetime.fromtimestamp(unix_s).strftime("%m-%d %H:%M:%S")
+    when = dt.datetime.fromtimestamp(unix_s)
+    # Today's checkpoints need no date: the column stays narrow.
+    return when.strftime("%H:%M:%S" if when.date() == dt.date.today() else "%m-%d %H:%M:%S")
 
 
-def ls(directory: str = typer.Argument(..., help="Store directory (or file:// URL).")) -> None:
-    """List checkpoints: step, time, size, bytes new vs shared with the previous step."""
+def ls(
+    directory: str = typer.Argument(
+        ...,
+        metavar="DIR",
+        help="Store directory (or file:// URL), or the directory of a job (snapline run).",
+    ),
+    every: bool = typer.Option(
+        False, "--all", help="For a job: every committed checkpoint of every rank."
+    ),
+) -> None:
+    """List checkpoints: step, time, size, bytes new vs shared; for a job, each rank's."""
+    if is_job_dir(Path(directory)):
+        _ls_job(Path(directory), every=every)
+        return
     with _open(directory) as store:
         infos = store.list()
-        table = Table(title=f"checkpoints in {store.url}")
+        # No vertical rules: the room goes to the meta column, which may be long.
+        table = Table(title=f"checkpoints in {store.url}", box=box.SIMPLE_HEAD)
         for name in ("step", "time", "size", "stored", "new", "shared", "chunks", "meta"):
-            table.add_column(name, justify="left" if name in ("time", "meta") else "right")
+            # Numbers and times never wrap; the free-form meta wraps whole instead of being cut.
+            table.add_column(
+                name,
+                justify="left" if name in ("time", "meta") else "right",
+                no_wrap=name != "meta",
+                overflow="fold",
+            )
         for info in infos:
             if info.damaged:
                 table.add_row(str(info.step), "[red]damaged[/]", "", "", "", "", "", info.damaged)
@@ -80,9 +117,64 @@ def ls(directory: str = typer.Argument(..., help="Store directory (or file:// UR
                 human_bytes(info.new_bytes),
                 human_bytes(info.shared_bytes),
                 str(info.chunk_count),
-                ", ".join(f"{k}={v}" for k, v in info.meta.items()),
+                "\n".join(f"{k}={v}" for k, v in info.meta.items()),
             )
         console.print(table if infos else f"no checkpoints in {store.url}")
+
+
+def _ls_job(job_dir: Path, *, every: bool) -> None:
+    """Each rank's committed checkpoints and the recovery line a resume would restore."""
+    listing = job_checkpoints(job_dir)
+    if every:
+        _ls_job_checkpoints(listing)
+    config = listing.config
+    line = listing.recovery_line
+    table = Table(
+        title=f"job in {job_dir}: {config.app} on {config.n} ranks, {config.protocol}",
+        title_justify="left",
+    )
+    for name in ("rank", "committed", "newest", "recovery line", "its step"):
+        table.add_column(name, justify="right")
+    for rank in range(config.n):
+        ckpts = listing.checkpoints[rank]
+        restore = None if line is None else line[rank]
+        table.add_row(
+            str(rank),
+            str(len(ckpts)),
+            ckpts[-1].label if ckpts else "none",
+            "?" if restore is None else checkpoint_label(restore),
+            "" if not restore else str(restore),
+        )
+    console.print(table)
+    if line is None:
+        console.print(f"[yellow]recovery line unknown:[/] {listing.problem}")
+    else:
+        console.print(
+            "recovery line: what `snapline run --resume --store "
+            f"{job_dir}` restores if every rank dies now ('none': the initial state)"
+        )
+    console.print(
+        "each rank's checkpoints are a store: snapline ls / inspect "
+        f"{job_dir / 'rank-0'} (--step STEP)",
+        highlight=False,
+    )
+
+
+def _ls_job_checkpoints(listing: JobCheckpoints) -> None:
+    table = Table(title="committed checkpoints", title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("rank", "checkpoint", "kind", "step", "recovery line"):
+        table.add_column(name, justify="left" if name in ("kind", "recovery line") else "right")
+    line = listing.recovery_line or {}
+    for rank, ckpts in sorted(listing.checkpoints.items()):
+        for ckpt in ckpts:
+            table.add_row(
+                str(rank),
+                ckpt.label,
+                "forced" if ckpt.forced else "basic",
+                str(ckpt.index),
+                "<- restored by a resume" if line.get(rank) == ckpt.index else "",
+            )
+    console.print(table)
 
 
 class _LeafMark:
@@ -147,7 +239,7 @@ def _add_child(tree: Tree, name: str, value: object) -> None:
 
 
 def inspect(
-    directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
     step: int | None = typer.Option(None, "--step", help="Step to show (default: newest)."),
 ) -> None:
     """Show a checkpoint's tree: keys, dtypes, shapes, sizes, chunks shared with the previous."""
@@ -176,7 +268,7 @@ def inspect(
 
 
 def verify(
-    directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
     step: int | None = typer.Option(None, "--step", help="Check only this step."),
 ) -> None:
     """Check every manifest and chunk hash; exit 1 when anything is damaged."""
@@ -204,7 +296,7 @@ def verify(
         console.print(table)
         console.print(
             f"[red]damaged[/]: step(s) {', '.join(map(str, report.damaged_steps))}; "
-            "`snapline load` falls back to the newest intact step"
+            "a load (store.load(), snapline run --resume) falls back to the newest intact step"
         )
         raise typer.Exit(1)
 
@@ -228,13 +320,14 @@ def gc(
 
 
 def diff(
-    directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
-    a: int = typer.Argument(..., help="First step."),
-    b: int = typer.Argument(..., help="Second step."),
+    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
+    a: int = typer.Argument(..., metavar="STEP_A", help="First step."),
+    b: int = typer.Argument(..., metavar="STEP_B", help="Second step."),
 ) -> None:
-    """Compare two checkpoints leaf by leaf (by chunk hashes; no data is read)."""
+    """Compare two checkpoints: arrays by chunk hashes, scalars and strings by value."""
     with _open(directory) as store:
         ma, mb = store.manifest(a), store.manifest(b)
+        values = _value_changes(_skeleton_tree(store, ma), _skeleton_tree(store, mb), "state")
     leaves_a = {leaf.path: leaf for leaf in ma.leaves}
     leaves_b = {leaf.path: leaf for leaf in mb.leaves}
     table = Table(title=f"step {a} -> step {b}")
@@ -264,14 +357,60 @@ def diff(
             table.add_row(path, "[yellow]changed[/]", detail)
         else:
             same += 1
-    skel_a = ma.chunks[ma.skeleton[0]].id
-    skel_b = mb.chunks[mb.skeleton[0]].id
+    for path, change, detail in values:
+        table.add_row(path, change, detail)
     if table.row_count:
         console.print(table)
     console.print(
-        f"{same} leaf/leaves unchanged; non-array values "
-        f"{'unchanged' if skel_a == skel_b else 'changed'}"
+        f"{same} array(s) unchanged; "
+        f"{len(values) or 'no'} scalar or string value(s) changed, added or removed"
     )
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _value_changes(a: object, b: object, path: str) -> list[tuple[str, str, str]]:
+    """(path, change, detail) for every non-array value that differs between two trees."""
+    if isinstance(a, _LeafMark) or isinstance(b, _LeafMark):
+        # Arrays are compared by their chunks (above); a value that became one shows there too.
+        if isinstance(a, _LeafMark) and isinstance(b, _LeafMark):
+            return []
+        return [(path, "[yellow]retyped[/]", "array <-> value")]
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, str, str]] = []
+        for key in [*a, *(k for k in b if k not in a)]:
+            where = f"{path}[{key!r}]"
+            if key not in b:
+                out += _added_or_removed(where, a[key], "[red]removed[/]")
+            elif key not in a:
+                out += _added_or_removed(where, b[key], "[green]added[/]")
+            else:
+                out += _value_changes(a[key], b[key], where)
+        return out
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and type(a) is type(b):
+        out = []
+        for i in range(max(len(a), len(b))):
+            where = f"{path}[{i}]"
+            if i >= len(b):
+                out += _added_or_removed(where, a[i], "[red]removed[/]")
+            elif i >= len(a):
+                out += _added_or_removed(where, b[i], "[green]added[/]")
+            else:
+                out += _value_changes(a[i], b[i], where)
+        return out
+    if type(a) is type(b) and a == b:
+        return []
+    return [(path, "[yellow]changed[/]", f"{_short_repr(a)} -> {_short_repr(b)}")]
+
+
+def _added_or_removed(path: str, value: object, change: str) -> list[tuple[str, str, str]]:
+    # Arrays added or removed are reported by the leaf comparison; only values here.
+    if isinstance(value, _LeafMark):
+        return []
+    return [(path, change, _short_repr(value))]
 
 
 def register(app: typer.Typer) -> None:

@@ -327,6 +327,9 @@ class LocalJob:
             self.log("job_failed", error=repr(exc))
             with contextlib.suppress(Exception):
                 self._publish("failed", force=True, note=str(exc))
+            # The run that failed is the one most worth drawing: write its trace too.
+            with contextlib.suppress(Exception):
+                self._write_trace(time.monotonic() - self._t0, outcome=f"failed: {exc}")
             raise
         finally:
             self._sup.close()
@@ -771,19 +774,19 @@ class LocalJob:
         ledgers = {r: read_ledger(ledger_path(self.store_dir, r), r) for r in ranks}
         outputs = {r: list(ledgers[r].outputs) for r in ranks}
         elapsed = time.monotonic() - self._t0
-        trace_path = None
-        if self.config.trace:
-            trace_path = merge_trace(
-                self.store_dir,
-                n=self.config.n,
-                protocol=self.config.protocol,
-                app=self.config.app,
-                seed=self.config.seed,
-                edges=sorted(self.edges),
-                recoveries=self.recoveries,
-                failures=self.failures,
-                stats={"elapsed_s": elapsed, "restarts": self.restarts},
+        trace_path = self._write_trace(self._terminated_s - self._t0, outcome="finished")
+        # One definition per figure, shared by the run table, summary.json, ``ps`` and the
+        # trace: "delivered" counts the messages each rank's final state has received (work
+        # redone after a rollback counts once), "checkpoints" the checkpoints committed over the
+        # whole run, "restarts" the processes started again after a failure.
+        for rank in ranks:
+            engine_delivered = stats[rank].pop("messages_delivered", 0)
+            stats[rank]["deliveries_since_restore"] = engine_delivered
+            stats[rank]["messages_delivered"] = int(
+                sup.slots[rank].counters.get("delivered", engine_delivered)
             )
+            stats[rank]["checkpoints_committed"] = len(ledgers[rank].committed_records()) - 1
+            stats[rank]["restarts"] = sup.slots[rank].restarts
         committed = sum(len(lv.committed_records()) - 1 for lv in ledgers.values())
         result = RunResult(
             results=results,
@@ -807,6 +810,30 @@ class LocalJob:
         self._publish("finished", force=True)
         return result
 
+    def _write_trace(self, end_s: float, *, outcome: str) -> Path | None:
+        """``<store>/trace.json`` from the ranks' event files (None when tracing is off)."""
+        if not self.config.trace:
+            return None
+        return merge_trace(
+            self.store_dir,
+            n=self.config.n,
+            protocol=self.config.protocol,
+            app=self.config.app,
+            seed=self.config.seed,
+            edges=sorted(self.edges),
+            recoveries=self.recoveries,
+            failures=self.failures,
+            stats={
+                "elapsed_s": time.monotonic() - self._t0,
+                # When every rank first ran (the initial state's time: spawning is no work)
+                # and when the job ended (termination detected, or the failure).
+                "start_t": round((self._running_since_s or self._t0) - self._t0, 6),
+                "end_t": round(max(end_s, 0.0), 6),
+                "restarts": sum(slot.restarts for slot in self._sup.slots),
+                "outcome": outcome,
+            },
+        )
+
 
 def write_summary(store_dir: Path, result: RunResult) -> None:
     """``<store>/summary.json``: the final report of a run."""
@@ -822,6 +849,7 @@ def write_summary(store_dir: Path, result: RunResult) -> None:
         "protocol": result.protocol,
         "n": result.n,
         "elapsed_s": round(result.elapsed_s, 3),
+        "run_s": round(result.run_s, 3),
         "restarts": result.restarts,
         "recoveries": result.recoveries,
         "failures": result.failures,

@@ -102,10 +102,20 @@ def merge_trace(
     for event in events:
         if event["kind"] == "checkpoint":
             checkpoint_times.setdefault((int(event["rank"]), int(event["index"])), event["t"])
+    if "end_t" in stats and events:
+        # Ranks may still log (a commit, a flushed checkpoint) after termination was detected:
+        # the job ends with its last event.
+        stats = {**stats, "end_t": max(float(stats["end_t"]), float(events[-1]["t"]))}
+    if "start_t" in stats and events:
+        # The supervisor notes the start after telling every rank to run; a rank may have
+        # begun (and logged) a moment before.
+        stats = {**stats, "start_t": min(float(stats["start_t"]), float(events[0]["t"]))}
+    # The initial state (index 0) is the ranks' state when the job started running.
+    start_t = float(stats.get("start_t", 0.0))
     for rec in recoveries:
         rolled_back_s = {}
         for rank_text, index in rec["restore"].items():
-            taken = checkpoint_times.get((int(rank_text), int(index)), 0.0)
+            taken = checkpoint_times.get((int(rank_text), int(index)), start_t)
             rolled_back_s[rank_text] = round(max(0.0, rec["t_detect"] - taken), 6)
         writer.recovery({**rec, "rolled_back_s": rolled_back_s})
     trace = writer.finish(stats)
