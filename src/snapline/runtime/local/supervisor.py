@@ -54,6 +54,8 @@ class RankSlot:
     sock: socket.socket | None = None
     reader: FrameReader = field(default_factory=FrameReader)
     out: bytearray = field(default_factory=bytearray)
+    #: True while the selector also waits for ``sock`` to take more of ``out``.
+    writing: bool = False
     state: str = "starting"
     alive: bool = False
     last_hb_s: float = 0.0
@@ -136,8 +138,10 @@ class Supervisor:
             conn.setblocking(False)
             if slot.sock is not None:
                 self._drop_sock(slot)
+                slot.out.clear()  # the rest of a frame torn by the old link would corrupt this one
             slot.sock = conn
             slot.reader = FrameReader()
+            slot.writing = False
             slot.last_hb_s = time.monotonic()
             self.sel.register(conn, selectors.EVENT_READ, ("ctl", slot.rank))
 
@@ -147,6 +151,7 @@ class Supervisor:
                 self.sel.unregister(slot.sock)
             slot.sock.close()
             slot.sock = None
+        slot.writing = False
 
     # ------------------------------------------------------------------ processes
 
@@ -190,16 +195,30 @@ class Supervisor:
         self._flush(slot)
 
     def _flush(self, slot: RankSlot) -> None:
+        """Write what the socket takes now; wait for write readiness to send the rest.
+
+        A control message can be far larger than the socket buffer (a ``restore`` carries the
+        messages a rank must replay, a ``resume`` those it must re-receive): whatever one
+        ``send`` leaves over must go out as soon as the worker reads, not wait for the next
+        message to this rank, which never comes while we wait for the reply to this one.
+        """
         sock = slot.sock
-        if sock is None or not slot.out:
+        if sock is None:
             return
-        try:
-            sent = sock.send(slot.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return
-        del slot.out[:sent]
+        if slot.out:
+            try:
+                sent = sock.send(slot.out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the worker died: its pidfd (or the closed link) reports it
+            del slot.out[:sent]
+        want = bool(slot.out)
+        if want != slot.writing:
+            slot.writing = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.modify(sock, events, ("ctl", slot.rank))
 
     def kill(self, rank: int, why: str) -> None:
         """SIGKILL the worker of ``rank`` (its death is then noticed like any other)."""
@@ -237,7 +256,7 @@ class Supervisor:
 
     def poll(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for anything, handle it, and check for hangs."""
-        for key, _mask in self.sel.select(max(0.0, timeout_s)):
+        for key, mask in self.sel.select(max(0.0, timeout_s)):
             kind, rank = key.data
             if kind == "wake":
                 with contextlib.suppress(BlockingIOError):
@@ -245,7 +264,10 @@ class Supervisor:
             elif kind == "pid":
                 self._reap(rank, "exited")
             else:
-                self._read(self.slots[rank])
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(self.slots[rank])
+                if mask & selectors.EVENT_READ:
+                    self._read(self.slots[rank])
         self._adopt()
         self.check_children()
 
@@ -326,6 +348,9 @@ class Supervisor:
             self._listener.close()
         with contextlib.suppress(OSError):
             (self.socket_dir / "control.sock").unlink()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.sel.close()
 
 
 def write_log_line(fd: int, event: str, **fields: object) -> None:

@@ -146,6 +146,10 @@ class Worker:
         self._app_timers: dict[str, int] = {}
         self._requests_basic = requests_basic_checkpoints(self.config.protocol, self.rank)
         self._next_checkpoint_s = float("inf")
+        #: Checkpoint saves handed to the stable thread and not yet persisted (or failed).
+        self._saves_in_flight = 0
+        #: A basic checkpoint fell due while a save was in flight: take it once none is.
+        self._basic_deferred = False
         self._hb_due_s = 0.0
         self._gc_before = 0
         self._last_committed = 0
@@ -154,6 +158,7 @@ class Worker:
         self._control: socket.socket | None = None
         self._control_reader = FrameReader()
         self._control_out = bytearray()
+        self._control_writing = False
 
     # ------------------------------------------------------------------------------ utilities
 
@@ -193,16 +198,26 @@ class Worker:
 
     def _flush_control(self) -> None:
         sock = self._control
-        if sock is None or not self._control_out:
+        if sock is None:
             return
-        try:
-            sent = sock.send(self._control_out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.stopping = True
-            return
-        del self._control_out[:sent]
+        if self._control_out:
+            try:
+                sent = sock.send(self._control_out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.stopping = True
+                return
+            del self._control_out[:sent]
+        # A large reply (a ``frozen`` volatile record, a ``result``) outgrows the socket
+        # buffer: wait for write readiness so the rest goes out as soon as the supervisor
+        # reads, not a heartbeat interval per buffer later.
+        want = bool(self._control_out)
+        if want != self._control_writing:
+            self._control_writing = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.modify(sock, events, ("control", 0))
 
     def _heartbeat(self) -> None:
         self._hb_due_s = time.monotonic() + self.config.heartbeat_interval_s
@@ -263,6 +278,7 @@ class Worker:
     def persist_checkpoint(self, rank: int, image: CheckpointImage) -> None:
         """Capture the state now (``save_async``) and let the stable thread finish the write."""
         record = image.record
+        self._saves_in_flight += 1  # until its ``persisted`` or ``write_failed`` completion
         # Messages this checkpoint counts as sent must be in the kernel before it can persist.
         self.transport.flush_blocking(timeout_s=1.0)
         # save_async first waits for the previous save; with forced checkpoints in a row on a
@@ -397,6 +413,8 @@ class Worker:
         self._app_timers.clear()
         with self._completions_lock:
             self._completions.clear()
+        self._saves_in_flight = 0
+        self._basic_deferred = False
 
     def _build_fresh(self) -> None:
         import random
@@ -692,7 +710,10 @@ class Worker:
                 with contextlib.suppress(BlockingIOError):
                     self._wake_r.recv(4096)
             elif kind == "control":
-                self._read_control()
+                if mask & selectors.EVENT_WRITE:
+                    self._flush_control()
+                if mask & selectors.EVENT_READ:
+                    self._read_control()
             else:
                 self.transport.on_event((kind, peer), mask)
         self.transport.adopt_accepted()
@@ -746,6 +767,11 @@ class Worker:
                 continue
             if item[1] != self.generation:
                 continue  # written for an engine that a restore replaced
+            if kind in ("persisted", "write_failed"):
+                self._saves_in_flight -= 1
+                if self._basic_deferred and self._saves_in_flight == 0:
+                    self._basic_deferred = False
+                    self._next_checkpoint_s = time.monotonic()
             if kind == "persisted":
                 engine.checkpoint_persisted(int(item[2]))
             elif kind == "write_failed":
@@ -772,8 +798,16 @@ class Worker:
                     del self._app_timers[name]
                 engine.app_timer_due(timer_id, name)
         if now >= self._next_checkpoint_s:
-            self._next_checkpoint_s = now + self.config.interval_s
-            engine.checkpoint_requested()
+            if self._saves_in_flight > 0:
+                # The disk is behind (large states, a busy device): requesting more would
+                # queue checkpoints without bound, and message logs and commit markers queue
+                # behind them, so the rank would stop delivering. Take the next one when the
+                # pending save is durable.
+                self._next_checkpoint_s = float("inf")
+                self._basic_deferred = True
+            else:
+                self._next_checkpoint_s = now + self.config.interval_s
+                engine.checkpoint_requested()
 
     def _deliver_frames(self) -> None:
         engine = self.engine
