@@ -68,6 +68,10 @@ class RankSlot:
     stopped: bool = False
     fatal: str | None = None
     result: dict[str, Any] | None = None
+    #: Why the supervisor killed the current worker, if it did (reported as the failure's cause).
+    kill_reason: str | None = None
+    #: Why the last worker of this rank failed (``exited``, ``no heartbeat``, a kill reason...).
+    failure: str | None = None
 
 
 class Supervisor:
@@ -177,6 +181,7 @@ class Supervisor:
         slot.counters = {}
         slot.replies = {}
         slot.stopped = False
+        slot.kill_reason = None
         slot.last_start_s = time.monotonic()
         slot.last_hb_s = time.monotonic()
         try:
@@ -224,6 +229,7 @@ class Supervisor:
         """SIGKILL the worker of ``rank`` (its death is then noticed like any other)."""
         pid = self.slots[rank].pid
         if pid is not None and self.slots[rank].alive:
+            self.slots[rank].kill_reason = why
             self.log("kill", rank=rank, pid=pid, why=why)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -249,6 +255,9 @@ class Supervisor:
         slot.out.clear()
         slot.state = "finished" if slot.stopped else "failed"
         if not slot.stopped:
+            if slot.kill_reason is not None:
+                why = f"killed: {slot.kill_reason}"
+            slot.failure = why
             self.dead.append(rank)
             self.log("rank_failed", rank=rank, pid=slot.pid, exit_code=code, why=why)
 

@@ -13,7 +13,8 @@ and protocol code therefore run on one thread, one event at a time, exactly as i
 The supervisor drives the life cycle with control messages:
 
 ``init`` / ``restore`` -> build the engine (fresh, or from a committed checkpoint) -> ``ready``
-``connect`` -> open every outbound channel (resending unacknowledged messages) -> ``connected``
+``connect`` -> open every outbound channel (resending unacknowledged messages; retried with
+    backoff while the loop runs on, until done or a ``freeze``) -> ``connected``
 ``resume`` -> start the app or replay the recovery plan, then run freely
 ``freeze`` -> a peer failed: tell the protocol, read what dead peers left in our sockets, make
     pending stable writes durable, stop running the engine, answer with the volatile record
@@ -39,6 +40,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,22 @@ from snapline.topology import Topology
 _FRAMES_PER_TURN = 4096
 _FRAMES_PER_CHANNEL = 256
 _DURABLE_TIMEOUT_S = 60.0
+#: Connect-phase retries: the first after this long, then twice as long each time, up to
+#: ``_CONNECT_RETRY_MAX_S`` (a peer being replaced listens within a second or two).
+_CONNECT_RETRY_FIRST_S = 0.01
+_CONNECT_RETRY_MAX_S = 0.5
+
+
+@dataclass(slots=True)
+class _ConnectPhase:
+    """The supervisor asked this rank to open every outbound channel (``connect``)."""
+
+    round: object
+    started_s: float
+    next_try_s: float
+    delay_s: float = _CONNECT_RETRY_FIRST_S
+    #: Failed attempts per peer so far.
+    failures: dict[int, int] = field(default_factory=dict)
 
 
 class Worker:
@@ -159,6 +177,7 @@ class Worker:
         self._control_reader = FrameReader()
         self._control_out = bytearray()
         self._control_writing = False
+        self._connecting: _ConnectPhase | None = None
 
     # ------------------------------------------------------------------------------ utilities
 
@@ -492,16 +511,24 @@ class Worker:
                 "replay": msg.get("replay", []),
                 "timers_only": bool(msg.get("timers_only", False)),
             }
+            # Rolled back: the outbound streams start anew from the restored counters (the
+            # ``connect`` that follows opens them and resends what is still valid).
+            assert self.engine is not None
+            self.transport.restart_outbound(dict(self.engine.sent))
+            self._connecting = None
             self._await_durable("restore")
             self._send_control_link({"op": "ready", "rank": self.rank, "round": msg.get("round")})
+            self.log("restored", index=index, round=msg.get("round"))
         elif op == "connect":
-            self._connect_all(float(msg.get("timeout_s", 10.0)))
-            self._send_control_link(
-                {"op": "connected", "rank": self.rank, "round": msg.get("round")}
-            )
+            now = time.monotonic()
+            self._connecting = _ConnectPhase(round=msg.get("round"), started_s=now, next_try_s=now)
+            self._connect_step()
         elif op == "resume":
             self._resume(msg)
         elif op == "freeze":
+            # A failure during recovery (a peer died while we connected to it): the supervisor
+            # plans again, and a new ``connect`` follows.
+            self._connecting = None
             self._freeze(msg)
         elif op == "probe":
             self._send_control_link(
@@ -514,20 +541,34 @@ class Worker:
         else:
             self.log("unknown_control", op=op)
 
-    def _connect_all(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            missing = [
-                d for d in self.transport.disconnected_outbound() if not self.transport.connect(d)
-            ]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise SnaplineError(f"rank {self.rank} could not connect to ranks {missing}")
-            if time.monotonic() >= self._hb_due_s:
+    def _connect_step(self) -> None:
+        """One attempt of the connect phase; ``connected`` goes out once every channel is open.
+
+        The loop keeps running between attempts (heartbeats, control messages), so a peer that
+        died while we connected to it is a failure for the supervisor to recover from (it
+        answers with ``freeze``), never a reason for this rank to give up. Retries back off
+        exponentially up to a cap, and only the first failure per peer is logged.
+        """
+        phase = self._connecting
+        if phase is None or time.monotonic() < phase.next_try_s:
+            return
+        for dst in self.transport.disconnected_outbound():
+            why = self.transport.connect(dst)
+            if why is not None:
+                phase.failures[dst] = phase.failures.get(dst, 0) + 1
+                if phase.failures[dst] == 1:
+                    self.log("connect_failed", dst=dst, why=why, round=phase.round)
+            if time.monotonic() >= self._hb_due_s:  # a handshake can take a while
                 self._heartbeat()
-                self._flush_control()
-            time.sleep(0.01)
+        if self.transport.disconnected_outbound():
+            phase.next_try_s = time.monotonic() + phase.delay_s
+            phase.delay_s = min(2 * phase.delay_s, _CONNECT_RETRY_MAX_S)
+            return
+        self._connecting = None
+        if phase.failures:
+            waited_s = round(time.monotonic() - phase.started_s, 3)
+            self.log("connected", retries=phase.failures, waited_s=waited_s, round=phase.round)
+        self._send_control_link({"op": "connected", "rank": self.rank, "round": phase.round})
 
     def _resume(self, msg: dict[str, Any]) -> None:
         engine = self.engine
@@ -543,15 +584,7 @@ class Worker:
             int(k): max(int(v), engine.received.get(int(k), 0))
             for k, v in (msg.get("cuts") or {}).items()
         }
-        self.transport.begin_recovery(
-            epoch=epoch,
-            self_restored=self_restored,
-            sent_cut=dict(engine.sent) if self_restored else None,
-            rolled_back=cuts,
-        )
-        if self_restored:
-            # A rolled-back rank restarts its outbound streams (see ``begin_recovery``).
-            self._connect_all(10.0)
+        self.transport.begin_recovery(epoch=epoch, self_restored=self_restored, rolled_back=cuts)
         if plan is not None:
             self._resume_plan = None
             if plan.get("start"):
@@ -698,6 +731,8 @@ class Worker:
     def _turn(self) -> None:
         now = time.monotonic()
         deadline = self._hb_due_s
+        if self._connecting is not None:
+            deadline = min(deadline, self._connecting.next_try_s)
         if not self.frozen:
             if self._timers:
                 deadline = min(deadline, self._timers[0][0])
@@ -717,6 +752,7 @@ class Worker:
             else:
                 self.transport.on_event((kind, peer), mask)
         self.transport.adopt_accepted()
+        self._connect_step()
         if not self.frozen and self.engine is not None:
             self._run_completions()
             self._fire_timers()
