@@ -9,6 +9,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,22 @@ import numpy as np
 import pytest
 
 from snapline.runtime.local.config import JobConfig
+from snapline.runtime.local.stable import SaveJob
 from snapline.runtime.local.wire import FrameReader
 from snapline.runtime.local.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def make_worker(tmp_path: Path, *, heartbeat_interval_s: float) -> Worker:
+def make_worker(
+    tmp_path: Path, *, heartbeat_interval_s: float = 0.2, n: int = 1, protocol: str = "none"
+) -> Worker:
     config = JobConfig(
         app="bank",
-        n=1,
+        n=n,
+        protocol=protocol,
+        edges=[[s, d] for s in range(n) for d in range(n) if s != d],
+        interval_s=0.05,
         store=str(tmp_path / "store"),
         heartbeat_interval_s=heartbeat_interval_s,
         heartbeat_timeout_s=2 * heartbeat_interval_s,
@@ -89,3 +96,36 @@ def test_a_large_reply_goes_out_at_socket_speed_not_heartbeat_pace(tmp_path: Pat
     frozen = [m for m in got if m.get("op") == "frozen"]
     assert frozen, "the frozen reply did not arrive within 10 s"
     assert np.array_equal(frozen[0]["volatile"]["retransmit"][0][2], record["retransmit"][0][2])
+
+
+def test_basic_checkpoints_wait_for_the_pending_save(tmp_path: Path) -> None:
+    """A disk slower than the checkpoint interval must not queue checkpoints without bound.
+
+    Behind them, message-log writes (and with them deliveries) and commit markers would wait
+    ever longer: with large states the rank stalled. While a save is in flight, a basic
+    checkpoint that falls due is taken once the save is durable, not queued.
+    """
+    worker = make_worker(tmp_path, n=2, protocol="message-logging")
+    disk = Future[None]()
+    try:
+        worker._on_control({"op": "init"})
+        engine = worker.engine
+        assert engine is not None
+        # A slow disk: the stable thread is busy with an earlier save until we say so.
+        worker.writer.put(SaveJob(generation=-1, index=-1, pending=disk, record={}))
+        for _ in range(5):  # five intervals go by
+            worker._next_checkpoint_s = min(worker._next_checkpoint_s, time.monotonic())
+            worker._fire_timers()
+            worker._run_completions()
+        assert engine.stats["checkpoints_basic"] == 1
+        disk.set_result(None)
+        deadline = time.monotonic() + 10
+        while engine.stats["checkpoints_basic"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            worker._run_completions()  # the save is persisted: the deferred one is due now
+            worker._fire_timers()
+        assert engine.stats["checkpoints_basic"] == 2
+    finally:
+        if not disk.done():
+            disk.set_result(None)  # let the stable thread finish so the worker can close
+        close(worker)

@@ -19,9 +19,13 @@ coordinator*. Recovery is stop-the-world, in rounds:
    restored ranks replay the plan's messages before anything new, and every rank is told
    ``RecoveryCompleted``.
 
-A failure during a round starts a new round; ranks already rebuilt in the aborted round count as
-failed again (their state is a stored one, not a volatile one). ``--resume`` after the whole job
-died is the same procedure with every rank failed and no volatile records.
+A failure during a round (a replacement killed while the others connect to it, say) starts a
+new round that plans with it included; ranks already rebuilt in the aborted round count as
+failed again (their state is a stored one, not a volatile one). Survivors never give up on a
+peer on their own: they retry with backoff until connected or frozen for the next round.
+``--resume`` after the whole job died is the same procedure with every rank failed and no
+volatile records; ranks that die while it runs are respawned under the same restart limit and
+backoff as any other.
 
 Termination: when every rank reports it is done, holds no timers, undelivered or unsent
 messages, and the job-wide number of sends requested equals the number delivered, the
