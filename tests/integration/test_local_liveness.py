@@ -150,6 +150,9 @@ def test_replacement_killed_while_survivors_connect_is_folded_into_the_recovery(
     result = kill_replacement_mid_connect(tmp_path, protocol)
     # Message logging rolls back only the failed rank; Chandy-Lamport the whole job.
     assert sorted(int(r) for r in result.recoveries[0]["restore"]) == rolled_back
+    for rank in read_status(tmp_path / "job").ranks:
+        # A rank's incarnation is the recovery epoch that last restored it (0: never).
+        assert (rank.incarnation > 0) == (rank.rank in rolled_back), rank
 
 
 @pytest.mark.slow
