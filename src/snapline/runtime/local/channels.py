@@ -202,19 +202,23 @@ class Transport:
 
     # ---------------------------------------------------------------- connecting
 
-    def connect(self, dst: int) -> bool:
-        """(Re)connect channel ``self -> dst``; True when connected. Resends unacked messages."""
+    def connect(self, dst: int) -> str | None:
+        """(Re)connect channel ``self -> dst``, resending unacked messages.
+
+        None when connected; otherwise why not (the peer is not listening, or died during the
+        handshake). The caller retries and decides what to log: a peer being replaced refuses
+        connections until its replacement listens, which is no reason to fill the logs.
+        """
         link = self.out[dst]
         if link.sock is not None:
-            return True
+            return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(rank_socket_path(self.socket_dir, dst)))
             connect_handshake(sock, self.secret, "channel", {"rank": self.rank})
         except (OSError, WireError) as exc:
             sock.close()
-            self._log("connect_failed", dst=dst, why=str(exc))
-            return False
+            return str(exc)
         sock.setblocking(False)
         link.sock = sock
         link.reader = FrameReader()
@@ -226,7 +230,7 @@ class Transport:
         link.ever_connected = True
         link.writing = False
         self.selector.register(sock, selectors.EVENT_READ, ("out", dst))
-        return True
+        return None
 
     def connected_all(self) -> bool:
         """True when every outbound channel is connected."""
@@ -442,33 +446,34 @@ class Transport:
 
     # ---------------------------------------------------------------- recovery
 
+    def restart_outbound(self, sent_cut: dict[int, int]) -> None:
+        """This rank was rolled back to having sent ``sent_cut[dst]``: restart every stream.
+
+        Queued messages beyond the cut are void. Call before reconnecting, while the engine
+        is not running; ``connect`` then resends the still valid unacknowledged messages.
+        """
+        for dst, link in self.out.items():
+            cut = sent_cut.get(dst, 0)
+            link.unacked = deque(item for item in link.unacked if item[0] <= cut)
+            # Unsent bytes belong to the undone past, but the socket may hold the first part
+            # of one of their frames: rewriting the queue into the same stream would tear it
+            # (the receiver would read garbage and drop the channel for good). Start a new
+            # stream instead; the receiver drops what it already has.
+            link.pending.clear()
+            self._lost_outbound(link)
+
     def begin_recovery(
-        self,
-        *,
-        epoch: int,
-        self_restored: bool,
-        sent_cut: dict[int, int] | None,
-        rolled_back: dict[int, int],
+        self, *, epoch: int, self_restored: bool, rolled_back: dict[int, int]
     ) -> None:
         """Enter recovery epoch ``epoch`` (before the engine resumes and sends anything new).
 
-        ``sent_cut`` (when this rank was rolled back) is its restored ``sent[dst]``: queued
-        messages beyond it are void. ``rolled_back[src]`` is ``sent[self]`` of each
-        rolled-back peer's restored checkpoint: older-epoch frames beyond it are void.
+        A rolled-back rank (``self_restored``) has restarted its streams already
+        (``restart_outbound``). ``rolled_back[src]`` is ``sent[self]`` of each rolled-back
+        peer's restored checkpoint: older-epoch frames beyond it are void.
         """
         self.epoch = epoch
         if self_restored:
             self.self_restored_epoch = epoch
-            for dst, link in self.out.items():
-                cut = (sent_cut or {}).get(dst, 0)
-                link.unacked = deque(item for item in link.unacked if item[0] <= cut)
-                # Unsent bytes belong to the undone past, but the socket may hold the first
-                # part of one of their frames: rewriting the queue into the same stream would
-                # tear it (the receiver would read garbage and drop the channel for good).
-                # Start a new stream instead; ``connect`` resends the still valid messages and
-                # the receiver drops what it already has.
-                link.pending.clear()
-                self._lost_outbound(link)
         for src, inb in self.inn.items():
             if src in rolled_back:
                 inb.rolled_back = (epoch, rolled_back[src])

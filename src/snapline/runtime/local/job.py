@@ -19,9 +19,13 @@ coordinator*. Recovery is stop-the-world, in rounds:
    restored ranks replay the plan's messages before anything new, and every rank is told
    ``RecoveryCompleted``.
 
-A failure during a round starts a new round; ranks already rebuilt in the aborted round count as
-failed again (their state is a stored one, not a volatile one). ``--resume`` after the whole job
-died is the same procedure with every rank failed and no volatile records.
+A failure during a round (a replacement killed while the others connect to it, say) starts a
+new round that plans with it included; ranks already rebuilt in the aborted round count as
+failed again (their state is a stored one, not a volatile one). Survivors never give up on a
+peer on their own: they retry with backoff until connected or frozen for the next round.
+``--resume`` after the whole job died is the same procedure with every rank failed and no
+volatile records; ranks that die while it runs are respawned under the same restart limit and
+backoff as any other.
 
 Termination: when every rank reports it is done, holds no timers, undelivered or unsent
 messages, and the job-wide number of sends requested equals the number delivered, the
@@ -49,12 +53,20 @@ from snapline.runtime.local.config import JobConfig, load_job, save_job
 from snapline.runtime.local.ledger import LedgerView, LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.plain import record_from_plain, replay_to_plain
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
-from snapline.runtime.local.supervisor import Supervisor, write_log_line
+from snapline.runtime.local.supervisor import STARTUP_TIMEOUT_S, Supervisor, write_log_line
 from snapline.runtime.local.tracefile import merge_trace
 from snapline.runtime.sim.checks import CheckFailed, RecoveryChecker
 from snapline.topology import Topology
 
 _STEP_TIMEOUT_S = 30.0
+#: The request each recovery reply answers (for messages that name the step a rank missed).
+_REQUEST_OF = {
+    "ready": "restore",
+    "connected": "connect",
+    "frozen": "freeze",
+    "resumed": "resume",
+    "probe_reply": "probe",
+}
 #: A job whose ranks all report no activity, no timers and nothing queued, while some channel
 #: has sent more than was delivered, for this long, has lost a message: it can never finish.
 _STALL_S = 10.0
@@ -254,8 +266,10 @@ class LocalJob:
                 raise _RoundAborted
             if time.monotonic() > deadline:
                 missing = sorted(set(ranks) - set(got))
+                step = _REQUEST_OF.get(op, op)
+                where = "" if round_id is None else f" of {key} {round_id}"
                 for rank in missing:
-                    sup.kill(rank, f"no {op} reply within {_STEP_TIMEOUT_S}s")
+                    sup.kill(rank, f"no {op!r} reply to {step!r}{where} within {_STEP_TIMEOUT_S}s")
                 sup.poll(0.5)
                 raise _RoundAborted
             self._fire_kills()
@@ -264,14 +278,15 @@ class LocalJob:
 
     def _wait_hello(self, ranks: list[int]) -> None:
         sup = self._sup
-        deadline = time.monotonic() + _STEP_TIMEOUT_S
+        # Process start-up (interpreter, imports), not a step of the recovery protocol.
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not all(sup.slots[r].sock is not None for r in ranks):
             if sup.dead:
                 raise _RoundAborted
             if time.monotonic() > deadline:
                 raise RuntimeFailure(
                     f"ranks {[r for r in ranks if sup.slots[r].sock is None]} did not connect "
-                    f"within {_STEP_TIMEOUT_S}s; see {self.store_dir / 'logs'}"
+                    f"within {STARTUP_TIMEOUT_S}s; see {self.store_dir / 'logs'}"
                 )
             sup.poll(0.05)
 
@@ -477,21 +492,17 @@ class LocalJob:
         sup = self._sup
         t_detect = time.monotonic() - self._t0
         for rank in sorted(failed):
-            self.failures.append(
-                {"t": round(t_detect, 6), "rank": rank, "pid": sup.slots[rank].pid}
-            )
+            self.failures.append(self._failure(rank, t_detect))
         newly = set(failed)
         while True:
             try:
-                plan, restored = self._recovery_round(failed, newly, whole_job=whole_job)
+                plan, restored = self._recovery_round(failed, newly)
                 break
             except _RoundAborted:
                 more = set(sup.take_dead())
                 t_now = time.monotonic() - self._t0
                 for rank in sorted(more):
-                    self.failures.append(
-                        {"t": round(t_now, 6), "rank": rank, "pid": sup.slots[rank].pid}
-                    )
+                    self.failures.append(self._failure(rank, t_now))
                 newly = more
                 failed = failed | more | self._rebuilt_this_round
                 self.log("recovery_round_aborted", failed=sorted(failed))
@@ -519,9 +530,11 @@ class LocalJob:
         self._publish("running", force=True)
         del restored
 
-    def _recovery_round(
-        self, failed: set[int], newly: set[int], *, whole_job: bool
-    ) -> tuple[RecoveryPlan, set[int]]:
+    def _failure(self, rank: int, t: float) -> dict[str, Any]:
+        slot = self._sup.slots[rank]
+        return {"t": round(t, 6), "rank": rank, "pid": slot.pid, "why": slot.failure}
+
+    def _recovery_round(self, failed: set[int], newly: set[int]) -> tuple[RecoveryPlan, set[int]]:
         sup = self._sup
         n = self.config.n
         self._rebuilt_this_round = set()
@@ -555,7 +568,7 @@ class LocalJob:
         ledgers = {r: read_ledger(ledger_path(self.store_dir, r), r) for r in range(n)}
         plan = self._plan(failed, volatile, ledgers)
         for rank in sorted(failed):
-            self._restart(rank, whole_job=whole_job)
+            self._restart(rank)
         respawned = sorted(r for r in failed if not sup.slots[r].alive or sup.slots[r].sock is None)
         self._wait_hello(sorted(failed))
         del respawned
@@ -670,39 +683,43 @@ class LocalJob:
             "ledger does not hold as committed"
         )
 
-    def _restart(self, rank: int, *, whole_job: bool) -> None:
+    def _restart(self, rank: int) -> None:
         sup = self._sup
         slot = sup.slots[rank]
         if slot.alive:
             return  # started already (a resumed job's first round), or rebuilt in place
-        if not whole_job:
-            self.restarts += 1
-            slot.restarts += 1
-            if self.restarts > self.config.max_restarts:
-                history = ", ".join(f"rank {f['rank']} at {f['t']:.2f}s" for f in self.failures)
-                fatal = "; ".join(f"rank {s.rank}: {s.fatal}" for s in sup.slots if s.fatal)
-                raise RuntimeFailure(
-                    f"restart limit reached: {self.restarts - 1} restarts allowed "
-                    f"(--max-restarts {self.config.max_restarts}); failures: {history}"
-                    + (f"; errors: {fatal}" if fatal else "")
-                    + f". Logs: {self.store_dir / 'logs'}"
-                )
-            since_start = time.monotonic() - slot.last_start_s
-            slot.recent_failures = slot.recent_failures + 1 if since_start < 5.0 else 1
-            delay_s = min(
-                self.config.backoff_initial_s * 2 ** (slot.recent_failures - 1),
-                self.config.backoff_max_s,
+        # Every respawn counts, a resumed job's included: ``--resume`` starts all ranks at
+        # once (not here), but a rank that dies again while the job is being resumed is
+        # respawned here, and must neither loop forever nor skip the back-off.
+        self.restarts += 1
+        slot.restarts += 1
+        if self.restarts > self.config.max_restarts:
+            history = ", ".join(
+                f"rank {f['rank']} at {f['t']:.2f}s" + (f" ({f['why']})" if f.get("why") else "")
+                for f in self.failures
             )
-            if slot.recent_failures > 1:
-                self.log("backoff", rank=rank, delay_s=delay_s)
-                end = time.monotonic() + delay_s
-                while time.monotonic() < end:
-                    sup.poll(min(0.05, end - time.monotonic()))
-                    if sup.dead:
-                        raise _RoundAborted
-        if not slot.alive:
-            slot.state = "restarting"
-            sup.spawn(rank, self._boot(rank))
+            fatal = "; ".join(f"rank {s.rank}: {s.fatal}" for s in sup.slots if s.fatal)
+            raise RuntimeFailure(
+                f"restart limit reached: {self.restarts - 1} restarts allowed "
+                f"(--max-restarts {self.config.max_restarts}); failures: {history}"
+                + (f"; errors: {fatal}" if fatal else "")
+                + f". Logs: {self.store_dir / 'logs'}"
+            )
+        since_start = time.monotonic() - slot.last_start_s
+        slot.recent_failures = slot.recent_failures + 1 if since_start < 5.0 else 1
+        delay_s = min(
+            self.config.backoff_initial_s * 2 ** (slot.recent_failures - 1),
+            self.config.backoff_max_s,
+        )
+        if slot.recent_failures > 1:
+            self.log("backoff", rank=rank, delay_s=delay_s)
+            end = time.monotonic() + delay_s
+            while time.monotonic() < end:
+                sup.poll(min(0.05, end - time.monotonic()))
+                if sup.dead:
+                    raise _RoundAborted
+        slot.state = "restarting"
+        sup.spawn(rank, self._boot(rank))
 
     # ------------------------------------------------------------------ finish
 

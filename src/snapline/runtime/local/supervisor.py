@@ -54,6 +54,8 @@ class RankSlot:
     sock: socket.socket | None = None
     reader: FrameReader = field(default_factory=FrameReader)
     out: bytearray = field(default_factory=bytearray)
+    #: True while the selector also waits for ``sock`` to take more of ``out``.
+    writing: bool = False
     state: str = "starting"
     alive: bool = False
     last_hb_s: float = 0.0
@@ -66,6 +68,10 @@ class RankSlot:
     stopped: bool = False
     fatal: str | None = None
     result: dict[str, Any] | None = None
+    #: Why the supervisor killed the current worker, if it did (reported as the failure's cause).
+    kill_reason: str | None = None
+    #: Why the last worker of this rank failed (``exited``, ``no heartbeat``, a kill reason...).
+    failure: str | None = None
 
 
 class Supervisor:
@@ -136,8 +142,10 @@ class Supervisor:
             conn.setblocking(False)
             if slot.sock is not None:
                 self._drop_sock(slot)
+                slot.out.clear()  # the rest of a frame torn by the old link would corrupt this one
             slot.sock = conn
             slot.reader = FrameReader()
+            slot.writing = False
             slot.last_hb_s = time.monotonic()
             self.sel.register(conn, selectors.EVENT_READ, ("ctl", slot.rank))
 
@@ -147,6 +155,7 @@ class Supervisor:
                 self.sel.unregister(slot.sock)
             slot.sock.close()
             slot.sock = None
+        slot.writing = False
 
     # ------------------------------------------------------------------ processes
 
@@ -172,6 +181,7 @@ class Supervisor:
         slot.counters = {}
         slot.replies = {}
         slot.stopped = False
+        slot.kill_reason = None
         slot.last_start_s = time.monotonic()
         slot.last_hb_s = time.monotonic()
         try:
@@ -190,21 +200,36 @@ class Supervisor:
         self._flush(slot)
 
     def _flush(self, slot: RankSlot) -> None:
+        """Write what the socket takes now; wait for write readiness to send the rest.
+
+        A control message can be far larger than the socket buffer (a ``restore`` carries the
+        messages a rank must replay, a ``resume`` those it must re-receive): whatever one
+        ``send`` leaves over must go out as soon as the worker reads, not wait for the next
+        message to this rank, which never comes while we wait for the reply to this one.
+        """
         sock = slot.sock
-        if sock is None or not slot.out:
+        if sock is None:
             return
-        try:
-            sent = sock.send(slot.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return
-        del slot.out[:sent]
+        if slot.out:
+            try:
+                sent = sock.send(slot.out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the worker died: its pidfd (or the closed link) reports it
+            del slot.out[:sent]
+        want = bool(slot.out)
+        if want != slot.writing:
+            slot.writing = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.modify(sock, events, ("ctl", slot.rank))
 
     def kill(self, rank: int, why: str) -> None:
         """SIGKILL the worker of ``rank`` (its death is then noticed like any other)."""
         pid = self.slots[rank].pid
         if pid is not None and self.slots[rank].alive:
+            self.slots[rank].kill_reason = why
             self.log("kill", rank=rank, pid=pid, why=why)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -230,6 +255,9 @@ class Supervisor:
         slot.out.clear()
         slot.state = "finished" if slot.stopped else "failed"
         if not slot.stopped:
+            if slot.kill_reason is not None:
+                why = f"killed: {slot.kill_reason}"
+            slot.failure = why
             self.dead.append(rank)
             self.log("rank_failed", rank=rank, pid=slot.pid, exit_code=code, why=why)
 
@@ -237,7 +265,7 @@ class Supervisor:
 
     def poll(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for anything, handle it, and check for hangs."""
-        for key, _mask in self.sel.select(max(0.0, timeout_s)):
+        for key, mask in self.sel.select(max(0.0, timeout_s)):
             kind, rank = key.data
             if kind == "wake":
                 with contextlib.suppress(BlockingIOError):
@@ -245,7 +273,10 @@ class Supervisor:
             elif kind == "pid":
                 self._reap(rank, "exited")
             else:
-                self._read(self.slots[rank])
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(self.slots[rank])
+                if mask & selectors.EVENT_READ:
+                    self._read(self.slots[rank])
         self._adopt()
         self.check_children()
 
@@ -326,6 +357,9 @@ class Supervisor:
             self._listener.close()
         with contextlib.suppress(OSError):
             (self.socket_dir / "control.sock").unlink()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.sel.close()
 
 
 def write_log_line(fd: int, event: str, **fields: object) -> None:

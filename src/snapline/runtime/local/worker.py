@@ -13,7 +13,8 @@ and protocol code therefore run on one thread, one event at a time, exactly as i
 The supervisor drives the life cycle with control messages:
 
 ``init`` / ``restore`` -> build the engine (fresh, or from a committed checkpoint) -> ``ready``
-``connect`` -> open every outbound channel (resending unacknowledged messages) -> ``connected``
+``connect`` -> open every outbound channel (resending unacknowledged messages; retried with
+    backoff while the loop runs on, until done or a ``freeze``) -> ``connected``
 ``resume`` -> start the app or replay the recovery plan, then run freely
 ``freeze`` -> a peer failed: tell the protocol, read what dead peers left in our sockets, make
     pending stable writes durable, stop running the engine, answer with the volatile record
@@ -39,6 +40,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,22 @@ from snapline.topology import Topology
 _FRAMES_PER_TURN = 4096
 _FRAMES_PER_CHANNEL = 256
 _DURABLE_TIMEOUT_S = 60.0
+#: Connect-phase retries: the first after this long, then twice as long each time, up to
+#: ``_CONNECT_RETRY_MAX_S`` (a peer being replaced listens within a second or two).
+_CONNECT_RETRY_FIRST_S = 0.01
+_CONNECT_RETRY_MAX_S = 0.5
+
+
+@dataclass(slots=True)
+class _ConnectPhase:
+    """The supervisor asked this rank to open every outbound channel (``connect``)."""
+
+    round: object
+    started_s: float
+    next_try_s: float
+    delay_s: float = _CONNECT_RETRY_FIRST_S
+    #: Failed attempts per peer so far.
+    failures: dict[int, int] = field(default_factory=dict)
 
 
 class Worker:
@@ -141,6 +159,10 @@ class Worker:
         self._app_timers: dict[str, int] = {}
         self._requests_basic = requests_basic_checkpoints(self.config.protocol, self.rank)
         self._next_checkpoint_s = float("inf")
+        #: Checkpoint saves handed to the stable thread and not yet persisted (or failed).
+        self._saves_in_flight = 0
+        #: A basic checkpoint fell due while a save was in flight: take it once none is.
+        self._basic_deferred = False
         self._hb_due_s = 0.0
         self._gc_before = 0
         self._last_committed = 0
@@ -149,6 +171,8 @@ class Worker:
         self._control: socket.socket | None = None
         self._control_reader = FrameReader()
         self._control_out = bytearray()
+        self._control_writing = False
+        self._connecting: _ConnectPhase | None = None
 
     # ------------------------------------------------------------------------------ utilities
 
@@ -188,16 +212,26 @@ class Worker:
 
     def _flush_control(self) -> None:
         sock = self._control
-        if sock is None or not self._control_out:
+        if sock is None:
             return
-        try:
-            sent = sock.send(self._control_out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.stopping = True
-            return
-        del self._control_out[:sent]
+        if self._control_out:
+            try:
+                sent = sock.send(self._control_out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.stopping = True
+                return
+            del self._control_out[:sent]
+        # A large reply (a ``frozen`` volatile record, a ``result``) outgrows the socket
+        # buffer: wait for write readiness so the rest goes out as soon as the supervisor
+        # reads, not a heartbeat interval per buffer later.
+        want = bool(self._control_out)
+        if want != self._control_writing:
+            self._control_writing = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.modify(sock, events, ("control", 0))
 
     def _heartbeat(self) -> None:
         self._hb_due_s = time.monotonic() + self.config.heartbeat_interval_s
@@ -258,6 +292,7 @@ class Worker:
     def persist_checkpoint(self, rank: int, image: CheckpointImage) -> None:
         """Capture the state now (``save_async``) and let the stable thread finish the write."""
         record = image.record
+        self._saves_in_flight += 1  # until its ``persisted`` or ``write_failed`` completion
         # Messages this checkpoint counts as sent must be in the kernel before it can persist.
         self.transport.flush_blocking(timeout_s=1.0)
         # save_async first waits for the previous save; with forced checkpoints in a row on a
@@ -389,6 +424,8 @@ class Worker:
         self._app_timers.clear()
         with self._completions_lock:
             self._completions.clear()
+        self._saves_in_flight = 0
+        self._basic_deferred = False
 
     def _build_fresh(self) -> None:
         import random
@@ -469,16 +506,24 @@ class Worker:
                 "replay": msg.get("replay", []),
                 "timers_only": bool(msg.get("timers_only", False)),
             }
+            # Rolled back: the outbound streams start anew from the restored counters (the
+            # ``connect`` that follows opens them and resends what is still valid).
+            assert self.engine is not None
+            self.transport.restart_outbound(dict(self.engine.sent))
+            self._connecting = None
             self._await_durable("restore")
             self._send_control_link({"op": "ready", "rank": self.rank, "round": msg.get("round")})
+            self.log("restored", index=index, round=msg.get("round"))
         elif op == "connect":
-            self._connect_all(float(msg.get("timeout_s", 10.0)))
-            self._send_control_link(
-                {"op": "connected", "rank": self.rank, "round": msg.get("round")}
-            )
+            now = time.monotonic()
+            self._connecting = _ConnectPhase(round=msg.get("round"), started_s=now, next_try_s=now)
+            self._connect_step()
         elif op == "resume":
             self._resume(msg)
         elif op == "freeze":
+            # A failure during recovery (a peer died while we connected to it): the supervisor
+            # plans again, and a new ``connect`` follows.
+            self._connecting = None
             self._freeze(msg)
         elif op == "probe":
             self._send_control_link(
@@ -491,20 +536,34 @@ class Worker:
         else:
             self.log("unknown_control", op=op)
 
-    def _connect_all(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            missing = [
-                d for d in self.transport.disconnected_outbound() if not self.transport.connect(d)
-            ]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise SnaplineError(f"rank {self.rank} could not connect to ranks {missing}")
-            if time.monotonic() >= self._hb_due_s:
+    def _connect_step(self) -> None:
+        """One attempt of the connect phase; ``connected`` goes out once every channel is open.
+
+        The loop keeps running between attempts (heartbeats, control messages), so a peer that
+        died while we connected to it is a failure for the supervisor to recover from (it
+        answers with ``freeze``), never a reason for this rank to give up. Retries back off
+        exponentially up to a cap, and only the first failure per peer is logged.
+        """
+        phase = self._connecting
+        if phase is None or time.monotonic() < phase.next_try_s:
+            return
+        for dst in self.transport.disconnected_outbound():
+            why = self.transport.connect(dst)
+            if why is not None:
+                phase.failures[dst] = phase.failures.get(dst, 0) + 1
+                if phase.failures[dst] == 1:
+                    self.log("connect_failed", dst=dst, why=why, round=phase.round)
+            if time.monotonic() >= self._hb_due_s:  # a handshake can take a while
                 self._heartbeat()
-                self._flush_control()
-            time.sleep(0.01)
+        if self.transport.disconnected_outbound():
+            phase.next_try_s = time.monotonic() + phase.delay_s
+            phase.delay_s = min(2 * phase.delay_s, _CONNECT_RETRY_MAX_S)
+            return
+        self._connecting = None
+        if phase.failures:
+            waited_s = round(time.monotonic() - phase.started_s, 3)
+            self.log("connected", retries=phase.failures, waited_s=waited_s, round=phase.round)
+        self._send_control_link({"op": "connected", "rank": self.rank, "round": phase.round})
 
     def _resume(self, msg: dict[str, Any]) -> None:
         engine = self.engine
@@ -520,15 +579,7 @@ class Worker:
             int(k): max(int(v), engine.received.get(int(k), 0))
             for k, v in (msg.get("cuts") or {}).items()
         }
-        self.transport.begin_recovery(
-            epoch=epoch,
-            self_restored=self_restored,
-            sent_cut=dict(engine.sent) if self_restored else None,
-            rolled_back=cuts,
-        )
-        if self_restored:
-            # A rolled-back rank restarts its outbound streams (see ``begin_recovery``).
-            self._connect_all(10.0)
+        self.transport.begin_recovery(epoch=epoch, self_restored=self_restored, rolled_back=cuts)
         if plan is not None:
             self._resume_plan = None
             if plan.get("start"):
@@ -687,6 +738,8 @@ class Worker:
     def _turn(self) -> None:
         now = time.monotonic()
         deadline = self._hb_due_s
+        if self._connecting is not None:
+            deadline = min(deadline, self._connecting.next_try_s)
         if not self.frozen:
             if self._timers:
                 deadline = min(deadline, self._timers[0][0])
@@ -699,10 +752,14 @@ class Worker:
                 with contextlib.suppress(BlockingIOError):
                     self._wake_r.recv(4096)
             elif kind == "control":
-                self._read_control()
+                if mask & selectors.EVENT_WRITE:
+                    self._flush_control()
+                if mask & selectors.EVENT_READ:
+                    self._read_control()
             else:
                 self.transport.on_event((kind, peer), mask)
         self.transport.adopt_accepted()
+        self._connect_step()
         if not self.frozen and self.engine is not None:
             self._run_completions()
             self._fire_timers()
@@ -753,6 +810,11 @@ class Worker:
                 continue
             if item[1] != self.generation:
                 continue  # written for an engine that a restore replaced
+            if kind in ("persisted", "write_failed"):
+                self._saves_in_flight -= 1
+                if self._basic_deferred and self._saves_in_flight == 0:
+                    self._basic_deferred = False
+                    self._next_checkpoint_s = time.monotonic()
             if kind == "persisted":
                 engine.checkpoint_persisted(int(item[2]))
             elif kind == "write_failed":
@@ -779,8 +841,16 @@ class Worker:
                     del self._app_timers[name]
                 engine.app_timer_due(timer_id, name)
         if now >= self._next_checkpoint_s:
-            self._next_checkpoint_s = now + self.config.interval_s
-            engine.checkpoint_requested()
+            if self._saves_in_flight > 0:
+                # The disk is behind (large states, a busy device): requesting more would
+                # queue checkpoints without bound, and message logs and commit markers queue
+                # behind them, so the rank would stop delivering. Take the next one when the
+                # pending save is durable.
+                self._next_checkpoint_s = float("inf")
+                self._basic_deferred = True
+            else:
+                self._next_checkpoint_s = now + self.config.interval_s
+                engine.checkpoint_requested()
 
     def _deliver_frames(self) -> None:
         engine = self.engine

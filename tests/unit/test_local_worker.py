@@ -1,0 +1,131 @@
+"""A worker's event loop, run in this process against real sockets (no supervisor process)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from snapline.runtime.local.config import JobConfig
+from snapline.runtime.local.stable import SaveJob
+from snapline.runtime.local.wire import FrameReader
+from snapline.runtime.local.worker import Worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_worker(
+    tmp_path: Path, *, heartbeat_interval_s: float = 0.2, n: int = 1, protocol: str = "none"
+) -> Worker:
+    config = JobConfig(
+        app="bank",
+        n=n,
+        protocol=protocol,
+        edges=[[s, d] for s in range(n) for d in range(n) if s != d],
+        interval_s=0.05,
+        store=str(tmp_path / "store"),
+        heartbeat_interval_s=heartbeat_interval_s,
+        heartbeat_timeout_s=2 * heartbeat_interval_s,
+        trace=False,
+    )
+    boot: dict[str, Any] = {
+        "config": config.to_json(),
+        "rank": 0,
+        "secret": secrets.token_bytes(32),
+        "socket_dir": tempfile.mkdtemp(prefix="snapline-test-"),
+        "t0": time.monotonic(),
+    }
+    return Worker(boot)
+
+
+def close(worker: Worker) -> None:
+    worker.transport.close()
+    worker.writer.close()
+    worker._wake_r.close()
+    worker._wake_w.close()
+    worker.sel.close()
+    os.close(worker._log_fd)
+
+
+def test_a_large_reply_goes_out_at_socket_speed_not_heartbeat_pace(tmp_path: Path) -> None:
+    """A frozen rank's reply (message logging's volatile record holds the retransmission
+    buffer: megabytes) must reach the supervisor while the rank waits, not one socket buffer
+    per heartbeat: at that pace a 64 MiB record would outlast the recovery's step timeout.
+    """
+    # Heartbeats far apart: the loop's only reason to wake up is the socket taking more.
+    worker = make_worker(tmp_path, heartbeat_interval_s=30.0)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    worker._control = ours
+    worker.sel.register(ours, selectors.EVENT_READ, ("control", 0))
+    record = {"retransmit": [[1, 5, np.arange(1024 * 1024, dtype=np.float64)]]}  # 8 MiB
+    stop = threading.Event()
+
+    def loop() -> None:
+        worker._heartbeat()  # the first heartbeat is due at once; then none for 30 s
+        worker._send_control_link({"op": "frozen", "rank": 0, "round": 3, "volatile": record})
+        while not stop.is_set() and not worker.stopping:
+            worker._turn()  # frozen: no engine, just the loop
+
+    loop_thread = threading.Thread(target=loop, daemon=True)
+    loop_thread.start()
+    got: list[Any] = []
+    reader = FrameReader()
+    theirs.settimeout(10.0)
+    try:
+        while not any(m.get("op") == "frozen" for m in got):
+            got.extend(reader.feed(theirs.recv(1 << 20)))
+    except TimeoutError:
+        pass
+    finally:
+        stop.set()
+        theirs.close()  # ends a loop stuck in select (it sees the supervisor gone)
+        loop_thread.join(35.0)
+        close(worker)
+        ours.close()
+    frozen = [m for m in got if m.get("op") == "frozen"]
+    assert frozen, "the frozen reply did not arrive within 10 s"
+    assert np.array_equal(frozen[0]["volatile"]["retransmit"][0][2], record["retransmit"][0][2])
+
+
+def test_basic_checkpoints_wait_for_the_pending_save(tmp_path: Path) -> None:
+    """A disk slower than the checkpoint interval must not queue checkpoints without bound.
+
+    Behind them, message-log writes (and with them deliveries) and commit markers would wait
+    ever longer: with large states the rank stalled. While a save is in flight, a basic
+    checkpoint that falls due is taken once the save is durable, not queued.
+    """
+    worker = make_worker(tmp_path, n=2, protocol="message-logging")
+    disk = Future[None]()
+    try:
+        worker._on_control({"op": "init"})
+        engine = worker.engine
+        assert engine is not None
+        # A slow disk: the stable thread is busy with an earlier save until we say so.
+        worker.writer.put(SaveJob(generation=-1, index=-1, pending=disk, record={}))
+        for _ in range(5):  # five intervals go by
+            worker._next_checkpoint_s = min(worker._next_checkpoint_s, time.monotonic())
+            worker._fire_timers()
+            worker._run_completions()
+        assert engine.stats["checkpoints_basic"] == 1
+        disk.set_result(None)
+        deadline = time.monotonic() + 10
+        while engine.stats["checkpoints_basic"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            worker._run_completions()  # the save is persisted: the deferred one is due now
+            worker._fire_timers()
+        assert engine.stats["checkpoints_basic"] == 2
+    finally:
+        if not disk.done():
+            disk.set_result(None)  # let the stable thread finish so the worker can close
+        close(worker)
