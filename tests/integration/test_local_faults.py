@@ -179,7 +179,7 @@ print(json.dumps({
 def _nested_tuple_ext(depth: int) -> bytes:
     body = b"\x90"
     for _ in range(depth):
-        body = msgpack.packb(msgpack.ExtType(1, body))
+        body = msgpack.packb(msgpack.ExtType(1, b"\x91" + body))  # a 1-tuple of the level below
     return body
 
 

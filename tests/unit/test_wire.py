@@ -49,10 +49,10 @@ SEVEN_BYTE_FRAME = bytes.fromhex("03000000d40201")
 
 
 def nested_tuple_ext(depth: int, inner: bytes = b"\x90") -> bytes:
-    """``depth`` tuple extensions, each holding the next, around ``inner`` (msgpack bytes)."""
+    """``depth`` nested 1-tuples (as raw extensions) around ``inner`` (one msgpack object)."""
     body = inner
     for _ in range(depth):
-        body = msgpack.packb(msgpack.ExtType(1, body))
+        body = msgpack.packb(msgpack.ExtType(1, b"\x91" + body))  # a 1-tuple of the level below
     return body
 
 
