@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import hmac
 import math
@@ -121,31 +122,57 @@ class Hello:
 # ---------------------------------------------------------------------------------- encoding
 
 
+def _too_deep_to_send() -> ConfigError:
+    return ConfigError(
+        f"a message nests tuples/arrays more than {MAX_EXT_DEPTH} deep; flatten it "
+        "(e.g. use lists, which have no such limit below msgpack's own)"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _sendable_dtype(dtype: np.dtype[Any]) -> str:
+    """``dtype.str`` if arrays of ``dtype`` may travel (what ``_wire_dtype`` accepts)."""
+    if dtype.hasobject:
+        raise ConfigError("numpy arrays of Python objects cannot be sent; use plain dtypes")
+    if dtype.itemsize == 0 or not _DTYPE_STR.fullmatch(dtype.str):
+        raise ConfigError(
+            f"numpy arrays of dtype {dtype} cannot be sent; use a plain dtype "
+            "(bool, ints, floats, complex, datetimes, bytes, str, void) of nonzero size"
+        )
+    return dtype.str
+
+
+@functools.lru_cache(maxsize=256)
+def _wire_dtype(dtype_str: object) -> np.dtype[Any]:
+    """The dtype an array header names, if it is a plain one (cached: headers repeat)."""
+    if not isinstance(dtype_str, str) or not _DTYPE_STR.fullmatch(dtype_str):
+        if dtype_str == "|O":
+            raise WireError("refusing a numpy array of Python objects")
+        raise WireError(f"array header names no plain numpy dtype: {dtype_str!r}")
+    dtype = np.dtype(dtype_str)
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise WireError(f"refusing a numpy array of dtype {dtype_str!r}")
+    return dtype
+
+
 def _encoder(depth: int) -> Callable[[object], object]:
     """The packer's ``default`` for objects inside ``depth`` enclosing extensions."""
 
     def default(obj: object) -> object:
-        if isinstance(obj, tuple | np.ndarray) and depth >= MAX_EXT_DEPTH:
-            raise ConfigError(
-                f"a message nests tuples/arrays more than {MAX_EXT_DEPTH} deep; flatten it "
-                "(e.g. use lists, which have no such limit below msgpack's own)"
-            )
         if isinstance(obj, tuple):
+            if depth >= MAX_EXT_DEPTH:
+                raise _too_deep_to_send()
             body = msgpack.packb(
                 list(obj), default=_ENCODERS[depth + 1], strict_types=True, use_bin_type=True
             )
             return msgpack.ExtType(_EXT_TUPLE, body)
         if isinstance(obj, np.ndarray):
-            if obj.dtype.hasobject:
-                raise ConfigError("numpy arrays of Python objects cannot be sent; use plain dtypes")
-            if obj.dtype.itemsize == 0 or not _DTYPE_STR.fullmatch(obj.dtype.str):
-                raise ConfigError(
-                    f"numpy arrays of dtype {obj.dtype} cannot be sent; use a plain dtype "
-                    "(bool, ints, floats, complex, datetimes, bytes, str, void) of nonzero size"
-                )
+            if depth >= MAX_EXT_DEPTH:
+                raise _too_deep_to_send()
+            dtype_str = _sendable_dtype(obj.dtype)
             # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
             arr = obj if obj.flags.c_contiguous else obj.copy(order="C")
-            header = msgpack.packb([arr.dtype.str, list(arr.shape)])
+            header = msgpack.packb([dtype_str, list(arr.shape)])
             return msgpack.ExtType(_EXT_NDARRAY, _LEN.pack(len(header)) + header + arr.tobytes())
         if isinstance(obj, np.generic):
             return obj.item()
@@ -202,26 +229,21 @@ def _decode_ndarray(data: bytes) -> np.ndarray[Any, Any]:
     if not (isinstance(header, list) and len(header) == 2):
         raise WireError("array header is not [dtype, shape]")
     dtype_str, shape = header
-    if not isinstance(dtype_str, str) or not _DTYPE_STR.fullmatch(dtype_str):
-        if dtype_str == "|O":
-            raise WireError("refusing a numpy array of Python objects")
-        raise WireError(f"array header names no plain numpy dtype: {dtype_str!r}")
-    if not (
-        isinstance(shape, list)
-        and len(shape) <= MAX_ARRAY_DIMS
-        and all(type(d) is int and d >= 0 for d in shape)
-    ):
+    dtype = _wire_dtype(dtype_str)
+    if type(shape) is not list or len(shape) > MAX_ARRAY_DIMS:
         raise WireError(f"array header has a bad shape: {shape!r}")
-    dtype = np.dtype(dtype_str)
-    if dtype.hasobject or dtype.itemsize == 0:
-        raise WireError(f"refusing a numpy array of dtype {dtype_str!r}")
-    body = data[_LEN.size + hlen :]
-    if math.prod(shape) * dtype.itemsize != len(body):
+    for dim in shape:  # a loop, not all(...): this runs for every array received
+        if type(dim) is not int or dim < 0:
+            raise WireError(f"array header has a bad shape: {shape!r}")
+    count = math.prod(shape)
+    offset = _LEN.size + hlen
+    if count * dtype.itemsize != len(data) - offset:
         raise WireError(
             f"array of shape {tuple(shape)} and dtype {dtype_str} needs "
-            f"{math.prod(shape) * dtype.itemsize} bytes, its extension holds {len(body)}"
+            f"{count * dtype.itemsize} bytes, its extension holds {len(data) - offset}"
         )
-    return np.frombuffer(body, dtype=dtype).reshape(tuple(shape)).copy()
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return array.reshape(tuple(shape)).copy()
 
 
 def _decoder(depth: int) -> Callable[[int, bytes], object]:
