@@ -346,6 +346,55 @@ def test_the_acceptor_loop_ends_when_its_listener_closes(acceptor: Acceptor) -> 
     assert not acceptor.thread.is_alive()
 
 
+_CHILD_OUT_OF_FDS = """
+import errno, os, resource, socket, sys, threading, time
+from snapline.runtime.local.wire import Hello, connect_handshake, serve_handshakes
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(4)
+admitted, rejected = [], []
+client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hogs = []
+try:
+    while True:
+        hogs.append(os.open(os.devnull, os.O_RDONLY))
+except OSError as exc:
+    assert exc.errno == errno.EMFILE
+client.connect(sys.argv[1])  # queued: the acceptor will have no descriptor to accept it with
+threading.Thread(
+    target=serve_handshakes,
+    args=(listener,),
+    kwargs=dict(secret=b"s" * 32, purpose="channel", admit=lambda c, h: admitted.append(h),
+                reject=rejected.append, closing=lambda: False),
+    daemon=True,
+).start()
+deadline = time.monotonic() + 10
+while not rejected and time.monotonic() < deadline:
+    time.sleep(0.01)
+for fd in hogs:
+    os.close(fd)
+connect_handshake(client, b"s" * 32, "channel", Hello(rank=1))
+while not admitted and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(rejected[0])
+print(admitted)
+"""
+
+
+def test_the_acceptor_outlives_running_out_of_file_descriptors(tmp_path: Path) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD_OUT_OF_FDS, str(tmp_path / "a.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    why, admitted = child.stdout.splitlines()
+    assert why.startswith("accept failed, retrying") and "Too many open files" in why
+    assert admitted == "[Hello(rank=1, pid=0)]"
+
+
 # ------------------------------------------------------------------------------ frame limits
 
 
