@@ -426,6 +426,7 @@ BAD_FRAMES = {
     "structured dtype string": (_ndarray_ext(["i4,O", [1]], b"\0" * 12), "no plain numpy"),
     "subarray dtype": (_ndarray_ext(["(1000000000000,)i4", [1]], b""), "no plain numpy"),
     "dtype not a string": (_ndarray_ext([7, [1]], b"\0"), "no plain numpy"),
+    "dtype a list": (_ndarray_ext([["<i4"], [1]], b"\0" * 4), "no plain numpy"),
     "zero-size items": (_ndarray_ext(["|V0", [4]], b""), "refusing"),
     "shape vs bytes": (_ndarray_ext(["<i4", [3]], b"\0" * 8), "needs 12 bytes"),
     "huge shape": (_ndarray_ext(["<f8", [1 << 62, 1 << 62]], b""), "holds 0"),

@@ -147,9 +147,9 @@ def _sendable_dtype(dtype: np.dtype[Any]) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _wire_dtype(dtype_str: object) -> np.dtype[Any]:
+def _wire_dtype(dtype_str: str) -> np.dtype[Any]:
     """The dtype an array header names, if it is a plain one (cached: headers repeat)."""
-    if not isinstance(dtype_str, str) or not _DTYPE_STR.fullmatch(dtype_str):
+    if not _DTYPE_STR.fullmatch(dtype_str):
         if dtype_str == "|O":
             raise WireError("refusing a numpy array of Python objects")
         raise WireError(f"array header names no plain numpy dtype: {dtype_str!r}")
@@ -233,6 +233,8 @@ def _decode_ndarray(data: bytes) -> np.ndarray[Any, Any]:
     if not (isinstance(header, list) and len(header) == 2):
         raise WireError("array header is not [dtype, shape]")
     dtype_str, shape = header
+    if type(dtype_str) is not str:
+        raise WireError(f"array header names no plain numpy dtype: {dtype_str!r}")
     dtype = _wire_dtype(dtype_str)
     if type(shape) is not list or len(shape) > MAX_ARRAY_DIMS:
         raise WireError(f"array header has a bad shape: {shape!r}")
