@@ -22,7 +22,7 @@ from snapline.errors import RuntimeFailure
 from snapline.runtime.local import RunResult, read_status, run
 from snapline.runtime.local.status import pid_alive
 from snapline.runtime.local.verify import check_run
-from snapline.runtime.local.wire import Hello, WireError, connect_handshake, frame
+from snapline.runtime.local.wire import WireError, connect_handshake, frame
 from snapline.runtime.process import Context, Process
 
 pytestmark = pytest.mark.timeout(120)
@@ -147,13 +147,13 @@ def test_stranger_cannot_join_channels(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(socket_dir / "rank-0.sock"))
         with pytest.raises(WireError):
-            connect_handshake(sock, b"x" * 32, "channel", Hello(rank=1))
+            connect_handshake(sock, b"x" * 32, "channel", rank=1)
 
     # 3. The supervisor's control socket turns away a wrong secret too.
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(socket_dir / "control.sock"))
         with pytest.raises(WireError):
-            connect_handshake(sock, b"y" * 32, "control", Hello(rank=0, pid=os.getpid()))
+            connect_handshake(sock, b"y" * 32, "control", rank=0, pid=os.getpid())
 
     result = job.outcome()
     assert result.stats[0]["rejected_connections"] >= 2

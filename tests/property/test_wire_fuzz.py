@@ -119,7 +119,7 @@ def test_the_connector_turns_an_impostor_acceptor_away(sent: bytes) -> None:
         acceptor.sendall(sent)
         acceptor.shutdown(socket.SHUT_WR)
         try:
-            connect_handshake(connector, SECRET, "channel", Hello(rank=1))
+            connect_handshake(connector, SECRET, "channel", rank=1)
         except WireError:
             return
         raise AssertionError("an acceptor without the secret was believed")

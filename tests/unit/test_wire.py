@@ -151,7 +151,7 @@ def test_handshake_admits_a_holder_of_the_secret_and_returns_its_hello() -> None
     with acceptor, connector:
         outcome: dict[str, Any] = {}
         thread = _accept_in_thread(acceptor, SECRET, outcome)
-        connect_handshake(connector, SECRET, "control", Hello(rank=3, pid=4242))
+        connect_handshake(connector, SECRET, "control", rank=3, pid=4242)
         thread.join(5)
         assert outcome == {"hello": Hello(rank=3, pid=4242)}
         # The stream is usable afterwards, and blocking again.
@@ -166,7 +166,7 @@ def test_the_acceptor_refuses_a_connector_without_the_secret() -> None:
         outcome: dict[str, Any] = {}
         thread = _accept_in_thread(acceptor, SECRET, outcome)
         with pytest.raises(WireError):
-            connect_handshake(connector, b"y" * 32, "control", Hello(rank=0))
+            connect_handshake(connector, b"y" * 32, "control", rank=0)
         thread.join(5)
         assert "MAC mismatch" in str(outcome["error"])
 
@@ -177,7 +177,7 @@ def test_the_connector_refuses_an_acceptor_without_the_secret() -> None:
         # An impostor acceptor: a well-formed challenge, then a confirmation it cannot compute.
         acceptor.sendall(b"SNAPLINE" + struct.pack("<I", 2) + b"c" * 32 + b"z" * 32)
         with pytest.raises(WireError, match="acceptor does not hold"):
-            connect_handshake(connector, SECRET, "control", Hello(rank=0))
+            connect_handshake(connector, SECRET, "control", rank=0)
 
 
 def test_a_response_for_the_other_purpose_is_refused() -> None:
@@ -186,7 +186,7 @@ def test_a_response_for_the_other_purpose_is_refused() -> None:
         outcome: dict[str, Any] = {}
         thread = _accept_in_thread(acceptor, SECRET, outcome)  # a control socket
         with pytest.raises(WireError):
-            connect_handshake(connector, SECRET, "channel", Hello(rank=0))
+            connect_handshake(connector, SECRET, "channel", rank=0)
         thread.join(5)
         assert isinstance(outcome["error"], WireError)
 
@@ -300,7 +300,7 @@ def _stranger(path: Path, payload: bytes) -> None:
 def _connect(path: Path, hello: Hello, secret: bytes = SECRET) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(path))
-    connect_handshake(sock, secret, "channel", hello)
+    connect_handshake(sock, secret, "channel", rank=hello.rank, pid=hello.pid)
     return sock
 
 
@@ -316,7 +316,7 @@ def test_the_acceptor_survives_every_kind_of_bad_connection(acceptor: Acceptor) 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
         with pytest.raises(WireError):
-            connect_handshake(sock, b"x" * 32, "channel", Hello(rank=1))
+            connect_handshake(sock, b"x" * 32, "channel", rank=1)
     for bad_rank in (99, 98):  # the secret is right; admit raises
         with _connect(path, Hello(rank=bad_rank)) as sock:
             sock.settimeout(10)
@@ -388,7 +388,7 @@ while not rejected and time.monotonic() < deadline:
     time.sleep(0.01)
 for fd in hogs:
     os.close(fd)
-connect_handshake(client, b"s" * 32, "channel", Hello(rank=1))
+connect_handshake(client, b"s" * 32, "channel", rank=1)
 while not admitted and time.monotonic() < deadline:
     time.sleep(0.01)
 print(rejected[0])

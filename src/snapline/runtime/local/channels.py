@@ -213,7 +213,7 @@ class Transport:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(rank_socket_path(self.socket_dir, dst)))
-            connect_handshake(sock, self.secret, "channel", Hello(rank=self.rank))
+            connect_handshake(sock, self.secret, "channel", rank=self.rank)
         except (OSError, WireError) as exc:
             sock.close()
             self._log("connect_failed", dst=dst, why=str(exc))

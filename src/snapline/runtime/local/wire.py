@@ -386,8 +386,14 @@ def accept_handshake(sock: socket.socket, secret: bytes, purpose: str) -> Hello:
             sock.settimeout(None)
 
 
-def connect_handshake(sock: socket.socket, secret: bytes, purpose: str, hello: Hello) -> None:
-    """Prove we hold the job's secret to the acceptor and check that it holds it too."""
+def connect_handshake(
+    sock: socket.socket, secret: bytes, purpose: str, *, rank: int, pid: int = 0
+) -> None:
+    """Prove we hold the job's secret to the acceptor and check that it holds it too.
+
+    ``rank`` and ``pid`` are our hello: what the acceptor's ``accept_handshake`` returns.
+    """
+    hello = Hello(rank=rank, pid=pid)
     deadline_s = time.monotonic() + HANDSHAKE_TIMEOUT_S
     hello_bytes = _HELLO.pack(hello.rank, hello.pid)
     try:

@@ -68,14 +68,7 @@ from snapline.runtime.local.stable import (
     StableWriter,
     wait_beating,
 )
-from snapline.runtime.local.wire import (
-    FrameReader,
-    Hello,
-    WireError,
-    connect_handshake,
-    frame,
-    pack,
-)
+from snapline.runtime.local.wire import FrameReader, WireError, connect_handshake, frame, pack
 from snapline.topology import Topology
 
 _FRAMES_PER_TURN = 4096
@@ -660,7 +653,7 @@ class Worker:
         self.transport.listen()
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         control.connect(str(self.socket_dir / "control.sock"))
-        connect_handshake(control, self.secret, "control", Hello(rank=self.rank, pid=self.pid))
+        connect_handshake(control, self.secret, "control", rank=self.rank, pid=self.pid)
         control.setblocking(False)
         self._control = control
         self.sel.register(control, selectors.EVENT_READ, ("control", 0))
