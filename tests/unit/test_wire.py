@@ -341,20 +341,6 @@ def test_the_acceptor_survives_every_kind_of_bad_connection(acceptor: Acceptor) 
     assert reasons[6] == "rank 98 has no channel here"
 
 
-def test_silent_strangers_do_not_delay_a_genuine_peer(acceptor: Acceptor) -> None:
-    silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
-    try:
-        for sock in silent:
-            sock.connect(str(acceptor.path))  # and never answer the challenge
-        # Handled one after another, three silent strangers would hold the acceptor for three
-        # handshake timeouts, longer than this handshake's own deadline.
-        with _connect(acceptor.path, Hello(rank=2)):
-            pass
-    finally:
-        for sock in silent:
-            sock.close()
-
-
 def test_the_acceptor_loop_ends_when_its_listener_closes(acceptor: Acceptor) -> None:
     acceptor.close()
     assert not acceptor.thread.is_alive()

@@ -28,15 +28,14 @@ acceptor holds it too. The purpose (``channel`` or ``control``) keeps a response
 of socket from being replayed at the other; fresh random challenges and nonces keep any
 response from being replayed at all. Digests are compared with ``hmac.compare_digest``.
 
-The acceptor reads exactly 84 bytes, under one overall deadline of ``HANDSHAKE_TIMEOUT_S``,
-and slices them at fixed offsets: no general decoder ever sees a byte from a peer that has not
-proven it holds the secret, and the hello (rank, pid) is read only after the MAC verified.
-Any failure closes that one connection and is logged. The acceptor loop
-(``serve_handshakes``) runs each handshake on its own thread, so a silent stranger delays
-nobody, survives anything a single connection can do, and keeps accepting. A stranger (no
-secret, wrong secret, garbage) is disconnected before any of its bytes reach the job. Sockets
-also live in a 0700 directory, so other users cannot even connect; the HMAC keeps out other
-jobs and other programs of the same user.
+The acceptor reads exactly 84 bytes, under one overall deadline (a slow or silent stranger
+holds it for at most ``HANDSHAKE_TIMEOUT_S``), and slices them at fixed offsets: no general
+decoder ever sees a byte from a peer that has not proven it holds the secret, and the hello
+(rank, pid) is read only after the MAC verified. Any failure closes that one connection and
+is logged; the acceptor loop (``serve_handshakes``) survives anything a single connection can
+do and keeps accepting. A stranger (no secret, wrong secret, garbage) is disconnected before
+any of its bytes reach the job. Sockets also live in a 0700 directory, so other users cannot
+even connect; the HMAC keeps out other jobs and other programs of the same user.
 
 Limits on authenticated traffic. A peer that holds the secret is trusted not to lie, but a bug
 must still give a clear error, never a crash: frames are at most ``MAX_FRAME_BYTES``; tuple and
@@ -60,7 +59,6 @@ import os
 import re
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,8 +82,6 @@ _EXT_TUPLE = 1
 _EXT_NDARRAY = 2
 
 HANDSHAKE_TIMEOUT_S = 2.0
-#: Handshakes an acceptor runs at once; more connections than that are closed at once.
-MAX_PENDING_HANDSHAKES = 32
 HANDSHAKE_VERSION = 2
 _HANDSHAKE_MAGIC = b"SNAPLINE"
 _MAC_LABEL = b"snapline-handshake-v2"
@@ -431,30 +427,12 @@ def serve_handshakes(
 ) -> None:
     """Accept and authenticate connections on ``listener`` until it closes (an acceptor loop).
 
-    Each handshake runs on its own short-lived thread (at most ``MAX_PENDING_HANDSHAKES`` at
-    once), so a silent stranger holding its handshake open cannot delay a genuine peer.
     ``admit(conn, hello)`` takes each authenticated connection (it may raise ``WireError`` to
-    turn a hello away) and must be thread-safe; ``reject(why)`` hears about every connection
-    that failed, for the log. Nothing one connection does -- garbage, a bug in ``admit``, any
-    exception -- stops the loop: that connection is closed and the next one accepted. Only the
-    listener's own end (``closing()`` true, or an error that is not transient) ends it.
+    turn a hello away); ``reject(why)`` hears about every connection that failed, for the log.
+    Nothing one connection does -- garbage, a bug in ``admit``, any exception -- stops the
+    loop: that connection is closed and the next one accepted. Only the listener's own end
+    (``closing()`` true, or an error that is not transient) ends it.
     """
-    pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
-
-    def refuse(conn: socket.socket, why: str) -> None:
-        with contextlib.suppress(Exception):
-            reject(why)
-        with contextlib.suppress(OSError):
-            conn.close()
-
-    def handshake(conn: socket.socket) -> None:
-        try:
-            admit(conn, accept_handshake(conn, secret, purpose))
-        except Exception as exc:  # one connection's failure must never reach the acceptor
-            refuse(conn, str(exc) if isinstance(exc, WireError) else f"{type(exc).__name__}: {exc}")
-        finally:
-            pending.release()
-
     while not closing():
         try:
             conn, _ = listener.accept()
@@ -465,13 +443,11 @@ def serve_handshakes(
                 reject(f"accept failed, retrying: {exc}")
             time.sleep(0.05)  # e.g. out of file descriptors: let some close before retrying
             continue
-        if not pending.acquire(blocking=False):
-            refuse(conn, f"{MAX_PENDING_HANDSHAKES} handshakes already in progress")
-            continue
         try:
-            threading.Thread(
-                target=handshake, args=(conn,), name="snapline-handshake", daemon=True
-            ).start()
-        except Exception as exc:  # e.g. no more threads: this connection is the one to fail
-            pending.release()
-            refuse(conn, f"cannot start a handshake: {type(exc).__name__}: {exc}")
+            admit(conn, accept_handshake(conn, secret, purpose))
+        except Exception as exc:  # one connection's failure must never stop the acceptor
+            why = str(exc) if isinstance(exc, WireError) else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(OSError):
+                conn.close()
+            with contextlib.suppress(Exception):
+                reject(why)
