@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from snapline.errors import RuntimeFailure
@@ -144,18 +147,103 @@ def test_stranger_cannot_join_channels(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(socket_dir / "rank-0.sock"))
         with pytest.raises(WireError):
-            connect_handshake(sock, b"x" * 32, "channel", {"rank": 1})
+            connect_handshake(sock, b"x" * 32, "channel", rank=1)
 
     # 3. The supervisor's control socket turns away a wrong secret too.
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(socket_dir / "control.sock"))
         with pytest.raises(WireError):
-            connect_handshake(sock, b"y" * 32, "control", {"rank": 0, "pid": os.getpid()})
+            connect_handshake(sock, b"y" * 32, "control", rank=0, pid=os.getpid())
 
     result = job.outcome()
     assert result.stats[0]["rejected_connections"] >= 2
     assert result.failures == []
     assert check_run(result, app="bank", app_params=BANK, topology="complete") == []
+
+
+#: The job for the crafted-frames test runs in a child process: if a crafted frame crashed the
+#: supervisor (it once did, with SIGSEGV), that must fail the test, not kill the test runner.
+_JOB_IN_CHILD = """
+import json, sys
+from snapline.runtime.local import run
+from snapline.runtime.local.verify import check_run
+params = {"messages": 300, "step_s": 0.01}
+result = run("bank", 3, store=sys.argv[1], interval="0.2s", app_options=params)
+print(json.dumps({
+    "failures": [f["rank"] for f in result.failures],
+    "problems": check_run(result, app="bank", app_params=params, topology="complete"),
+}))
+"""
+
+
+def _nested_tuple_ext(depth: int) -> bytes:
+    body = b"\x90"
+    for _ in range(depth):
+        body = msgpack.packb(msgpack.ExtType(1, b"\x91" + body))  # a 1-tuple of the level below
+    return body
+
+
+#: Handshake replies crafted against the first handshake (length-prefixed msgpack): an ndarray
+#: extension with a 1-byte body (struct.error killed every acceptor thread) and tuple
+#: extensions nested 250 deep (overflowed the C stack), each also after a valid-looking
+#: preamble so that they reach whatever reads past the first bytes.
+_DEEP = _nested_tuple_ext(250)
+CRAFTED = [
+    bytes.fromhex("03000000d40201"),
+    struct.pack("<I", len(_DEEP)) + _DEEP,
+    b"SNAPLINE" + struct.pack("<I", 2) + bytes.fromhex("03000000d40201"),
+    b"SNAPLINE" + struct.pack("<I", 2) + _DEEP,
+]
+
+
+def _send_crafted(path: Path, payload: bytes) -> None:
+    """Connect as a stranger, take the challenge, send ``payload``, wait for the hang-up."""
+    # A stranger does not care how it is turned away (a reset, with its bytes unread, or a
+    # dead acceptor): what counts is what the job does afterwards.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, contextlib.suppress(OSError):
+        sock.connect(str(path))
+        sock.settimeout(10.0)
+        sock.recv(4096)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+
+
+def test_crafted_frames_from_a_stranger_leave_the_job_able_to_recover(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    job = subprocess.Popen(
+        [sys.executable, "-c", _JOB_IN_CHILD, str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        status = wait_for(store, running_with_progress(30))
+        socket_dir = Path(status.socket_dir)
+        targets = [socket_dir / f"rank-{r}.sock" for r in range(3)] + [socket_dir / "control.sock"]
+        for target in targets:
+            for payload in CRAFTED:
+                _send_crafted(target, payload)
+        assert job.poll() is None, f"a stranger's frames ended the job (exit {job.returncode})"
+        # Every acceptor must still work: a replacement of rank 1 connects to the supervisor
+        # and to ranks 0 and 2, which all saw the crafted frames.
+        os.kill(int(status.ranks[1].pid), signal.SIGKILL)
+        out, err = job.communicate(timeout=90)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, f"the job failed (exit {job.returncode}):\n{err[-3000:]}"
+    verdict = json.loads(out.strip().splitlines()[-1])
+    assert verdict == {"failures": [1], "problems": []}
+    log = [json.loads(x) for x in (store / "logs" / "supervisor.jsonl").read_text().splitlines()]
+    assert len([e for e in log if e["event"] == "control_rejected"]) == len(CRAFTED)
+    for rank in (0, 2):
+        lines = (store / "logs" / f"rank-{rank}.jsonl").read_text().splitlines()
+        rejected = [e for e in map(json.loads, lines) if e["event"] == "connection_rejected"]
+        assert len(rejected) == len(CRAFTED), rejected
 
 
 def test_hung_rank_is_detected_by_heartbeats(tmp_path: Path) -> None:

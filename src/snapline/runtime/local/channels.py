@@ -45,11 +45,12 @@ from typing import Any
 
 from snapline.runtime.local.wire import (
     FrameReader,
+    Hello,
     WireError,
-    accept_handshake,
     connect_handshake,
     frame,
     new_packer,
+    serve_handshakes,
 )
 
 APP = 0
@@ -153,23 +154,25 @@ class Transport:
     def _accept_loop(self) -> None:
         listener = self._listener
         assert listener is not None
-        while not self._closing:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                hello = accept_handshake(conn, self.secret, "channel")
-                src = hello.get("rank")
-                if not isinstance(src, int) or src not in self.inn:
-                    raise WireError(f"rank {src!r} has no channel to rank {self.rank}")
-            except WireError as exc:
-                self.stats.rejected_connections += 1
-                self._log("connection_rejected", why=str(exc))
-                conn.close()
-                continue
-            self._accepted.put((conn, src))
-            self._wake()
+        serve_handshakes(
+            listener,
+            secret=self.secret,
+            purpose="channel",
+            admit=self._admit,
+            reject=self._reject,
+            closing=lambda: self._closing,
+        )
+
+    def _admit(self, conn: socket.socket, hello: Hello) -> None:
+        """Queue an authenticated connection for the event loop (acceptor thread)."""
+        if hello.rank not in self.inn:
+            raise WireError(f"rank {hello.rank} has no channel to rank {self.rank}")
+        self._accepted.put((conn, hello.rank))
+        self._wake()
+
+    def _reject(self, why: str) -> None:
+        self.stats.rejected_connections += 1
+        self._log("connection_rejected", why=why)
 
     def adopt_accepted(self) -> None:
         """Register connections the acceptor authenticated (called on the event loop)."""
@@ -215,7 +218,7 @@ class Transport:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(rank_socket_path(self.socket_dir, dst)))
-            connect_handshake(sock, self.secret, "channel", {"rank": self.rank})
+            connect_handshake(sock, self.secret, "channel", rank=self.rank)
         except (OSError, WireError) as exc:
             sock.close()
             return str(exc)

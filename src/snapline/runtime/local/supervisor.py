@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapline.runtime.local.wire import FrameReader, WireError, accept_handshake, frame, pack
+from snapline.runtime.local.wire import (
+    FrameReader,
+    Hello,
+    WireError,
+    frame,
+    pack,
+    serve_handshakes,
+)
 
 #: How long a freshly spawned worker may take to connect before it counts as failed.
 STARTUP_TIMEOUT_S = 30.0
@@ -96,7 +103,7 @@ class Supervisor:
         self.slots = [RankSlot(r) for r in range(n)]
         self.sel = selectors.DefaultSelector()
         self.dead: list[int] = []
-        self._accepted: queue.Queue[tuple[socket.socket, dict[str, Any]]] = queue.Queue()
+        self._accepted: queue.Queue[tuple[socket.socket, Hello]] = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -111,21 +118,24 @@ class Supervisor:
     # ------------------------------------------------------------------ connections
 
     def _accept_loop(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                hello = accept_handshake(conn, self.secret, "control")
-            except WireError as exc:
-                self.rejected_connections += 1
-                self.log("control_rejected", why=str(exc))
-                conn.close()
-                continue
-            self._accepted.put((conn, hello))
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"\0")
+        serve_handshakes(
+            self._listener,
+            secret=self.secret,
+            purpose="control",
+            admit=self._admit,
+            reject=self._reject,
+            closing=lambda: self._closing,
+        )
+
+    def _admit(self, conn: socket.socket, hello: Hello) -> None:
+        """Queue an authenticated control connection for the loop (acceptor thread)."""
+        self._accepted.put((conn, hello))
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _reject(self, why: str) -> None:
+        self.rejected_connections += 1
+        self.log("control_rejected", why=why)
 
     def _adopt(self) -> None:
         while True:
@@ -133,8 +143,8 @@ class Supervisor:
                 conn, hello = self._accepted.get_nowait()
             except queue.Empty:
                 return
-            rank, pid = hello.get("rank"), hello.get("pid")
-            slot = self.slots[rank] if isinstance(rank, int) and 0 <= rank < self.n else None
+            rank, pid = hello.rank, hello.pid
+            slot = self.slots[rank] if 0 <= rank < self.n else None
             if slot is None or slot.pid != pid or not slot.alive:
                 self.log("control_unexpected", rank=rank, pid=pid)
                 conn.close()

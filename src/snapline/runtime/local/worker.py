@@ -711,7 +711,7 @@ class Worker:
         self.transport.listen()
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         control.connect(str(self.socket_dir / "control.sock"))
-        connect_handshake(control, self.secret, "control", {"rank": self.rank, "pid": self.pid})
+        connect_handshake(control, self.secret, "control", rank=self.rank, pid=self.pid)
         control.setblocking(False)
         self._control = control
         self.sel.register(control, selectors.EVENT_READ, ("control", 0))
