@@ -25,7 +25,10 @@ from snapline.runtime.local.status import JobStatus
 from snapline.runtime.local.verify import check_run
 
 DEMO_RANKS = 6
-DEMO_PARAMS = {"messages": 40, "step_s": 0.05, "initial_balance": 1000}
+#: Transfers every ~5 ms per branch: fast enough that a snapshot's markers usually overtake a
+#: few transfers, so the recovery has recorded in-transit transfers to re-deliver (with one every
+#: 50 ms it almost never had any), and short enough that the run takes a few seconds.
+DEMO_PARAMS = {"messages": 400, "step_s": 0.005, "initial_balance": 1000}
 DEMO_KILL = (3, 1.0)
 
 
