@@ -38,7 +38,7 @@ def control_link(tmp_path: Path) -> tuple[Supervisor, socket.socket]:
     slot.pid, slot.alive = os.getpid(), True
     link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     link.connect(str(socket_dir / "control.sock"))
-    connect_handshake(link, secret, "control", {"rank": 0, "pid": os.getpid()})
+    connect_handshake(link, secret, "control", rank=0, pid=os.getpid())
     deadline = time.monotonic() + 10
     while slot.sock is None and time.monotonic() < deadline:
         sup.poll(0.05)
