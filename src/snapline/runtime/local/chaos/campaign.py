@@ -1,0 +1,604 @@
+"""A chaos campaign: many runs of real jobs, each with a seeded fault schedule, each checked.
+
+Run ``i`` of a campaign with seed ``S`` runs the ``i``-th (protocol, app) pair (cycling through
+every pair) with seed ``S + i``; its schedule depends on that seed alone, so its replay command
+(``RunRecord.replay``) injects the same faults. Each run:
+
+1. starts ``snapline run APP ...`` as a child process (the supervisor, in a new session, with
+   the run's environment marker) and reads its status file like ``snapline ps`` does;
+2. fires each fault when the job's progress reaches the fault's point (``schedule``), from
+   outside the job (``inject``); a whole-job kill is followed by ``snapline run --resume``;
+3. waits for the job to end, for its workers to be gone, and checks it against the
+   failure-free reference (``checks``).
+
+Runs execute one after another: a job is a handful of processes already, and faults that fire
+on progress points need the machine's attention to land where they were drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snapline.errors import ConfigError
+from snapline.runtime.local.chaos.checks import (
+    Reference,
+    Verdict,
+    canonical,
+    check_run,
+    read_log,
+    read_summary,
+    released_outputs,
+)
+from snapline.runtime.local.chaos.inject import (
+    MARKER_ENV,
+    Injection,
+    acceptor_answers,
+    kill_all,
+    send_signal,
+    stranger,
+    wait_gone,
+)
+from snapline.runtime.local.chaos.schedule import (
+    DEFAULT_FAULTS,
+    Fault,
+    FaultKind,
+    draw_schedule,
+)
+from snapline.runtime.local.config import format_duration_s, is_builtin_app
+from snapline.runtime.local.job import summary_json
+from snapline.runtime.local.status import JobStatus, read_status
+
+#: Extra time, beyond the job's own --timeout, before the campaign stops a run itself.
+_WATCHDOG_GRACE_S = 30.0
+#: How long workers may take to exit after their supervisor ended.
+_EXIT_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CampaignConfig:
+    """What a campaign runs: which jobs, how many runs or how long, which faults."""
+
+    apps: tuple[str, ...]
+    protocols: tuple[str, ...]
+    out_dir: Path
+    n: int = 3
+    runs: int | None = None
+    time_budget_s: float | None = None
+    seed: int = 0
+    faults: tuple[FaultKind, ...] = DEFAULT_FAULTS
+    max_faults: int = 3
+    params: Mapping[str, Any] = field(default_factory=dict)
+    interval_s: float = 0.2
+    heartbeat_timeout_s: float = 3.0
+    job_timeout_s: float = 120.0
+    keep_stores: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.apps or not self.protocols:
+            raise ConfigError("a campaign needs at least one app and one protocol")
+        if self.n < 2:
+            raise ConfigError(f"a chaos run needs at least 2 ranks, got -n {self.n}")
+        if self.runs is not None and self.runs < 1:
+            raise ConfigError(f"--runs must be >= 1, got {self.runs}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError("--time must be positive")
+        if self.interval_s <= 0 or self.heartbeat_timeout_s <= 0 or self.job_timeout_s <= 0:
+            raise ConfigError("--interval, --heartbeat-timeout and --job-timeout must be > 0")
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (protocol, app) pair, in the order runs cycle through them."""
+        return [(protocol, app) for app in self.apps for protocol in self.protocols]
+
+    def planned_runs(self) -> int | None:
+        """How many runs the campaign makes (None: as many as ``time_budget_s`` allows)."""
+        if self.runs is not None:
+            return self.runs
+        return None if self.time_budget_s is not None else len(self.pairs())
+
+    def job_params(self, protocol: str, app: str) -> dict[str, Any]:
+        """The app parameters of a run: small built-in defaults, then the user's."""
+        return {**default_params(app, protocol), **self.params}
+
+    def replay(self, protocol: str, app: str, seed: int) -> str:
+        """The command that runs exactly this run's schedule again."""
+        words = ["snapline", "chaos", app, "--protocol", protocol, "--seed", str(seed)]
+        words += ["--runs", "1", "-n", str(self.n)]
+        words += ["--faults", ",".join(k.value for k in self.faults)]
+        words += ["--max-faults", str(self.max_faults)]
+        words += ["--interval", format_duration_s(self.interval_s)]
+        words += ["--heartbeat-timeout", format_duration_s(self.heartbeat_timeout_s)]
+        for key, value in sorted(self.params.items()):
+            words += ["-p", f"{key}={value}"]
+        return shlex.join(words)
+
+
+def default_params(app: str, protocol: str) -> dict[str, Any]:
+    """Parameters that make a built-in app run for a second or two on a few ranks."""
+    if not is_builtin_app(app):
+        return {}
+    from snapline.apps import app_spec
+
+    spec = app_spec(app)
+    if "step_s" in spec.params:  # paced by timers
+        return {spec.size_param: 100, "step_s": 0.01}
+    if protocol in ("bcs", "fdas"):
+        # As fast as messages go, but nearly every message forces a checkpoint (an fsync).
+        return {spec.size_param: 200}
+    return {spec.size_param: 1500}
+
+
+@dataclass(slots=True, kw_only=True)
+class RunRecord:
+    """One run of a campaign and its verdict."""
+
+    index: int
+    protocol: str
+    app: str
+    seed: int
+    schedule: list[str]
+    injections: list[Injection]
+    verdict: str
+    problems: list[str]
+    heartbeat_false_positives: list[str]
+    failures_injected: int
+    failures_reported: int
+    elapsed_s: float
+    replay: str
+    store: str | None
+
+    @property
+    def reason(self) -> str:
+        """The first problem (or heartbeat false positive), for a table."""
+        if self.problems:
+            return self.problems[0]
+        return self.heartbeat_false_positives[0] if self.heartbeat_false_positives else ""
+
+    def faults_landed(self) -> list[str]:
+        """The schedule entries of which at least one action landed."""
+        seen: list[str] = []
+        for inj in self.injections:
+            if inj.landed and inj.fault not in seen:
+                seen.append(inj.fault)
+        return seen
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form (for the campaign summary file)."""
+        out = asdict(self)
+        out["faults_landed"] = self.faults_landed()
+        return out
+
+
+def reference_run(config: CampaignConfig, protocol: str, app: str) -> Reference:
+    """The failure-free run the chaos runs of ``app`` under ``protocol`` are compared with.
+
+    Built-in apps: the simulator's run of the same job and seed (no processes to start).
+    Other apps: a plain local run of the same job, without faults.
+    """
+    params = config.job_params(protocol, app)
+    if is_builtin_app(app):
+        from snapline.apps import app_spec
+        from snapline.runtime.sim import SimConfig, failure_free, run_simulation
+
+        spec = app_spec(app)
+        sim = run_simulation(
+            failure_free(
+                SimConfig(
+                    app=app,
+                    n=config.n,
+                    app_params=params,
+                    topology=spec.default_topology,
+                    reference=False,
+                )
+            )
+        )
+        results = summary_json(list(sim.results))
+        assert isinstance(results, list)
+        return Reference(
+            source="simulator",
+            results=tuple(results),
+            outputs={r: tuple(canonical(x) for x in items) for r, items in enumerate(sim.outputs)},
+            delivered=int(sim.stats["messages_delivered"]),
+            deterministic=spec.deterministic,
+        )
+    run_dir = config.out_dir / f"reference-{protocol}-{_slug(app)}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    token = f"ref-{os.getpid()}-{secrets.token_hex(4)}"
+    job = _Job(config=config, protocol=protocol, app=app, run_dir=run_dir, token=token)
+    job.start(resume=False)
+    ended = job.wait(config.job_timeout_s + _WATCHDOG_GRACE_S)
+    kill_all(token)
+    summary = read_summary(job.store)
+    if summary is None:
+        raise ConfigError(
+            f"the failure-free run of {app} under {protocol} did not finish ({ended}); "
+            f"see {run_dir}: a chaos campaign needs an app that runs without faults"
+        )
+    released = released_outputs(job.store, config.n)
+    reference = Reference(
+        source="failure-free run",
+        results=tuple(summary["results"][str(r)] for r in range(config.n)),
+        outputs={r: tuple(canonical(x) for x in items) for r, items in released.items()},
+        delivered=int(summary.get("messages_delivered", 0)),
+        deterministic=True,
+    )
+    if not config.keep_stores:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return reference
+
+
+class _Job:
+    """The supervisor process of one run (and of its resumed runs), driven from outside."""
+
+    def __init__(
+        self, *, config: CampaignConfig, protocol: str, app: str, run_dir: Path, token: str
+    ) -> None:
+        self.config = config
+        self.protocol = protocol
+        self.app = app
+        self.run_dir = run_dir
+        self.store = run_dir / "store"
+        self.token = token
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.segments = 0
+
+    def start(self, *, resume: bool) -> None:
+        config = self.config
+        cmd = [sys.executable, "-m", "snapline", "run"]
+        if resume:
+            cmd += ["--resume"]
+        else:
+            cmd += [self.app, "-n", str(config.n), "--protocol", self.protocol]
+            cmd += ["--interval", format_duration_s(config.interval_s)]
+            for key, value in sorted(config.job_params(self.protocol, self.app).items()):
+                cmd += ["-p", f"{key}={value}"]
+        cmd += ["--store", str(self.store)]
+        cmd += ["--heartbeat-timeout", format_duration_s(config.heartbeat_timeout_s)]
+        cmd += ["--timeout", format_duration_s(config.job_timeout_s)]
+        # Restarts are what a campaign injects; the job must not give up on them.
+        cmd += ["--max-restarts", "1000"]
+        env = {**os.environ, MARKER_ENV: self.token, "COLUMNS": "200"}
+        self.segments += 1
+        with open(self.run_dir / f"run-{self.segments}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def status(self) -> JobStatus | None:
+        """This supervisor's status (None before it wrote one, or after a resume began)."""
+        try:
+            status = read_status(self.store)
+        except ConfigError:
+            return None
+        return status if status.supervisor_pid == self.pid else None
+
+    def wait(self, timeout_s: float) -> str:
+        """Wait for the supervisor to end; stop it (and its workers) past ``timeout_s``."""
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            send_signal(self.proc.pid, signal.SIGKILL, self.token)
+            self.proc.wait()
+            kill_all(self.token)
+            return f"still running after {format_duration_s(timeout_s)}: stopped by the campaign"
+        if code == 0:
+            return "finished"
+        tail = (self.run_dir / f"run-{self.segments}.log").read_text(errors="replace")
+        last = [line for line in tail.splitlines() if line.strip()][-1:] or [""]
+        return f"exit code {code}: {last[0].strip()}"
+
+
+class _Runner:
+    """Injects one run's schedule into its job and records what landed."""
+
+    def __init__(self, job: _Job, reference: Reference, schedule: Sequence[Fault]) -> None:
+        self.job = job
+        self.config = job.config
+        self.total = max(reference.delivered, 1)
+        self.schedule = schedule
+        self.injections: list[Injection] = []
+        self.whole_job_kills = 0
+        self.problems: list[str] = []
+        self.deadline = time.monotonic() + self.config.job_timeout_s
+
+    def run(self) -> str:
+        job = self.job
+        job.start(resume=False)
+        for fault in self.schedule:
+            status = self._wait_point(fault.at)
+            if status is None:
+                break  # the job ended (or stalled) before this point: the rest never fire
+            self._inject(fault, status)
+        limit = max(self.deadline - time.monotonic(), 0.0) + _WATCHDOG_GRACE_S
+        return job.wait(limit)
+
+    def _wait_point(self, at: float) -> JobStatus | None:
+        """Wait until the job runs normally with ``at`` of its messages delivered."""
+        while time.monotonic() < self.deadline:
+            if not self.job.running():
+                return None
+            status = self.job.status()
+            if (
+                status is not None
+                and status.state == "running"
+                and all(r.state == "running" for r in status.ranks)
+                and status.messages_delivered >= at * self.total
+            ):
+                return status
+            time.sleep(0.02)
+        return None
+
+    def _record(
+        self, fault: Fault, action: str, rank: int, pid: int | None, landed: bool, **kw: Any
+    ) -> Injection:
+        inj = Injection(
+            fault=fault.describe(),
+            action=action,
+            rank=rank,
+            pid=pid,
+            t_unix=time.time(),
+            landed=landed,
+            **kw,
+        )
+        self.injections.append(inj)
+        return inj
+
+    def _signal(
+        self, fault: Fault, action: str, rank: int, pid: int | None, sig: signal.Signals, **kw: Any
+    ) -> Injection:
+        t = time.time()
+        landed = send_signal(pid, sig, self.job.token)
+        inj = self._record(fault, action, rank, pid, landed, **kw)
+        inj.t_unix = t  # before the signal: the job cannot have seen it earlier
+        return inj
+
+    def _inject(self, fault: Fault, status: JobStatus) -> None:
+        pid = status.ranks[fault.rank].pid if fault.rank >= 0 else None
+        match fault.kind:
+            case FaultKind.KILL:
+                self._signal(fault, "kill", fault.rank, pid, signal.SIGKILL, expect_failure=True)
+            case FaultKind.HANG:
+                self._signal(fault, "stop", fault.rank, pid, signal.SIGSTOP, expect_failure=True)
+            case FaultKind.PAUSE:
+                inj = self._signal(fault, "stop", fault.rank, pid, signal.SIGSTOP)
+                inj.note = format_duration_s(fault.pause_s)
+                time.sleep(fault.pause_s)
+                self._signal(fault, "cont", fault.rank, pid, signal.SIGCONT)
+            case FaultKind.RECOVERY_KILL:
+                first = self._signal(
+                    fault, "kill", fault.rank, pid, signal.SIGKILL, expect_failure=True
+                )
+                if first.landed:
+                    self._kill_during_recovery(fault, killed_pid=pid)
+            case FaultKind.STRANGER:
+                self._stranger(fault, status)
+            case FaultKind.WHOLE_JOB:
+                self._whole_job(fault)
+
+    def _kill_during_recovery(self, fault: Fault, *, killed_pid: int | None) -> None:
+        """Kill ``fault.second_rank`` ``fault.delay_s`` into the recovery the first kill began."""
+        limit = time.monotonic() + self.config.heartbeat_timeout_s + 10.0
+        status = None
+        while time.monotonic() < limit and self.job.running():
+            status = self.job.status()
+            if status is not None and status.state == "recovering":
+                break
+            time.sleep(0.005)
+        else:
+            return  # the job ended or never began recovering: nothing to hit
+        time.sleep(fault.delay_s)
+        target = fault.second_rank
+        pid: int | None = None
+        note = "during recovery"
+        while time.monotonic() < limit and self.job.running():
+            status = self.job.status()
+            if status is None:
+                time.sleep(0.005)
+                continue
+            pid = status.ranks[target].pid
+            if target != fault.rank or (pid is not None and pid != killed_pid):
+                if status.state != "recovering":
+                    note = "just after the recovery"
+                break
+            time.sleep(0.005)
+        if pid is not None and pid != killed_pid:
+            self._signal(fault, "kill", target, pid, signal.SIGKILL, expect_failure=True, note=note)
+
+    def _stranger(self, fault: Fault, status: JobStatus) -> None:
+        socket_dir = Path(status.socket_dir)
+        name = "control.sock" if fault.rank < 0 else f"rank-{fault.rank}.sock"
+        path = socket_dir / name
+        outcome = stranger(path, fault.payload)
+        self._record(fault, "stranger", fault.rank, None, True, note=outcome)
+        if self.job.running() and not acceptor_answers(path):
+            self.problems.append(
+                f"after a stranger's {fault.payload!r} on {name} the job no longer answers "
+                f"connections there ({outcome})"
+            )
+
+    def _whole_job(self, fault: Fault) -> None:
+        job = self.job
+        self._wait_reported()
+        t = time.time()
+        landed = send_signal(job.pid, signal.SIGKILL, job.token)
+        assert job.proc is not None
+        job.proc.wait()
+        killed = kill_all(job.token)
+        self._record(fault, "supervisor-kill", -1, job.pid, landed, note=f"workers {killed}")
+        self.injections[-1].t_unix = t
+        if not landed:
+            return  # the job had ended by itself
+        self.whole_job_kills += 1
+        job.start(resume=True)
+
+    def _wait_reported(self) -> None:
+        """Before a whole-job kill, let the job report the failures injected so far.
+
+        A supervisor killed before it noticed a failure cannot report it; waiting (at most a
+        heartbeat timeout and a recovery's worth) keeps "failures reported = injected" exact.
+        """
+        expected = [i.pid for i in self.injections if i.landed and i.expect_failure]
+        limit = time.monotonic() + self.config.heartbeat_timeout_s + 10.0
+        while time.monotonic() < limit and self.job.running():
+            reported = [e.get("pid") for e in read_log(self.job.store)]
+            if all(pid in reported for pid in expected):
+                status = self.job.status()
+                if status is not None and status.state == "running":
+                    return
+            time.sleep(0.02)
+
+
+def run_one(
+    config: CampaignConfig,
+    *,
+    index: int,
+    protocol: str,
+    app: str,
+    seed: int,
+    reference: Reference,
+) -> RunRecord:
+    """Run, fault and check one job; its store is kept only when it failed (or if asked)."""
+    schedule = draw_schedule(
+        seed,
+        n=config.n,
+        kinds=config.faults,
+        max_faults=config.max_faults,
+        heartbeat_timeout_s=config.heartbeat_timeout_s,
+    )
+    run_dir = config.out_dir / f"run-{index:04d}-{protocol}-{_slug(app)}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    token = f"{os.getpid()}-{index}-{secrets.token_hex(4)}"
+    job = _Job(config=config, protocol=protocol, app=app, run_dir=run_dir, token=token)
+    runner = _Runner(job, reference, schedule)
+    started = time.monotonic()
+    try:
+        ended = runner.run()
+    finally:
+        if job.running():
+            send_signal(job.pid, signal.SIGKILL, token)
+        left = wait_gone(token, timeout_s=_EXIT_GRACE_S)
+        kill_all(token)  # never leave a process behind, whatever the verdict
+    verdict: Verdict = check_run(
+        store=job.store,
+        n=config.n,
+        reference=reference,
+        injections=runner.injections,
+        whole_job_kills=runner.whole_job_kills,
+        left_behind=left,
+        ended=ended,
+    )
+    verdict.problems[:0] = runner.problems
+    keep = config.keep_stores or verdict.name != "pass"
+    record = RunRecord(
+        index=index,
+        protocol=protocol,
+        app=app,
+        seed=seed,
+        schedule=[f.describe() for f in schedule],
+        injections=runner.injections,
+        verdict=verdict.name,
+        problems=verdict.problems,
+        heartbeat_false_positives=verdict.heartbeat_false_positives,
+        failures_injected=verdict.failures_injected,
+        failures_reported=verdict.failures_reported,
+        elapsed_s=round(time.monotonic() - started, 3),
+        replay=config.replay(protocol, app, seed),
+        store=str(job.store) if keep else None,
+    )
+    if not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return record
+
+
+def run_campaign(
+    config: CampaignConfig,
+    *,
+    on_start: Callable[[int, str, str], None] | None = None,
+    on_done: Callable[[RunRecord], None] | None = None,
+) -> list[RunRecord]:
+    """Run the campaign; write ``chaos-summary.json`` into ``out_dir``; return every record."""
+    if not Path("/proc/self/environ").exists():
+        raise ConfigError("snapline chaos needs Linux (/proc) to find a job's processes")
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = config.pairs()
+    planned = config.planned_runs()
+    references: dict[tuple[str, str], Reference] = {}
+    records: list[RunRecord] = []
+    started = time.monotonic()
+    index = 0
+    while planned is None or index < planned:
+        if config.time_budget_s is not None and time.monotonic() - started >= config.time_budget_s:
+            break
+        protocol, app = pairs[index % len(pairs)]
+        if on_start is not None:
+            on_start(index, protocol, app)
+        key = (protocol, app) if not is_builtin_app(app) else ("", app)
+        if key not in references:
+            references[key] = reference_run(config, protocol, app)
+        record = run_one(
+            config,
+            index=index,
+            protocol=protocol,
+            app=app,
+            seed=config.seed + index,
+            reference=references[key],
+        )
+        records.append(record)
+        write_summary(config, records, time.monotonic() - started)
+        if on_done is not None:
+            on_done(record)
+        index += 1
+    write_summary(config, records, time.monotonic() - started)
+    return records
+
+
+def write_summary(config: CampaignConfig, records: Sequence[RunRecord], elapsed_s: float) -> Path:
+    """``<out_dir>/chaos-summary.json``: the campaign's configuration, runs and totals."""
+    verdicts = [r.verdict for r in records]
+    summary = {
+        "config": {
+            **{k: v for k, v in asdict(config).items() if k not in ("out_dir", "faults")},
+            "out_dir": str(config.out_dir),
+            "faults": [k.value for k in config.faults],
+        },
+        "elapsed_s": round(elapsed_s, 3),
+        "totals": {v: verdicts.count(v) for v in ("pass", "fail", "hb-timeout")},
+        "runs": [r.to_json() for r in records],
+    }
+    path = config.out_dir / "chaos-summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _slug(app: str) -> str:
+    name = app.rsplit(":", 1)[-1] if ":" in app else app
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
