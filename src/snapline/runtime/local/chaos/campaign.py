@@ -154,6 +154,8 @@ class RunRecord:
     heartbeat_false_positives: list[str]
     failures_injected: int
     failures_reported: int
+    #: Landed kills after every result was in: not failures of the job (``checks``).
+    late_kills: int
     elapsed_s: float
     replay: str
     store: str | None
@@ -528,6 +530,7 @@ def run_one(
         heartbeat_false_positives=verdict.heartbeat_false_positives,
         failures_injected=verdict.failures_injected,
         failures_reported=verdict.failures_reported,
+        late_kills=verdict.late_kills,
         elapsed_s=round(time.monotonic() - started, 3),
         replay=config.replay(protocol, app, seed),
         store=str(job.store) if keep else None,

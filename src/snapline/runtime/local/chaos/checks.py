@@ -129,7 +129,7 @@ def check_run(
         verdict.problems.append(
             f"process(es) left behind after the run: worker pid(s) {list(left_behind)}"
         )
-    _check_failures(log, summary, injections, whole_job_kills, n, verdict)
+    check_failures(log, summary, injections, whole_job_kills, n, verdict)
     return verdict
 
 
@@ -193,7 +193,7 @@ def _check_outputs(store: Path, n: int, reference: Reference, verdict: Verdict) 
             )
 
 
-def _check_failures(
+def check_failures(
     log: Sequence[Mapping[str, Any]],
     summary: Mapping[str, Any] | None,
     injections: Sequence[Injection],
@@ -201,6 +201,11 @@ def _check_failures(
     n: int,
     verdict: Verdict,
 ) -> None:
+    """Match the failures the job reported (its log) with the landed faults, into ``verdict``.
+
+    ``log`` is the supervisor log of every run of the job (``read_log``), ``summary`` the last
+    run's ``summary.json`` (None if it did not finish). See the module docstring.
+    """
     reported = [e for e in log if e.get("event") == "rank_failed"]
     verdict.failures_reported = len(reported) + whole_job_kills
     unclaimed = Counter(int(e["pid"]) for e in reported if e.get("pid") is not None)
