@@ -143,6 +143,7 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn(),
         )
         counts = {"pass": 0, "fail": 0, "hb-timeout": 0}
+        records: list[RunRecord] = []
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("chaos", total=planned)
 
@@ -154,10 +155,15 @@ def register(app: typer.Typer) -> None:
                 )
 
             def done(record: RunRecord) -> None:
+                records.append(record)
                 counts[record.verdict] += 1
                 bar.advance(task)
 
-            records = run_campaign(config, on_start=started, on_done=done)
+            interrupted = False
+            try:
+                run_campaign(config, on_start=started, on_done=done)
+            except KeyboardInterrupt:
+                interrupted = True  # the runs done so far are still worth a table
         console.print(results_table(records))
         failed = [r for r in records if r.verdict != "pass"]
         for record in failed:
@@ -173,6 +179,8 @@ def register(app: typer.Typer) -> None:
             f"only; summary: {config.out_dir / 'chaos-summary.json'}",
             highlight=False,
         )
+        if interrupted:
+            raise typer.Exit(130)
         if counts["fail"]:
             raise typer.Exit(1)
 

@@ -546,15 +546,34 @@ def run_campaign(
     on_start: Callable[[int, str, str], None] | None = None,
     on_done: Callable[[RunRecord], None] | None = None,
 ) -> list[RunRecord]:
-    """Run the campaign; write ``chaos-summary.json`` into ``out_dir``; return every record."""
+    """Run the campaign; write ``chaos-summary.json`` into ``out_dir``; return every record.
+
+    An interrupt (Ctrl-C) stops the run in progress (its processes are killed), writes the
+    summary of the runs done and propagates; ``on_done`` has seen each of those runs.
+    """
     if not Path("/proc/self/environ").exists():
         raise ConfigError("snapline chaos needs Linux (/proc) to find a job's processes")
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = config.pairs()
-    planned = config.planned_runs()
-    references: dict[tuple[str, str], Reference] = {}
+    references: dict[tuple[str, str, str], Reference] = {}
     records: list[RunRecord] = []
     started = time.monotonic()
+    try:
+        _campaign_loop(config, references, records, started, on_start, on_done)
+    finally:
+        write_summary(config, records, time.monotonic() - started)
+    return records
+
+
+def _campaign_loop(
+    config: CampaignConfig,
+    references: dict[tuple[str, str, str], Reference],
+    records: list[RunRecord],
+    started: float,
+    on_start: Callable[[int, str, str], None] | None,
+    on_done: Callable[[RunRecord], None] | None,
+) -> None:
+    pairs = config.pairs()
+    planned = config.planned_runs()
     index = 0
     while planned is None or index < planned:
         if config.time_budget_s is not None and time.monotonic() - started >= config.time_budget_s:
@@ -562,7 +581,10 @@ def run_campaign(
         protocol, app = pairs[index % len(pairs)]
         if on_start is not None:
             on_start(index, protocol, app)
-        key = (protocol, app) if not is_builtin_app(app) else ("", app)
+        # The simulator's reference does not depend on the protocol, only on the parameters
+        # (which do: see default_params); a local reference run is the protocol's own.
+        params = json.dumps(config.job_params(protocol, app), sort_keys=True, default=str)
+        key = ("" if is_builtin_app(app) else protocol, app, params)
         if key not in references:
             references[key] = reference_run(config, protocol, app)
         record = run_one(
@@ -578,8 +600,6 @@ def run_campaign(
         if on_done is not None:
             on_done(record)
         index += 1
-    write_summary(config, records, time.monotonic() - started)
-    return records
 
 
 def write_summary(config: CampaignConfig, records: Sequence[RunRecord], elapsed_s: float) -> Path:
