@@ -37,7 +37,9 @@ CHAOS_HELP = (
     "released outputs against a failure-free run, exactly-once delivery, that no process is "
     "left behind, and that the job reported exactly the failures injected. Prints a table, a "
     "replay command per failed run (--seed N --runs 1 replays run N's schedule) and writes "
-    "OUT/chaos-summary.json. Exits 1 if a run failed."
+    "OUT/chaos-summary.json. Exits 1 if a run failed. The reference for a built-in app is "
+    "the simulator; for an app of your own it is a failure-free run of it, so the app must be "
+    "deterministic (the same results and outputs whatever the timing)."
 )
 
 
