@@ -46,6 +46,21 @@ def test_a_reported_kill_matches() -> None:
     assert (verdict.failures_injected, verdict.failures_reported) == (1, 1)
 
 
+def test_a_process_fails_once_however_many_faults_hit_it() -> None:
+    hang = Injection(
+        fault="hang r1@20%",
+        action="stop",
+        rank=1,
+        pid=11,
+        t_unix=8.0,
+        landed=True,
+        expect_failure=True,
+    )
+    verdict = account([START, failed(11, 10.0, "no heartbeat"), COLLECT], [hang, kill(11, 9.0)])
+    assert verdict.name == "pass", verdict.problems
+    assert (verdict.failures_injected, verdict.failures_reported) == (1, 1)
+
+
 def test_a_kill_that_did_not_land_is_not_expected() -> None:
     verdict = account([START, COLLECT], [kill(11, 9.0, landed=False)], {"failures": []})
     assert verdict.name == "pass", verdict.problems
