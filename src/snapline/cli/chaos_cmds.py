@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from snapline.errors import ConfigError
@@ -138,16 +146,19 @@ def register(app: typer.Typer) -> None:
             keep_stores=keep,
         )
         planned = config.planned_runs()
+        # A campaign bounded by time alone fills its bar with time, one bounded by runs with runs.
+        by_time = planned is None
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn() if planned is not None else TextColumn(""),
+            TimeRemainingColumn() if by_time else MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
         counts = {"pass": 0, "fail": 0, "hb-timeout": 0}
         records: list[RunRecord] = []
+        began = time.monotonic()
         with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("chaos", total=planned)
+            task = bar.add_task("chaos", total=config.time_budget_s if by_time else planned)
 
             def started(index: int, proto: str, app_name: str) -> None:
                 bar.update(
@@ -159,7 +170,10 @@ def register(app: typer.Typer) -> None:
             def done(record: RunRecord) -> None:
                 records.append(record)
                 counts[record.verdict] += 1
-                bar.advance(task)
+                if by_time:
+                    bar.update(task, completed=time.monotonic() - began)
+                else:
+                    bar.advance(task)
 
             interrupted = False
             try:
