@@ -327,6 +327,8 @@ class _Runner:
         self.injections: list[Injection] = []
         self.whole_job_kills = 0
         self.problems: list[str] = []
+        #: Pids stopped for good by hang faults (a pause must not continue them).
+        self.hung: set[int | None] = set()
         self.deadline = time.monotonic() + self.config.job_timeout_s
 
     def run(self) -> str:
@@ -387,6 +389,10 @@ class _Runner:
                 self._signal(fault, "kill", fault.rank, pid, signal.SIGKILL, expect_failure=True)
             case FaultKind.HANG:
                 self._signal(fault, "stop", fault.rank, pid, signal.SIGSTOP, expect_failure=True)
+                self.hung.add(pid)
+            case FaultKind.PAUSE if pid in self.hung:
+                # Continuing it would undo the hang (and the failure it must cause).
+                self._record(fault, "stop", fault.rank, pid, False, note="already hung")
             case FaultKind.PAUSE:
                 inj = self._signal(fault, "stop", fault.rank, pid, signal.SIGSTOP)
                 inj.note = format_duration_s(fault.pause_s)
@@ -468,7 +474,8 @@ class _Runner:
         expected = [i.pid for i in self.injections if i.landed and i.expect_failure]
         limit = time.monotonic() + self.config.heartbeat_timeout_s + 10.0
         while time.monotonic() < limit and self.job.running():
-            reported = [e.get("pid") for e in read_log(self.job.store)]
+            log = read_log(self.job.store)
+            reported = [e.get("pid") for e in log if e.get("event") == "rank_failed"]
             if all(pid in reported for pid in expected):
                 status = self.job.status()
                 if status is not None and status.state == "running":
