@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from snapline.runtime.local.chaos import (
     draw_schedule,
     run_campaign,
 )
+from snapline.runtime.local.chaos.inject import process_state
 from snapline.runtime.process import Context, Process
 
 pytestmark = pytest.mark.timeout(300)
@@ -152,3 +155,40 @@ def test_long_campaign_every_fault_protocol_and_app(tmp_path: Path) -> None:
     assert failed == [], "\n".join(failed)
     for record in records:
         assert record.failures_reported == record.failures_injected or record.verdict != "pass"
+
+
+def test_sigterm_stops_a_campaign_without_leaving_processes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapline", "chaos", "bank", "--protocol", "none", "-n", "2",
+         "--runs", "5", "--faults", "pause", "-p", "messages=3000", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    try:
+        status = out / "run-0000-none-bank" / "store" / "status.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if status.exists() and json.loads(status.read_text())["state"] == "running":
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the first run never got going")
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "0 run(s)" in output
+    log = out / "run-0000-none-bank" / "store" / "logs" / "supervisor.jsonl"
+    spawned = [json.loads(x) for x in log.read_text().splitlines() if '"spawned"' in x]
+    supervisor = json.loads(status.read_text())["supervisor_pid"]
+    pids = [supervisor] + [int(e["pid"]) for e in spawned]
+    # Every process of the run has exited (a zombie is dead; init reaps it).
+    states = {pid: process_state(pid) for pid in pids}
+    assert spawned and set(states.values()) <= {None, "Z"}, states
+    assert json.loads((out / "chaos-summary.json").read_text())["runs"] == []

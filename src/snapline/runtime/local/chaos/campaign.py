@@ -48,6 +48,7 @@ from snapline.runtime.local.chaos.inject import (
     kill_all,
     send_signal,
     stranger,
+    wait_dead,
     wait_gone,
 )
 from snapline.runtime.local.chaos.schedule import (
@@ -512,8 +513,14 @@ def run_one(
     finally:
         if job.running():
             send_signal(job.pid, signal.SIGKILL, token)
+        if job.proc is not None:
+            job.proc.wait()
         left = wait_gone(token, timeout_s=_EXIT_GRACE_S)
-        kill_all(token)  # never leave a process behind, whatever the verdict
+        # Never leave a process behind, whatever the verdict (or an interrupt): kill what is
+        # left and wait until every process the job ever spawned has exited.
+        kill_all(token)
+        spawned = [int(e["pid"]) for e in read_log(job.store) if e.get("event") == "spawned"]
+        wait_dead(spawned, timeout_s=_EXIT_GRACE_S)
     verdict: Verdict = check_run(
         store=job.store,
         n=config.n,

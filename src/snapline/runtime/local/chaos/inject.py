@@ -44,7 +44,7 @@ class Injection:
     note: str = ""
 
 
-def _proc_state(pid: int) -> str | None:
+def process_state(pid: int) -> str | None:
     """The one-letter state of ``pid`` (``R``, ``S``, ``T``, ``Z`` ...), None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
@@ -61,7 +61,7 @@ def carries_marker(pid: int, token: str) -> bool:
     except OSError:
         return False
     marker = f"{MARKER_ENV}={token}".encode()
-    return marker in environ.split(b"\0") and _proc_state(pid) not in (None, "Z", "X")
+    return marker in environ.split(b"\0") and process_state(pid) not in (None, "Z", "X")
 
 
 def run_workers(token: str) -> list[int]:
@@ -89,6 +89,20 @@ def send_signal(pid: int | None, sig: signal.Signals, token: str) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def wait_dead(pids: list[int], *, timeout_s: float) -> list[int]:
+    """Wait up to ``timeout_s`` until each pid has exited (gone, or a zombie); return the rest.
+
+    A process killed with SIGKILL takes a moment to release its memory and exit; until then
+    it still runs, as far as anyone looking at the system can tell.
+    """
+    deadline = time.monotonic() + timeout_s
+    left = [p for p in pids if process_state(p) not in (None, "Z", "X")]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = [p for p in left if process_state(p) not in (None, "Z", "X")]
+    return left
 
 
 def stranger_bytes(payload: str) -> bytes:
