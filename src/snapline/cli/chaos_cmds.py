@@ -195,6 +195,14 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
         total_s = sum(r.elapsed_s for r in records)
+        drawn = sum(len(r.schedule) for r in records)
+        missed = sum(len(r.faults_missed) for r in records)
+        if missed:
+            console.print(
+                f"[yellow]note:[/] {missed} of {drawn} faults never fired (their job ended "
+                "first); a larger job (-p) gives them time to land",
+                highlight=False,
+            )
         console.print(
             f"{len(records)} run(s) in {format_duration_s(total_s)}: {counts['pass']} passed, "
             f"{counts['fail']} failed, {counts['hb-timeout']} with heartbeat false positives "
@@ -224,12 +232,15 @@ def results_table(records: Sequence[RunRecord]) -> Table:
     table.add_column("reason", overflow="fold", max_width=70)
     style = {"pass": "green", "fail": "bold red", "hb-timeout": "yellow"}
     for record in records:
+        landed = ", ".join(record.faults_landed()) or "none landed"
+        if record.faults_missed:
+            landed += f" ({len(record.faults_missed)} never fired)"
         table.add_row(
             str(record.index),
             record.protocol,
             record.app,
             str(record.seed),
-            ", ".join(record.faults_landed()) or "none landed",
+            landed,
             f"{record.failures_reported}/{record.failures_injected}",
             f"[{style[record.verdict]}]{record.verdict}[/]",
             record.reason,

@@ -126,18 +126,23 @@ class CampaignConfig:
 
 
 def default_params(app: str, protocol: str) -> dict[str, Any]:
-    """Parameters that make a built-in app run for a second or two on a few ranks."""
+    """Parameters that keep a built-in app running for a few seconds on a few idle cores.
+
+    Faults fire on progress read from the status file, which the supervisor rewrites a few
+    times a second: a job over in a second would finish between two readings, before most
+    faults could land (``RunRecord.faults_missed`` counts those).
+    """
     if not is_builtin_app(app):
         return {}
     from snapline.apps import app_spec
 
     spec = app_spec(app)
     if "step_s" in spec.params:  # paced by timers
-        return {spec.size_param: 100, "step_s": 0.01}
+        return {spec.size_param: 200, "step_s": 0.01}
     if protocol in ("bcs", "fdas"):
         # As fast as messages go, but nearly every message forces a checkpoint (an fsync).
-        return {spec.size_param: 200}
-    return {spec.size_param: 1500}
+        return {spec.size_param: 400}
+    return {spec.size_param: 5000}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -157,6 +162,8 @@ class RunRecord:
     failures_reported: int
     #: Landed kills after every result was in: not failures of the job (``checks``).
     late_kills: int
+    #: Faults of the schedule that never fired: the job ended before their progress point.
+    faults_missed: list[str]
     elapsed_s: float
     replay: str
     store: str | None
@@ -545,6 +552,11 @@ def run_one(
         failures_injected=verdict.failures_injected,
         failures_reported=verdict.failures_reported,
         late_kills=verdict.late_kills,
+        faults_missed=[
+            f.describe()
+            for f in schedule
+            if f.describe() not in {i.fault for i in runner.injections}
+        ],
         elapsed_s=round(time.monotonic() - started, 3),
         replay=config.replay(protocol, app, seed),
         store=str(job.store) if keep else None,
