@@ -64,6 +64,10 @@ def test_run_i_of_a_campaign_is_replayed_by_its_seed(tmp_path: Path) -> None:
         "snapline chaos heat --protocol none --seed 43 --runs 1 -n 3 --faults kill,hang "
         "--max-faults 3 --interval 200ms --heartbeat-timeout 3s -p messages=30"
     )
+    # Defaults are spelled out, so a replay does not change when they do.
+    assert config.replay("two-phase", "bank", 41).endswith(
+        "--heartbeat-timeout 3s -p messages=30 -p step_s=0.01"
+    )
     # The replayed campaign's only run draws with seed 43, as run 3 of the original did.
     replayed = CampaignConfig(
         apps=("heat",),

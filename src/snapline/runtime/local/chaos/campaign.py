@@ -120,7 +120,9 @@ class CampaignConfig:
         words += ["--max-faults", str(self.max_faults)]
         words += ["--interval", format_duration_s(self.interval_s)]
         words += ["--heartbeat-timeout", format_duration_s(self.heartbeat_timeout_s)]
-        for key, value in sorted(self.params.items()):
+        # Every parameter the job ran with, defaults included: the replay stays exact when
+        # the defaults change.
+        for key, value in sorted(self.job_params(protocol, app).items()):
             words += ["-p", f"{key}={value}"]
         return shlex.join(words)
 
