@@ -452,13 +452,26 @@ class _Runner:
         socket_dir = Path(status.socket_dir)
         name = "control.sock" if fault.rank < 0 else f"rank-{fault.rank}.sock"
         path = socket_dir / name
+        began = time.time()
         outcome = stranger(path, fault.payload)
         self._record(fault, "stranger", fault.rank, None, True, note=outcome)
-        if self.job.running() and not acceptor_answers(path):
+        if acceptor_answers(path) is False and not self._ending_since(began):
             self.problems.append(
                 f"after a stranger's {fault.payload!r} on {name} the job no longer answers "
                 f"connections there ({outcome})"
             )
+
+    def _ending_since(self, t_unix: float) -> bool:
+        """Whether the job ended, or began collecting its results, after ``t_unix``.
+
+        Then its ranks stop accepting connections for a good reason.
+        """
+        if not self.job.running():
+            return True
+        return any(
+            e.get("event") == "collecting_results" and float(e.get("ts", 0.0)) >= t_unix
+            for e in read_log(self.job.store)
+        )
 
     def _whole_job(self, fault: Fault) -> None:
         job = self.job

@@ -166,16 +166,26 @@ def stranger(path: Path, payload: str) -> str:
     return "closed by the job"
 
 
-def acceptor_answers(path: Path, timeout_s: float = HANDSHAKE_TIMEOUT_S + 3.0) -> bool:
-    """Whether the acceptor at ``path`` still opens a handshake (sends its challenge)."""
+def acceptor_answers(path: Path, timeout_s: float = HANDSHAKE_TIMEOUT_S + 3.0) -> bool | None:
+    """Whether the acceptor at ``path`` still opens a handshake (sends its challenge).
+
+    True: it does. False: the connection was accepted (or queued) but no challenge came, so
+    nobody accepts there any more. None: no socket to connect to (the process owning it
+    ended or is being replaced), which says nothing about its acceptor.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         try:
             sock.connect(str(path))
+        except OSError:
+            return None
+        try:
             (size,) = struct.unpack("<I", _recv_exact(sock, 4))
             _recv_exact(sock, size)
-        except OSError:
+        except TimeoutError:
             return False
+        except OSError:
+            return None  # closed without a word: its owner went away meanwhile
     return True
 
 
