@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 from snapline.runtime.local.chaos.inject import (
     MARKER_ENV,
+    acceptor_answers,
     carries_marker,
     kill_all,
     run_workers,
@@ -75,3 +80,29 @@ def test_stranger_payloads_fit_a_handshake_frame() -> None:
         assert payload == "huge-length" or size == len(data) - 4 <= 64 * 1024
     assert stranger_bytes("bad-array") == bytes.fromhex("03000000d40201")
     assert stranger_bytes("silent") == b""
+
+
+def test_acceptor_answers_tells_a_dead_acceptor_from_a_missing_socket(tmp_path: Path) -> None:
+    path = tmp_path / "rank-0.sock"
+    assert acceptor_answers(path, timeout_s=1.0) is None  # nothing there
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(8)
+        # Listening but nobody accepting: what a crashed acceptor thread leaves.
+        assert acceptor_answers(path, timeout_s=0.5) is False
+
+    live = tmp_path / "rank-1.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(live))
+        listener.listen(8)
+
+        def accept_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                body = b"challenge"
+                conn.sendall(struct.pack("<I", len(body)) + body)
+
+        thread = threading.Thread(target=accept_once, daemon=True)
+        thread.start()
+        assert acceptor_answers(live, timeout_s=5.0) is True
+        thread.join(5.0)
