@@ -10,7 +10,8 @@ failure-free run of the same job: the results, exactly-once delivery, the releas
 Every run prints a replay command that draws the same schedule again.
 
 Modules: ``schedule`` (faults drawn from a seed), ``inject`` (signals and strangers from
-outside the job), ``checks`` (what a run must satisfy), ``campaign`` (runs and records).
+outside the job), ``driver`` (one run's job driven from outside), ``checks`` (what a run must
+satisfy), ``campaign`` (runs, references and records).
 """
 
 from __future__ import annotations
