@@ -68,7 +68,10 @@ def register(app: typer.Typer) -> None:
         protocol: Annotated[
             list[str] | None,
             typer.Option(
-                "--protocol", "-P", help="Protocol(s) to run under (repeatable; default all)."
+                "--protocol",
+                "-P",
+                help="Protocol(s) to run under: repeatable or comma-separated; all (the "
+                "default) runs every protocol.",
             ),
         ] = None,
         n: Annotated[int, typer.Option("-n", "--ranks", help="Ranks per job.")] = 3,
