@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +100,20 @@ def test_durations_read_back() -> None:
 
 
 def test_bad_campaigns_are_refused(tmp_path: Path) -> None:
+    def config(**kwargs: Any) -> CampaignConfig:
+        return CampaignConfig(
+            **{"apps": ("bank",), "protocols": ("none",), "out_dir": tmp_path, **kwargs}
+        )
+
+    with pytest.raises(ConfigError, match="nosuch"):
+        config(protocols=("nosuch",)).validate()
+    with pytest.raises(ConfigError, match="nosuch"):
+        config(apps=("nosuch",)).validate()
+    with pytest.raises(ConfigError, match="has no parameter 'rounds'"):
+        config(params={"rounds": 3}).validate()
+    with pytest.raises(ConfigError, match="does not exist"):
+        config(apps=("missing.py:App",)).validate()
+    config(apps=("bank", "heat"), protocols=("none", "bcs")).validate()
     with pytest.raises(ConfigError, match="at least 2 ranks"):
         CampaignConfig(apps=("bank",), protocols=("none",), out_dir=tmp_path, n=1)
     with pytest.raises(ConfigError, match="--runs"):

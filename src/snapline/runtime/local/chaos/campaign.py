@@ -90,6 +90,25 @@ class CampaignConfig:
         if self.interval_s <= 0 or self.heartbeat_timeout_s <= 0 or self.job_timeout_s <= 0:
             raise ConfigError("--interval, --heartbeat-timeout and --job-timeout must be > 0")
 
+    def validate(self) -> None:
+        """Check that every protocol, app and app parameter exists (``ConfigError`` if not).
+
+        Cheap, and done before the first run, so that a typo fails at once rather than as a
+        failure-free run that never starts.
+        """
+        from snapline.apps import app_spec
+        from snapline.protocols import protocol_class
+        from snapline.runtime.local.config import load_app_class
+
+        for protocol in self.protocols:
+            protocol_class(protocol)
+        for app in self.apps:
+            if is_builtin_app(app):
+                for protocol in self.protocols:
+                    app_spec(app).resolve_params(self.job_params(protocol, app))
+            else:
+                load_app_class(app)
+
     def pairs(self) -> list[tuple[str, str]]:
         """Every (protocol, app) pair, in the order runs cycle through them."""
         return [(protocol, app) for app in self.apps for protocol in self.protocols]
@@ -331,6 +350,7 @@ def run_campaign(
     """
     if not Path("/proc/self/environ").exists():
         raise ConfigError("snapline chaos needs Linux (/proc) to find a job's processes")
+    config.validate()
     config.out_dir.mkdir(parents=True, exist_ok=True)
     references: dict[tuple[str, str, str], Reference] = {}
     records: list[RunRecord] = []
