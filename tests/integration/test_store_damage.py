@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +194,79 @@ def test_nested_rank_directories(tmp_path: Path) -> None:
     for rank in range(3):
         with open_store(tmp_path / "job" / f"rank-{rank}") as store:
             assert store.load() == {"rank": rank}
+
+
+def damage_step_3(root: Path, store: Store, how: str) -> None:
+    if how == "manifest":
+        flip(root / manifest_key(3), len((root / manifest_key(3)).read_bytes()) // 3)
+        return
+    victim = only_in(store, 3, packed=False)
+    path = root / victim.key
+    if how == "flip":
+        flip(path, victim.size // 2)
+    else:
+        path.write_bytes(path.read_bytes()[:-1])
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "manifest"])
+def test_gc_keep_last_never_deletes_the_newest_intact_step(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "s"
+    store = fill(root)
+    damage_step_3(root, store, how)
+    report = store.gc(keep_last=1)
+    # Step 2 is what load() restores; the damaged step 3 stays for inspection; 1 goes.
+    assert report.kept_steps == (2, 3)
+    assert report.deleted_steps == (1,)
+    assert report.kept_damaged_steps == (3,)
+    with pytest.warns(CheckpointDamagedWarning, match="step 3"):
+        assert store.load()["s"] == 2
+    assert store.verify(step=2).ok
+    # Once a newer intact step exists the damaged one is older than every kept step: it goes.
+    store.save({"s": 4}, step=4)
+    report = store.gc(keep_last=1)
+    assert report.kept_steps == (4,)
+    assert report.deleted_steps == (2, 3)
+    assert store.load() == {"s": 4}
+    assert store.verify().ok
+
+
+def test_gc_keep_every_keeps_the_newest_intact_step(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = fill(root)
+    damage_step_3(root, store, "flip")
+    report = store.gc(keep_every=100)
+    assert report.kept_steps == (2, 3)
+    with pytest.warns(CheckpointDamagedWarning):
+        assert store.load()["s"] == 2
+
+
+def test_gc_with_every_step_damaged_deletes_no_step(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = fill(root)
+    for step in store.steps():
+        flip(root / manifest_key(step), 50)
+    report = store.gc(keep_last=1)
+    assert report.deleted_steps == ()
+    assert report.kept_damaged_steps == (1, 2, 3)
+    assert store.steps() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_gc_cli_keep_last_keeps_the_newest_intact_step(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "s"
+    damage_step_3(root, fill(root), how)
+    done = subprocess.run(
+        [sys.executable, "-m", "snapline", "gc", str(root), "--keep-last", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "deleted steps: 1;" in done.stdout
+    assert "kept damaged step(s) 3" in done.stdout
+    with open_store(root, create=False) as store:
+        assert store.steps() == [2, 3]
+        with pytest.warns(CheckpointDamagedWarning):
+            assert store.load()["s"] == 2

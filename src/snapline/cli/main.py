@@ -12,7 +12,15 @@ import typer
 from rich.console import Console
 
 from snapline import __version__
-from snapline.cli import analysis_cmds, demo_cmds, journal_cmds, run_cmds, sim_cmds, store_cmds
+from snapline.cli import (
+    analysis_cmds,
+    chaos_cmds,
+    demo_cmds,
+    journal_cmds,
+    run_cmds,
+    sim_cmds,
+    store_cmds,
+)
 from snapline.cli.options import SnaplineGroup
 from snapline.errors import SnaplineError
 
@@ -53,7 +61,15 @@ def _root(
     _state["debug"] = debug
 
 
-for _module in (demo_cmds, store_cmds, journal_cmds, sim_cmds, run_cmds, analysis_cmds):
+for _module in (
+    demo_cmds,
+    store_cmds,
+    journal_cmds,
+    sim_cmds,
+    run_cmds,
+    chaos_cmds,
+    analysis_cmds,
+):
     _module.register(app)
 
 

@@ -303,12 +303,22 @@ def verify(
 
 def gc(
     directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
-    keep_last: int | None = typer.Option(None, "--keep-last", help="Keep the newest N steps."),
+    keep_last: int | None = typer.Option(
+        None, "--keep-last", help="Keep the newest N intact steps (damaged ones do not count)."
+    ),
     keep_every: int | None = typer.Option(
         None, "--keep-every", help="Also keep steps divisible by K."
     ),
 ) -> None:
-    """Delete old checkpoints by retention, then unreferenced chunks and crashed leftovers."""
+    """Delete old checkpoints by retention, then unreferenced chunks and crashed leftovers.
+
+    Retention counts intact checkpoints only, so gc never deletes the newest one `snapline
+    load` would restore. With --keep-last N or --keep-every K: the newest intact step is always
+    kept; a damaged step newer than the oldest kept intact step is kept for inspection (see
+    `snapline verify`); an older damaged step is deleted like any other; when no step is intact
+    no step is deleted. To tell intact from damaged, gc reads and hashes the steps it examines,
+    newest first.
+    """
     with _open(directory) as store:
         report = store.gc(keep_last=keep_last, keep_every=keep_every)
     deleted = ", ".join(map(str, report.deleted_steps)) or "none"
@@ -317,6 +327,12 @@ def gc(
         f"{report.deleted_chunks} chunk(s) ({human_bytes(report.freed_bytes)}) and "
         f"{report.removed_partial_writes} partial write(s)"
     )
+    if report.kept_damaged_steps:
+        damaged = ", ".join(map(str, report.kept_damaged_steps))
+        console.print(
+            f"[yellow]kept damaged step(s) {damaged}[/] for inspection: `snapline verify "
+            f"{directory}` says what is damaged"
+        )
 
 
 def diff(

@@ -426,10 +426,14 @@ class Store:
     ) -> GcReport:
         """Apply retention, then delete chunks no manifest references and crashed leftovers.
 
-        ``keep_last``/``keep_every`` build a ``Retention`` (newest step always kept); with
-        neither (and no ``policy``) only unreferenced chunks are reclaimed. Chunks named by a
-        damaged-but-parseable manifest are kept. A manifest of a newer format makes gc refuse
-        (``UnsupportedFormat``), since it cannot know which chunks that manifest uses.
+        ``keep_last``/``keep_every`` build a ``Retention``: ``keep_last=K`` keeps the K newest
+        *intact* steps, the newest intact step is always kept, damaged steps newer than the
+        oldest retained intact one are kept for inspection and older damaged ones removed; with
+        no intact step nothing is removed (``retention.py`` has the details). Retention
+        therefore reads and hashes the steps it examines, newest first, like ``verify``. With
+        neither rule (and no ``policy``) only unreferenced chunks are reclaimed. Chunks named
+        by a damaged-but-parseable manifest are kept. A manifest of a newer format makes gc
+        refuse (``UnsupportedFormat``), since it cannot know which chunks that manifest uses.
         """
         self._settle()
         rule = (
@@ -437,7 +441,15 @@ class Store:
         )
         with self.backend.writer_lock(self.lock_timeout_s):
             steps = self.steps()
-            kept = rule.keep(steps)
+            verdicts: dict[int, bool] = {}
+            chunk_ok: dict[str, bool] = {}
+
+            def intact(step: int) -> bool:
+                if step not in verdicts:
+                    verdicts[step] = self._intact(step, chunk_ok)
+                return verdicts[step]
+
+            kept = rule.keep(steps, intact=intact)
             doomed = [s for s in steps if s not in kept]
             referenced: set[str] = set()
             for s in sorted(kept):
@@ -476,7 +488,30 @@ class Store:
             deleted_chunks=deleted,
             freed_bytes=freed,
             removed_partial_writes=partial,
+            kept_damaged_steps=tuple(s for s in sorted(kept) if verdicts.get(s) is False),
         )
+
+    def _intact(self, step: int, chunk_ok: dict[str, bool]) -> bool:
+        """Whether ``step``'s manifest parses and all its chunks read back with the right hash.
+
+        ``chunk_ok`` caches verdicts by chunk key: consecutive steps share most chunks.
+        """
+        try:
+            manifest = self.manifest(step)
+        except UnsupportedFormat as exc:
+            raise UnsupportedFormat(f"gc refused: {exc}") from exc
+        except (CorruptCheckpoint, CheckpointNotFound):
+            return False
+        for ref in manifest.chunks:
+            if ref.key not in chunk_ok:
+                try:
+                    read_chunk(self.backend, ref, step=step)
+                    chunk_ok[ref.key] = True
+                except CorruptCheckpoint:
+                    chunk_ok[ref.key] = False
+            if not chunk_ok[ref.key]:
+                return False
+        return True
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:

@@ -71,3 +71,6 @@ class GcReport:
     deleted_chunks: int
     freed_bytes: int
     removed_partial_writes: int
+    # Steps retention examined and found damaged but kept (newer than a retained intact step,
+    # or no intact step exists); ``Store.verify`` says what is wrong with them.
+    kept_damaged_steps: tuple[int, ...] = ()

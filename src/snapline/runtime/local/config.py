@@ -42,6 +42,17 @@ def parse_duration_s(text: str | float | int) -> float:
     return value
 
 
+def format_duration_s(seconds: float) -> str:
+    """Seconds in a form ``parse_duration_s`` reads back: ``250ms``, ``1.5s``, ``12s``, ``2.5m``."""
+    if seconds < 1.0:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60.0:
+        return f"{seconds:.3g}s"
+    if seconds < 3600.0:
+        return f"{seconds / 60:.3g}m"
+    return f"{seconds / 3600:.3g}h"
+
+
 def parse_kill(spec: str) -> tuple[int, float]:
     """``"RANK@SECONDS"`` (e.g. ``"2@1.5s"``) -> (rank, seconds after start)."""
     rank_text, sep, when = spec.partition("@")

@@ -731,6 +731,9 @@ class LocalJob:
         """
         sup = self._sup
         ranks = list(range(self.config.n))
+        # Marks where failures stop mattering once every result is in: a rank killed after the
+        # last such line of a finished job is not a failure of the job (``chaos`` relies on it).
+        self.log("collecting_results", epoch=self.epoch)
         for rank in ranks:
             sup.slots[rank].result = None
             sup.send(rank, {"op": "stop"})
@@ -856,12 +859,6 @@ def write_summary(store_dir: Path, result: RunResult) -> None:
     """``<store>/summary.json``: the final report of a run."""
     import json
 
-    from snapline.runtime.local.wire import pack, unpack
-
-    # Round-trip through msgpack + repr so numpy arrays and tuples become JSON-able.
-    def plain(obj: object) -> object:
-        return json.loads(json.dumps(unpack(pack(obj)), default=_jsonable))
-
     summary = {
         "protocol": result.protocol,
         "n": result.n,
@@ -873,11 +870,23 @@ def write_summary(store_dir: Path, result: RunResult) -> None:
         "messages_delivered": result.messages_delivered,
         "checkpoints_committed": result.checkpoints_committed,
         "violations": result.violations,
-        "results": plain({str(k): v for k, v in result.results.items()}),
-        "stats": plain({str(k): v for k, v in result.stats.items()}),
+        "results": summary_json({str(k): v for k, v in result.results.items()}),
+        "stats": summary_json({str(k): v for k, v in result.stats.items()}),
     }
     path = store_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+
+
+def summary_json(obj: object) -> object:
+    """``obj`` as ``summary.json`` holds it (compare results with the file in this form).
+
+    It goes through msgpack, then JSON: arrays and tuples become lists, dict keys strings.
+    """
+    import json
+
+    from snapline.runtime.local.wire import pack, unpack
+
+    return json.loads(json.dumps(unpack(pack(obj)), default=_jsonable))
 
 
 def _jsonable(obj: object) -> object:
