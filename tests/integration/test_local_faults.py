@@ -122,6 +122,56 @@ def test_whole_job_kill_then_resume_continues_from_recovery_line(tmp_path: Path)
     assert "finished" in ps.stdout
 
 
+def test_resume_after_recoveries_continues_the_incarnations(tmp_path: Path) -> None:
+    """Two recoveries, a snapshot of the second incarnation, a whole-job kill, --resume.
+
+    The resume used to number its recovery epochs from 1 again, so Chandy-Lamport's new
+    snapshot ids (which start with the incarnation) were older than the restored complete
+    snapshot, and every rank crashed with "marker of finished snapshot" until the restart
+    limit.
+    """
+    store = tmp_path / "job"
+    params = {"messages": 400, "step_s": 0.01}
+    cmd = [sys.executable, "-m", "snapline", "run", "bank", "-n", "3", "--store", str(store)]
+    cmd += ["--protocol", "chandy-lamport", "--interval", "0.15s"]
+    cmd += ["-p", "messages=400", "-p", "step_s=0.01"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+    def settled_in(incarnation: int) -> Any:
+        return lambda s: (
+            s.state == "running"
+            and s.recoveries == incarnation
+            and all(r.last_checkpoint >> 32 >= incarnation for r in s.ranks)
+        )
+
+    try:
+        status = wait_for(store, running_with_progress(50))
+        os.kill(int(status.ranks[1].pid), signal.SIGKILL)
+        status = wait_for(store, settled_in(1))
+        os.kill(int(status.ranks[2].pid), signal.SIGKILL)
+        status = wait_for(store, settled_in(2))
+        pids = [status.supervisor_pid] + [int(r.pid) for r in status.ranks]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(pid_alive(p) for p in pids[1:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    result = run("bank", store=store, resume=True, max_restarts=2, timeout="90s")
+    # The resume itself is the one recovery; no rank crashed after it.
+    assert len(result.recoveries) == 1 and result.restarts == 0, result.failures
+    restore = result.recoveries[0]["restore"]
+    assert all(index >> 32 >= 2 for index in restore.values()), restore
+    assert check_run(result, app="bank", app_params=params, topology="complete") == []
+
+
 def test_stranger_cannot_join_channels(tmp_path: Path) -> None:
     store = tmp_path / "job"
     job = JobThread(app="bank", n=3, store=store, interval="0.2s", app_options=BANK)

@@ -49,6 +49,7 @@ from typing import Any
 from snapline.errors import ConfigError, RuntimeFailure, SnaplineError
 from snapline.protocols import protocol_class
 from snapline.protocols.base import CheckpointRecord, RecoveryPlan, RecoveryView, initial_record
+from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT
 from snapline.runtime.local.config import JobConfig, load_job, save_job
 from snapline.runtime.local.ledger import LedgerView, LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.plain import record_from_plain, replay_to_plain
@@ -186,6 +187,8 @@ class LocalJob:
                         f"the job in {store} still runs (supervisor pid {old.supervisor_pid}); "
                         "stop it before resuming"
                     )
+                self.epoch = max(self.epoch, old.incarnation)
+            self.epoch = max(self.epoch, self._newest_incarnation())
         elif (store / "job.json").exists():
             raise ConfigError(
                 f"{store} already holds a job; continue it with --resume, or use a new --store"
@@ -352,6 +355,20 @@ class LocalJob:
             if self._log_fd >= 0:
                 os.close(self._log_fd)
                 self._log_fd = -1
+
+    def _newest_incarnation(self) -> int:
+        """The newest incarnation any rank's ledger has a checkpoint of.
+
+        A resumed job's recovery epochs continue after the previous run's: protocols order
+        what they saved by incarnation (Chandy-Lamport's snapshot ids start with it), so a
+        resume that counted from 1 again would make new snapshots older than restored ones.
+        """
+        newest = 0
+        for rank in range(self.config.n):
+            view = read_ledger(ledger_path(self.store_dir, rank), rank)
+            for index in view.persisted:
+                newest = max(newest, index >> INDEX_INCARNATION_SHIFT)
+        return newest
 
     def _start(self) -> None:
         sup = self._sup
