@@ -41,8 +41,8 @@ CHAOS_HELP = (
     "Run APP as real jobs under faults injected from outside, and check every run.\n\n"
     "Each run starts `snapline run` and, on a schedule drawn from the run's seed, kills ranks "
     "with kill -9 (also replacements during recovery), stops them with SIGSTOP (hangs and "
-    "short pauses), kills the whole job and resumes it with --resume, or (--faults stranger) "
-    "sends garbage and crafted frames to its sockets. It then checks the result and the "
+    "short pauses), kills the whole job and resumes it with --resume, and has strangers "
+    "send garbage and crafted frames to its sockets. It then checks the result and the "
     "released outputs against a failure-free run, exactly-once delivery, that no process is "
     "left behind, and that the job reported exactly the failures injected. Prints a table, a "
     "replay command per failed run (--seed N --runs 1 replays run N's schedule) and writes "
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--faults",
                 help="Faults to draw from, comma-separated: kill, recovery-kill, hang, pause, "
-                "whole-job, stranger; default = all but stranger; all = every one.",
+                "whole-job, stranger; default and all = every one.",
             ),
         ] = "default",
         max_faults: Annotated[

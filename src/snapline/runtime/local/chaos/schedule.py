@@ -41,15 +41,14 @@ class FaultKind(enum.StrEnum):
     STRANGER = "stranger"
 
 
-#: The default campaign's faults. Strangers are opt-in until the job's acceptors survive every
-#: crafted frame (today a crafted handshake frame can stop a rank's or the supervisor's
-#: acceptor, after which the next reconnection never completes).
+#: The default campaign's faults: every kind.
 DEFAULT_FAULTS: tuple[FaultKind, ...] = (
     FaultKind.KILL,
     FaultKind.RECOVERY_KILL,
     FaultKind.HANG,
     FaultKind.PAUSE,
     FaultKind.WHOLE_JOB,
+    FaultKind.STRANGER,
 )
 
 #: What a stranger sends (see ``inject.stranger_bytes``).
