@@ -465,19 +465,25 @@ class IndependentCheckpointing(Protocol):
         ]
         self.outbox = {}
         actions: list[Action] = []
+        # Most destinations get the same batch (often just this rank's own summaries): one
+        # control object per distinct batch, so the driver encodes and copies it once.
+        batches: dict[tuple[int, ...], PlainData] = {}
         for dst in sorted(self.outbound):
-            entries = [
-                plain
-                for summary, plain, holders in outbox
+            chosen = tuple(
+                i
+                for i, (summary, _, holders) in enumerate(outbox)
                 if dst not in holders
                 and (summary.rank == self.rank or summary.sent.get(dst, 0) == 0)
-            ]
-            if entries:
-                actions.append(
-                    SendControl(dst=dst, control={"kind": "committed", "summaries": entries})
-                )
-                self.stats["control_messages"] += 1
-                self.stats["gc_summaries_sent"] += len(entries)
+            )
+            if not chosen:
+                continue
+            control = batches.get(chosen)
+            if control is None:
+                entries = [outbox[i][1] for i in chosen]
+                control = batches[chosen] = {"kind": "committed", "summaries": entries}
+            actions.append(SendControl(dst=dst, control=control))
+            self.stats["control_messages"] += 1
+            self.stats["gc_summaries_sent"] += len(chosen)
         return actions
 
     def floor(self, rank: int) -> int:
