@@ -6,6 +6,7 @@ import pytest
 
 from snapline.errors import ProtocolError
 from snapline.protocols.base import (
+    CheckpointPersisted,
     CheckpointRequested,
     Deliver,
     MessageArrived,
@@ -165,3 +166,25 @@ def test_bcs_recovery_handles_a_rank_without_a_checkpoint_of_an_index() -> None:
     link.crash(1)
     plan = link.recover()
     assert plan.restore == {0: 2, 1: 2}
+
+
+def test_bcs_summarizes_only_the_first_checkpoint_at_or_above_each_stride() -> None:
+    """Forced checkpoints (up to one per arriving message) stay out of the gc flood.
+
+    For every multiple ``i`` of the stride the first checkpoints at or above ``i`` form a
+    consistent cut, so those are the ones the garbage line needs; flooding every forced
+    checkpoint made the knowledge n x E summaries per round (bcs on 100 ranks did not finish).
+    """
+    proto = BCS(
+        rank=1, n=2, inbound=frozenset({0}), outbound=frozenset({0}), options={"gc_stride": 4}
+    )
+    taken: list[int] = []
+    for seq, index in enumerate((1, 2, 3, 5, 6, 9, 13, 14), 1):
+        actions = proto.handle(MessageArrived(src=0, seq=seq, payload=0, piggyback=index))
+        taken += [a.index for a in actions if isinstance(a, TakeCheckpoint)]
+    for index in taken:
+        proto.handle(CheckpointPersisted(index=index))
+    # 5 is the first at or above 4, 9 above 8, 13 above 12: the others are left out.
+    assert taken == [1, 2, 3, 5, 6, 9, 13, 14]
+    assert proto.stats["gc_summarized"] == 3
+    assert sorted(proto.known.get(1, {})) == [5, 9, 13]

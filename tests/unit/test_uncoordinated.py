@@ -252,3 +252,26 @@ def test_basic_checkpoints_count_and_index_up() -> None:
     assert [a.index for a in actions if isinstance(a, TakeCheckpoint)] == [1, 2]
     assert proto.stats["checkpoints_basic"] == 2
     assert proto.stats["checkpoints_forced"] == 0
+
+
+def test_a_summary_is_not_relayed_to_ranks_its_own_rank_sends_to() -> None:
+    """Those are its neighbours: they get its summaries from it directly.
+
+    Relaying every summary over every channel made the gc flood n x E summaries per round (on
+    a complete graph each summary crossed every channel instead of about one per rank).
+    """
+    everyone = frozenset({0, 1, 3, 4})
+    proto = Uncoordinated(rank=2, n=5, inbound=everyone, outbound=everyone)
+    # Rank 0 sent to 1 and 4 before its checkpoint 1: it sends its summaries to them itself.
+    proto.handle(summaries((0, 1, {1: 2, 4: 1}, {}), src=1))
+    proto.handle(CheckpointRequested())
+    actions = proto.handle(CheckpointPersisted(index=1))
+    sends = {a.dst: a.control for a in actions if isinstance(a, SendControl)}
+    own = [2, 1, 0, [], []]
+    relayed = [0, 1, 0, [(1, 2), (4, 1)], []]
+    assert sends == {
+        0: {"kind": "committed", "summaries": [own]},
+        1: {"kind": "committed", "summaries": [own]},
+        3: {"kind": "committed", "summaries": [relayed, own]},
+        4: {"kind": "committed", "summaries": [own]},
+    }

@@ -15,7 +15,13 @@ index ``lc + 1``; a message with ``m.lc > lc`` forces a checkpoint with index ``
 delivery. A message is then never received in an interval with a smaller index than the one it
 was sent in, so for every index ``i`` the checkpoints ``(r, first index >= i)`` form a
 consistent cut and no checkpoint is useless. Cost: one int per message; forced checkpoints grow
-with the spread of checkpoint rates.
+with the spread of checkpoint rates. Garbage collection uses that cut: a rank summarizes only
+its first checkpoint at or above each multiple of a stride (``gc_stride``, default ``isqrt(n)``),
+so the gc knowledge holds the cut "first index >= i" for every multiple ``i`` every rank
+passed, and the garbage line reaches it. Why not every checkpoint: up to one forced checkpoint
+per arriving message, each summary flooded to all ranks, made the gc flood n x E summaries
+per round. A checkpoint whose write fails leaves that multiple's cut incomplete: the line
+waits for the next one (leaving checkpoints out is always safe, see ``independent``).
 
 ``FDAS`` (Fixed-Dependency-After-Send, Wang; model-based, rollback-dependency trackable): rank
 r's *interval* ``x >= 1`` is what it does after checkpoint ``x - 1`` and up to checkpoint ``x``
@@ -43,6 +49,7 @@ checkpoints that exist, and recovery still finds the maximum consistent cut of t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from snapline.protocols.base import MessageArrived, PlainData
@@ -71,6 +78,28 @@ class BCS(IndependentCheckpointing):
     def basic_index(self) -> int:
         """The next index after our own."""
         return self.last_index + 1
+
+    def gc_summarizes(self, index: int, previous: int, *, forced: bool) -> bool:
+        """Only a checkpoint that is this rank's first at or above a multiple of the stride.
+
+        For every multiple ``i`` of the stride those checkpoints of all ranks form the
+        consistent cut "first index >= i", so the garbage line still reaches it (module
+        docstring); the others, one per arriving message at worst, stay out of the flood.
+        """
+        stride = self.gc_stride
+        return index // stride > previous // stride
+
+    @property
+    def gc_stride(self) -> int:
+        """Index distance between the checkpoints the gc knowledge is built from.
+
+        Option ``gc_stride``; by default the square root of n: the highest index grows by up
+        to one per basic checkpoint anywhere, so a stride that grows with n keeps the summaries
+        near one per rank per checkpoint interval, and a small one keeps the lag of collection
+        and output commit short (1 summarizes every checkpoint).
+        """
+        stride = self.options.get("gc_stride")
+        return max(1, math.isqrt(self.n) if stride is None else int(stride))
 
 
 class FDAS(IndependentCheckpointing):

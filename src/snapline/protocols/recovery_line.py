@@ -182,6 +182,8 @@ def _propagate(
     position: dict[int, int],
     pinned: Mapping[int, int],
     standing: Callable[[int], CheckpointRecord | None],
+    *,
+    monotone: bool = False,
 ) -> dict[int, int] | None:
     """Rollback propagation over ``candidates`` from ``position`` (updated in place).
 
@@ -196,12 +198,13 @@ def _propagate(
         return standing(rank) if pos is None else candidates[rank][pos]
 
     # Only a rank that ever received from a sender can become its orphan when the sender's
-    # position drops: index the receivers once (every candidate, in case counters were not
-    # checked to be monotone).
+    # position drops: index the receivers once (every candidate, unless the caller checked
+    # the counters never shrink: then the starting record names every sender).
     receivers: dict[int, list[int]] = {}
     for rank in position:
         senders: set[int] = set()
-        for record in candidates[rank][: position[rank] + 1]:
+        first = position[rank] if monotone else 0
+        for record in candidates[rank][first : position[rank] + 1]:
             senders.update(src for src, count in record.received.items() if count > 0)
         senders.discard(rank)
         for src in senders:
@@ -420,7 +423,7 @@ def advance_garbage_line(
     def standing(rank: int) -> CheckpointRecord:
         return line.get(rank) or _SENT_NOTHING
 
-    result = _propagate(candidates, position, {}, standing)
+    result = _propagate(candidates, position, {}, standing, monotone=True)
     assert result is not None  # nothing is pinned
     return {rank: candidates[rank][pos] for rank, pos in result.items() if pos > 0}
 

@@ -39,8 +39,10 @@ checkpoint equals its causal vector (``rdt_violations``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from snapline.errors import ConfigError
 
@@ -238,15 +240,7 @@ class DependencyVectors:
     passes: int
 
 
-def _vmax(a: Sequence[int], b: Sequence[int]) -> Vector:
-    return [x if x >= y else y for x, y in zip(a, b, strict=True)]
-
-
-def _exceeds(a: Sequence[int], b: Sequence[int]) -> bool:
-    return any(x > y for x, y in zip(a, b, strict=True))
-
-
-def _causal_send_vectors(execution: Execution) -> list[Vector | None]:
+def _causal_send_vectors(execution: Execution) -> list[np.ndarray | None]:
     """Vector clock of each message's send (own entry = its send interval); None: undelivered."""
     n = execution.n
     events: dict[int, list[tuple[int, int, bool]]] = {}
@@ -262,8 +256,8 @@ def _causal_send_vectors(execution: Execution) -> list[Vector | None]:
         events.setdefault(m.dst, []).append((m.deliver_step, i, False))
     for rank_events in events.values():
         rank_events.sort()
-    clock: dict[int, Vector] = {r: [-1] * n for r in events}
-    at_send: list[Vector | None] = [None] * len(execution.messages)
+    clock = {r: np.full(n, -1, dtype=np.int64) for r in events}
+    at_send: list[np.ndarray | None] = [None] * len(execution.messages)
     cursor = dict.fromkeys(events, 0)
     # Ranks that may advance; a rank stops at a delivery whose send is not processed yet and
     # is woken when that send is.
@@ -273,13 +267,14 @@ def _causal_send_vectors(execution: Execution) -> list[Vector | None]:
         rank = ready.pop()
         rank_events = events[rank]
         pos = cursor[rank]
+        own = clock[rank]
         while pos < len(rank_events):
             _, i, is_send = rank_events[pos]
-            m = execution.messages[i]
             if is_send:
-                own = clock[rank]
-                own[rank] = max(own[rank], m.send_interval)
-                at_send[i] = list(own)
+                interval = execution.messages[i].send_interval
+                if interval > own[rank]:
+                    own[rank] = interval
+                at_send[i] = own.copy()
                 woken = waiting.pop(i, None)
                 if woken is not None:
                     ready.append(woken)
@@ -288,7 +283,7 @@ def _causal_send_vectors(execution: Execution) -> list[Vector | None]:
                 if sent is None:
                     waiting[i] = rank
                     break
-                clock[rank] = _vmax(clock[rank], sent)
+                np.maximum(own, sent, out=own)
             pos += 1
         cursor[rank] = pos
     stuck = [r for r, pos in cursor.items() if pos < len(events[r])]
@@ -301,56 +296,66 @@ def _causal_send_vectors(execution: Execution) -> list[Vector | None]:
 
 
 def dependency_vectors(execution: Execution) -> DependencyVectors:
-    """Causal and Z-path dependency vectors of every checkpoint after the initial ones."""
+    """Causal and Z-path dependency vectors of every checkpoint after the initial ones.
+
+    The vectors of all intervals of all ranks are the rows of one array (rank r's interval t
+    is row ``offset[r] + t``), so a pass over the messages is one scatter-max and what a
+    rank's sends carry is one running maximum down its rows: the cost per pass is the same
+    ``O(ranks * messages)`` as message by message, at array speed.
+    """
     n = execution.n
     at_send = _causal_send_vectors(execution)
-    intervals = {r: execution.positions(r) for r in range(n)}
-    # into[r][t]: the max over messages delivered to r in interval t of what they carry.
-    causal_in = {r: [[-1] * n for _ in range(intervals[r])] for r in range(n)}
-    delivered: list[tuple[int, int, int, int]] = []
+    intervals = [execution.positions(r) for r in range(n)]
+    offset = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(intervals, out=offset[1:])
+    causal_in = np.full((int(offset[n]), n), -1, dtype=np.int64)
+    src_rows: list[int] = []
+    dst_rows: list[int] = []
     for i, m in enumerate(execution.messages):
         sent = at_send[i]
         if sent is None or m.deliver_interval is None:
             continue
-        row = causal_in[m.dst]
-        row[m.deliver_interval] = _vmax(row[m.deliver_interval], sent)
-        delivered.append((m.src, m.send_interval, m.dst, m.deliver_interval))
+        row = int(offset[m.dst]) + m.deliver_interval
+        np.maximum(causal_in[row], sent, out=causal_in[row])
+        src_rows.append(int(offset[m.src]) + m.send_interval)
+        dst_rows.append(row)
+    sources = np.asarray(src_rows, dtype=np.int64)
+    targets = np.asarray(dst_rows, dtype=np.int64)
 
-    def carried(into: list[Vector], rank: int) -> list[Vector]:
+    def carry(into: np.ndarray, out: np.ndarray, ranks: Iterable[int]) -> None:
         # What a message sent in interval k carries: everything delivered in intervals <= k,
         # and the rank's own checkpoints up to k.
-        out: list[Vector] = []
-        acc = [-1] * n
-        for k, vector in enumerate(into):
-            acc = _vmax(acc, vector)
-            acc[rank] = max(acc[rank], k)
-            out.append(acc)
-        return out
+        for rank in ranks:
+            rows = slice(int(offset[rank]), int(offset[rank + 1]))
+            np.maximum.accumulate(into[rows], axis=0, out=out[rows])
+            np.maximum(out[rows, rank], np.arange(intervals[rank]), out=out[rows, rank])
 
-    z_in = {r: [list(v) for v in causal_in[r]] for r in range(n)}
-    z_out = {r: carried(z_in[r], r) for r in range(n)}
+    z_in = causal_in.copy()
+    z_out = np.empty_like(z_in)
+    carry(z_in, z_out, range(n))
     passes = 0
     while True:
         passes += 1
-        grown: set[int] = set()
-        for src, send_interval, dst, deliver_interval in delivered:
-            vector = z_out[src][send_interval]
-            target = z_in[dst][deliver_interval]
-            if _exceeds(vector, target):
-                z_in[dst][deliver_interval] = _vmax(target, vector)
-                grown.add(dst)
-        if not grown:
+        grown_in = z_in.copy()
+        np.maximum.at(grown_in, targets, z_out[sources])
+        changed = np.flatnonzero((grown_in != z_in).any(axis=1))
+        if not len(changed):
             break
-        for r in grown:
-            z_out[r] = carried(z_in[r], r)
-    causal_out = {r: carried(causal_in[r], r) for r in range(n)}
+        z_in = grown_in
+        grown = set(np.searchsorted(offset, changed, side="right") - 1)
+        carry(z_in, z_out, sorted(int(r) for r in grown))
+    causal_out = np.empty_like(causal_in)
+    carry(causal_in, causal_out, range(n))
+    causal_rows = causal_out.tolist()
+    zigzag_rows = z_out.tolist()
     causal: dict[CheckpointId, Sequence[int]] = {}
     zigzag: dict[CheckpointId, Sequence[int]] = {}
     for r in range(n):
+        base = int(offset[r])
         for position in range(1, intervals[r]):
             # Checkpoint ``position`` ends interval ``position - 1``.
-            causal[(r, position)] = causal_out[r][position - 1]
-            zigzag[(r, position)] = z_out[r][position - 1]
+            causal[(r, position)] = causal_rows[base + position - 1]
+            zigzag[(r, position)] = zigzag_rows[base + position - 1]
     return DependencyVectors(causal=causal, zigzag=zigzag, passes=passes)
 
 

@@ -80,10 +80,15 @@ class StableStorage:
             raise StorageMisuse(f"rank {rank} took checkpoint index {index}; indices start at 1")
         if index in self.checkpoints[rank]:
             raise StorageMisuse(f"rank {rank} took checkpoint {index} twice")
+        extras = dict(image.extras)
+        # The random state is a tuple of 600-odd ints, immutable: copying it int by int was
+        # most of the cost of a checkpoint in a large run. The memo hands it over as is.
+        random_state = extras.get("random")
+        memo: dict[int, Any] = {} if random_state is None else {id(random_state): random_state}
         copied = CheckpointImage(
             record=image.record,
             state=copy.deepcopy(image.state),
-            extras=copy.deepcopy(dict(image.extras)),
+            extras=copy.deepcopy(extras, memo),
         )
         self.checkpoints[rank][index] = StoredCheckpoint(
             image=copied, taken_at_s=now_s, size_bytes=checkpoint_size_bytes(copied)
