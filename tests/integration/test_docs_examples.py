@@ -78,8 +78,17 @@ def test_testing_guide_example_passes_under_pytest(tmp_path: Path) -> None:
     assert _save_files("howto/testing.md", tmp_path) == ["relay.py", "test_relay.py"]
     # The failure-free test and one protocol's two tests: the whole file takes a while.
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_relay.py",
-         "-k", "failure_free or chandy-lamport"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_relay.py",
+            "-k",
+            "failure_free or chandy-lamport",
+        ],
         cwd=tmp_path,
         env=_env(),
         capture_output=True,

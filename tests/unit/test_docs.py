@@ -60,7 +60,8 @@ def test_cli_reference_has_every_command_with_its_help() -> None:
 
 def test_api_reference_documents_every_public_name() -> None:
     text = (DOCS / "api.md").read_text()
-    documented = {line.split()[-1].rsplit(".", 1)[-1] for line in text.splitlines()
-                  if line.startswith("::: ")}
+    documented = {
+        line.split()[-1].rsplit(".", 1)[-1] for line in text.splitlines() if line.startswith("::: ")
+    }
     undocumented = set(snapline.__all__) - documented - {"__version__"}
     assert not undocumented, f"add to docs/api.md: {sorted(undocumented)}"

@@ -66,6 +66,35 @@ def test_dependencies_are_followed_transitively() -> None:
     assert tp(lk, 1).stats["control_forwarded"] > 0
 
 
+def test_control_goes_along_one_path_not_flooded_over_every_channel() -> None:
+    """A round's requests, votes and decisions cost one send per hop, on any topology."""
+    for topology in (Topology.complete(6), Topology.parse("bidir-ring", 6)):
+        edges = sorted([list(e) for e in topology.edges])
+        for routed in (False, True):
+            lk = InMemoryLink.build(
+                TwoPhaseCoordinated,
+                topology.n,
+                topology.edges,
+                options={"edges": edges} if routed else None,
+            )
+            for src in sorted(tp(lk, 0).inbound):
+                lk.send(src, 0, "dep")
+            lk.run()
+            lk.request_checkpoint(0)
+            lk.run(random.Random(3))
+            assert latest_cut_is_consistent(lk)
+            joined = [r for r in range(6) if taken(lk, r)]
+            sent = sum(tp(lk, r).stats["control_messages"] for r in range(6))
+            # A request and a vote per participant but the initiator, then a decision to each:
+            # each goes straight to a neighbour (complete; and without the channel list) or
+            # along a shortest path of at most 3 hops (6-rank bidirectional ring).
+            messages = 3 * (len(joined) - 1)
+            if len(tp(lk, 0).inbound) == 5 or not routed:
+                assert sent == messages, (topology, routed, sent)
+            else:
+                assert messages <= sent <= 3 * messages, (topology, routed, sent)
+
+
 def test_a_sender_whose_committed_checkpoint_covers_the_send_does_not_join() -> None:
     lk = link(Topology.complete(2))
     lk.send(1, 0, "old")

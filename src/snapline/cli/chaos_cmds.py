@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from snapline.cli.options import DURATION
 from snapline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -58,11 +59,11 @@ def register(app: typer.Typer) -> None:
     @app.command("chaos", help=CHAOS_HELP)
     def chaos_cmd(
         apps: Annotated[
-            list[str],
+            str,
             typer.Argument(
-                metavar="APP...",
-                help="Built-in app(s) (bank, heat, ...), module:Class, path/file.py:Class, "
-                "or all (every built-in app).",
+                metavar="APP",
+                help="Built-in app (bank, heat, ...), module:Class, path/file.py:Class; "
+                "several as a comma list (bank,heat), or all (every built-in app).",
             ),
         ],
         protocol: Annotated[
@@ -70,6 +71,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--protocol",
                 "-P",
+                metavar="LIST",
                 help="Protocol(s) to run under: repeatable or comma-separated; all (the "
                 "default) runs every protocol.",
             ),
@@ -85,7 +87,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         time_budget: Annotated[
             str | None,
-            typer.Option("--time", help="Stop starting runs after this long, e.g. 30m, 90s."),
+            typer.Option(
+                "--time",
+                metavar=DURATION,
+                help="Stop starting runs after this long, e.g. 30m, 90s.",
+            ),
         ] = None,
         seed: Annotated[
             int, typer.Option("--seed", help="Run i uses seed SEED+i for its fault schedule.")
@@ -94,6 +100,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--faults",
+                metavar="LIST",
                 help="Faults to draw from, comma-separated: kill, recovery-kill, hang, pause, "
                 "whole-job, stranger; default and all = every one.",
             ),
@@ -103,22 +110,31 @@ def register(app: typer.Typer) -> None:
         ] = 3,
         param: Annotated[
             list[str] | None,
-            typer.Option("--param", "-p", help="App parameter KEY=VALUE (repeatable)."),
+            typer.Option("--param", "-p", metavar="KEY=VALUE", help="App parameter (repeatable)."),
         ] = None,
         interval: Annotated[
-            str, typer.Option("--interval", help="Checkpoint interval of the jobs, e.g. 200ms.")
+            str,
+            typer.Option(
+                "--interval", metavar=DURATION, help="Checkpoint interval of the jobs, e.g. 200ms."
+            ),
         ] = "200ms",
         heartbeat_timeout: Annotated[
             str,
-            typer.Option("--heartbeat-timeout", help="The jobs' hang detection timeout."),
+            typer.Option(
+                "--heartbeat-timeout", metavar=DURATION, help="The jobs' hang detection timeout."
+            ),
         ] = "3s",
         job_timeout: Annotated[
-            str, typer.Option("--job-timeout", help="Give up on one job after this long.")
+            str,
+            typer.Option(
+                "--job-timeout", metavar=DURATION, help="Give up on one job after this long."
+            ),
         ] = "2m",
         out: Annotated[
             Path,
             typer.Option(
                 "--out",
+                metavar="DIR",
                 help="Directory for chaos-summary.json and the stores of failed runs.",
             ),
         ] = Path("snapline-chaos"),
@@ -134,7 +150,7 @@ def register(app: typer.Typer) -> None:
         from snapline.runtime.local.config import format_duration_s, parse_duration_s
 
         config = CampaignConfig(
-            apps=_choose(apps, sorted(APPS), "app"),
+            apps=_choose([apps], sorted(APPS), "app"),
             protocols=_choose(protocol or ["all"], protocol_names(), "protocol"),
             out_dir=out.resolve(),
             n=n,

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-Assumptions: reliable channels (FIFO not needed for correctness), a strongly connected graph
-(control messages are flooded; the constructor rejects a rank with no inbound or no outbound
-channel, and with ``options["edges"]`` checks the whole graph). Crashes are reported by
+Assumptions: reliable FIFO channels, a strongly connected graph (control messages must reach
+every rank; the constructor rejects a rank with no inbound or no outbound channel, and with
+``options["edges"]`` checks the whole graph). Crashes are reported by
 ``PeerFailed`` to every live rank.
 
 Dependencies. Every application message piggybacks the sender's *label*, the index of its
@@ -42,9 +42,14 @@ So a round commits on all its participants or on none, the latest committed chec
 consistent cut, and a recovery line never falls behind a committed checkpoint (the planner
 checks it).
 
-Control messages are flooded: an envelope ``(origin, serial, to)`` is forwarded on every
-outbound channel the first time a rank sees it. First copies of one origin's envelopes arrive
-in the order it sent them, so a decision never overtakes its request.
+Control routing: an envelope ``(origin, serial, to)`` goes along a shortest path of channels
+(next hops computed from ``options["edges"]``, the job's channel list, which both drivers
+pass); every rank computes the same paths, so one origin's envelopes to one rank follow one
+chain of FIFO channels and a decision never overtakes its request. A message lost with a
+crashed rank on its path is a message of a round that the failure aborts or leaves in doubt,
+and recovery resolves those. Without the channel list, envelopes to a neighbour go directly
+and others are flooded (forwarded on every outbound channel the first time a rank sees them;
+first copies of one origin's envelopes to one rank arrive in the order sent).
 
 Recovery: the recovery line is the maximum consistent cut over committed checkpoints (in-doubt
 ones resolved first) and the survivors' volatile records (``recovery_line``): failed ranks
@@ -75,6 +80,7 @@ output held until the next committed round that covers it.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias, assert_never
@@ -216,6 +222,8 @@ class TwoPhaseCoordinated(Protocol):
         self.release_on_recovery = False
         self.flood_serial = 0
         self.seen: dict[int, set[int]] = {}
+        #: First hop of a shortest path to each rank (None: the job's channels are unknown).
+        self.next_hop: dict[int, int] | None = _next_hops(self.rank, self.options.get("edges"))
         self.stats.update(
             messages_held=0,
             piggyback_ints=0,
@@ -508,7 +516,18 @@ class TwoPhaseCoordinated(Protocol):
         self.flood_serial += 1
         envelope = {"o": self.rank, "k": self.flood_serial, "to": dst, "b": body}
         self.seen.setdefault(self.rank, set()).add(self.flood_serial)
-        return self._forward(envelope)
+        return self._route(envelope, dst)
+
+    def _route(self, envelope: PlainData, dst: int) -> list[Action]:
+        """Send toward ``dst``: to the next hop of a shortest path, or flood if none is known."""
+        if self.next_hop is not None:
+            hop = self.next_hop.get(dst)
+        else:
+            hop = dst if dst in self.outbound else None
+        if hop is None:
+            return self._forward(envelope)
+        self.stats["control_messages"] += 1
+        return [SendControl(dst=hop, control=envelope)]
 
     def _forward(self, envelope: PlainData) -> list[Action]:
         self.stats["control_messages"] += len(self.outbound)
@@ -524,7 +543,7 @@ class TwoPhaseCoordinated(Protocol):
         seen.add(serial)
         if envelope["to"] != self.rank:
             self.stats["control_forwarded"] += 1
-            return self._forward(envelope)
+            return self._route(envelope, int(envelope["to"]))
         body = envelope["b"]
         match body["t"]:
             case "req":
@@ -648,3 +667,31 @@ def resolve_in_doubt(view: RecoveryView) -> dict[int, list[int]]:
 
 def _index(record: CheckpointRecord) -> int:
     return record.index
+
+
+def _next_hops(rank: int, edges_option: object) -> dict[int, int] | None:
+    """For every rank reachable from ``rank``, the first hop of a shortest path to it.
+
+    Breadth-first over the directed channels, smaller ranks first, so every rank computes the
+    same paths: all control from one origin to one rank then follows one chain of FIFO
+    channels and arrives in the order it was sent.
+    """
+    if edges_option is None:
+        return None
+    assert isinstance(edges_option, list | tuple)
+    successors: dict[int, list[int]] = {}
+    for src, dst in edges_option:
+        successors.setdefault(int(src), []).append(int(dst))
+    hops: dict[int, int] = {}
+    frontier: deque[int] = deque()
+    for dst in sorted(successors.get(rank, ())):
+        if dst != rank and dst not in hops:
+            hops[dst] = dst
+            frontier.append(dst)
+    while frontier:
+        node = frontier.popleft()
+        for nxt in sorted(successors.get(node, ())):
+            if nxt != rank and nxt not in hops:
+                hops[nxt] = hops[node]
+                frontier.append(nxt)
+    return hops

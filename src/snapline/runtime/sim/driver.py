@@ -110,6 +110,12 @@ class Simulator:
             topology_spec = config.topology or spec.default_topology
         self.topology = Topology.parse(topology_spec, n, seed=config.seed)
         self.edges: list[tuple[int, int]] = sorted(self.topology.edges)
+        # As the local runtime does: protocols may route or check reachability on the job's
+        # channel list.
+        self.protocol_options: dict[str, Any] = {
+            "edges": [list(e) for e in self.edges],
+            **config.protocol_options,
+        }
         # One pass over the edges (Topology.inbound/outbound scan all edges per rank).
         inbound: list[list[int]] = [[] for _ in range(n)]
         outbound: list[list[int]] = [[] for _ in range(n)]
@@ -224,7 +230,7 @@ class Simulator:
             "n": self.n,
             "inbound": self.inbound_sets[rank],
             "outbound": self.outbound_sets[rank],
-            "options": self.config.protocol_options,
+            "options": self.protocol_options,
         }
 
     def fresh_engine(self, rank: int, protocol: CheckpointProtocol) -> RankEngine:
