@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import snapline
+
 pytestmark = pytest.mark.timeout(180)
 
 RING = '''
@@ -217,3 +219,35 @@ def test_a_kill_due_after_the_job_ended_is_reported(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, _flat(run)
     assert "warning: --kill 1@60s did not fire: the job finished" in " ".join(run.stderr.split())
+
+
+def test_allow_pickle_restores_pickled_states_after_a_kill(tmp_path: Path) -> None:
+    _ring(tmp_path)
+    result = snapline.run(
+        f"{tmp_path / 'ring.py'}:Ring",
+        3,
+        store=tmp_path / "job",
+        interval="50ms",
+        kill=["1@400ms"],
+        app_options={"bad_state": 1, "hops": 40},
+        allow_pickle=True,
+        timeout="60s",
+    )
+    assert sum(result.results.values()) == 40
+    # The recovery loaded pickled checkpoints (not the initial states).
+    assert len(result.recoveries) == 1
+    assert any(int(i) > 0 for i in result.recoveries[0]["restore"].values())
+    assert result.checkpoints_committed > 0
+
+
+def test_the_api_raises_application_error(tmp_path: Path) -> None:
+    _ring(tmp_path)
+    with pytest.raises(snapline.ApplicationError, match="cannot encode state"):
+        snapline.run(
+            f"{tmp_path / 'ring.py'}:Ring",
+            2,
+            store=tmp_path / "job",
+            interval="50ms",
+            app_options={"bad_state": 1},
+            timeout="60s",
+        )
