@@ -73,6 +73,15 @@ def check(hop):
     raise ValueError(f"hop {hop} is not allowed")
 
 
+class Flaky(Ring):
+    """Raises at hop 10 an error that names the process: never the same one twice."""
+
+    def on_message(self, ctx, src, hop):
+        if hop == 10:
+            raise OSError(f"service unavailable (pid {os.getpid()})")
+        super().on_message(ctx, src, hop)
+
+
 class HangingRestore(Ring):
     """Never finishes restoring: a hang during recovery."""
 
@@ -189,6 +198,21 @@ def test_a_first_exception_is_recovered_like_a_crash(tmp_path: Path) -> None:
     assert (tmp_path / "raised-once").exists()
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["restarts"] == 1 and summary["messages_delivered"] == 30
+
+
+def test_an_exception_that_varies_is_restarted_to_the_limit_and_shown(tmp_path: Path) -> None:
+    _ring(tmp_path)
+    run = _snapline(
+        "run", "ring.py:Flaky", "-n", "3", "--interval", "50ms", "--store", "job",
+        "--max-restarts", "1", "--no-trace", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, _flat(run)
+    assert "restart limit reached" in run.stderr
+    # Each failure says what was raised, not how the death was noticed.
+    assert _flat(run).count("(raised OSError: service unavailable (pid") == 2
+    assert "The last exception of rank 2, in the application's code:" in run.stderr
+    assert 'ring.py", line' in run.stderr and "in on_message" in run.stderr
+    assert "snapline" + os.sep + "runtime" not in run.stderr
 
 
 def test_debug_works_after_the_subcommand(tmp_path: Path) -> None:

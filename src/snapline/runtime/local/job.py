@@ -599,6 +599,11 @@ class LocalJob:
         if why and waited and not why.startswith("killed: no "):
             # A hang during recovery is a failure to answer a step, not a crash: say which.
             why = f"{why}: did not send its {waited}"
+        report = slot.fatal_report
+        if report is not None:
+            # "control link closed" says how the death was seen; the exception says why.
+            raised = str(report.get("traceback") or report.get("error")).rstrip().splitlines()
+            why = f"raised {raised[-1]}" if raised else why
         return {"t": round(t, 6), "rank": rank, "pid": slot.pid, "why": why}
 
     def _recovery_round(self, failed: set[int], newly: set[int]) -> tuple[RecoveryPlan, set[int]]:
@@ -766,11 +771,18 @@ class LocalJob:
                 for f in self.failures
             )
             fatal = "; ".join(f"rank {s.rank}: {s.fatal}" for s in sup.slots if s.fatal)
+            report = slot.fatal_report
             raise RuntimeFailure(
                 f"restart limit reached: {self.restarts - 1} restarts allowed "
                 f"(--max-restarts {self.config.max_restarts}); failures: {history}"
                 + (f"; errors: {fatal}" if fatal else "")
                 + f". Logs: {self.store_dir / 'logs'}"
+                + (
+                    f"\nThe last exception of rank {rank}, in the application's code:\n"
+                    f"{report.get('traceback')}"
+                    if report is not None and report.get("kind") == "app"
+                    else ""
+                )
             )
         since_start = time.monotonic() - slot.last_start_s
         slot.recent_failures = slot.recent_failures + 1 if since_start < 5.0 else 1
