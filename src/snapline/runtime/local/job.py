@@ -27,6 +27,13 @@ peer on their own: they retry with backoff until connected or frozen for the nex
 volatile records; ranks that die while it runs are respawned under the same restart limit and
 backoff as any other.
 
+Application errors: a rank that fails by raising tells the supervisor what it raised (the
+user's frames of the traceback). A first exception is recovered like any crash; a state the
+codec cannot encode, or the same exception raised again after a restore, ends the job at once
+with ``ApplicationError`` -- no restart can cure a bug -- and leaves the store resumable
+(``_check_application_errors``). A rank that dies while a recovery step waits for its reply is
+reported with the step it did not answer.
+
 Termination: when every rank reports it is done, holds no timers, undelivered or unsent
 messages, and the job-wide number of sends requested equals the number delivered, the
 supervisor probes all ranks twice; identical quiescent answers mean nothing is in flight, and
