@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 from snapline.errors import (
+    ApplicationError,
     CheckpointNotFound,
     ConfigError,
     CorruptCheckpoint,
@@ -50,6 +51,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ApplicationError",
     "CheckpointNotFound",
     "ConfigError",
     "Context",

@@ -70,6 +70,15 @@ class RuntimeFailure(SnaplineError):
     """A real job could not be completed (restart limit reached, unrecoverable failure)."""
 
 
+class ApplicationError(RuntimeFailure):
+    """The application's own code failed in a way a restart cannot cure.
+
+    Raised by a local job when a rank's state cannot be checkpointed, or when the same
+    exception is raised again by a rank re-executing from a restored checkpoint. The store is
+    left resumable: fix the code, then ``snapline run --resume --store DIR``.
+    """
+
+
 class SnaplineWarning(UserWarning):
     """Base class of the warnings snapline issues."""
 

@@ -325,7 +325,8 @@ def test_hung_rank_is_detected_by_heartbeats(tmp_path: Path) -> None:
 
 
 class CrashOnThirdMessage(Process):
-    """Rank 1 raises on its third message, in every incarnation (a deterministic bug)."""
+    """Rank 1 raises on its third message, in every incarnation, an error naming the process:
+    never the same one twice, so the supervisor restarts it like a crash, to the limit."""
 
     def __init__(self, rank: int, n: int) -> None:
         self.rank = rank
@@ -344,7 +345,7 @@ class CrashOnThirdMessage(Process):
     def on_message(self, ctx: Context, src: int, payload: Any) -> None:
         self.count += 1
         if self.rank == 1 and self.count >= 3:
-            raise RuntimeError("boom: a bug that recovery cannot fix")
+            raise RuntimeError(f"boom: a failure that recovery cannot fix (pid {os.getpid()})")
         ctx.send(src, payload)
 
 

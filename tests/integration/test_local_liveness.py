@@ -167,7 +167,8 @@ def test_replacement_killed_while_survivors_connect_every_protocol(
 
 class CrashesOnResume(Process):
     """Ping-pong that checkpoints as it goes; rank 1 fails at message ``crash_at``, and no
-    rank can ever be restored (``restore`` raises, after ``hang_s`` seconds)."""
+    rank can ever be restored (``restore`` raises, after ``hang_s`` seconds, an error naming
+    the process: never the same one twice, so it is restarted like a crash to the limit)."""
 
     def __init__(self, rank: int, n: int, crash_at: int = 60, hang_s: float = 0.0) -> None:
         self.rank, self.crash_at, self.hang_s = rank, crash_at, hang_s
@@ -178,7 +179,7 @@ class CrashesOnResume(Process):
 
     def restore(self, state: Any) -> None:
         time.sleep(self.hang_s)
-        raise RuntimeError("this app cannot be resumed")
+        raise RuntimeError(f"this app cannot be resumed (pid {os.getpid()})")
 
     def on_start(self, ctx: Context) -> None:
         if self.rank == 0:

@@ -1,7 +1,7 @@
 """The ``snapline`` command: one typer app; each group of commands lives in its own module.
 
-Errors derived from ``SnaplineError`` print as one clear line and exit 1; ``--debug`` shows the
-traceback instead.
+Errors derived from ``SnaplineError`` print as a clear message and exit 1; ``--debug`` (before or
+after the subcommand) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -76,11 +76,18 @@ for _module in (
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m snapline``."""
     args = sys.argv[1:] if argv is None else argv
+    # --debug is global, but users write it where they notice the need: after the subcommand
+    # too (``snapline run ... --debug``). Take it out wherever it stands (before ``--``).
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    if debug:
+        args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
     try:
         # Standalone mode: typer reports usage errors itself and exits with their code.
         app(args=args, prog_name="snapline")
     except SnaplineError as exc:
-        if "--debug" in args:
+        if debug:
             raise
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # soft_wrap: a traceback in the message must keep its lines as Python wrote them.
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

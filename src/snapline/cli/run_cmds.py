@@ -180,6 +180,15 @@ def register(app: typer.Typer) -> None:
         no_trace: Annotated[
             bool, typer.Option("--no-trace", metavar=FLAG, help="Do not record a trace.")
         ] = False,
+        allow_pickle: Annotated[
+            bool,
+            typer.Option(
+                "--allow-pickle",
+                metavar=FLAG,
+                help="Pickle state the safe codec cannot encode. Unsafe for checkpoints from "
+                "untrusted sources: loading a pickle runs code.",
+            ),
+        ] = False,
     ) -> None:
         """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure."""
         from snapline.runtime.local import run
@@ -203,6 +212,7 @@ def register(app: typer.Typer) -> None:
                 timeout=timeout,
                 trace=not no_trace,
                 app_options=_parse_params(param or []) if param or not resume else None,
+                allow_pickle=allow_pickle,
                 on_status=lambda status: live.update(status_line(status)),
             )
         console.print(summary_table(result))
@@ -210,6 +220,8 @@ def register(app: typer.Typer) -> None:
             for item in items:
                 console.print(f"[dim]output[/] rank {rank}: {item!r}")
         console.print(summary_line(result))
+        for warning in result.warnings:
+            Console(stderr=True).print(f"[bold yellow]warning:[/] {warning}", highlight=False)
         if result.trace_path is not None:
             console.print(
                 f"trace: {result.trace_path}  (draw it with: snapline viz {result.trace_path})"

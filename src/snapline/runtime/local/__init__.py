@@ -94,6 +94,7 @@ def run(
     trace: bool = True,
     app_options: Mapping[str, Any] | None = None,
     protocol_options: Mapping[str, Any] | None = None,
+    allow_pickle: bool = False,
     on_status: Callable[[JobStatus], None] | None = None,
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
@@ -110,6 +111,12 @@ def run(
     line in ``store``, under the configuration stored with it (``app``, ``n``, ``protocol``,
     ``app_options`` ... may be left out; if given they must match). The fault-handling knobs
     (``kill``, ``timeout``, ``heartbeat_*``, ``max_restarts``) apply to the resumed run.
+
+    ``allow_pickle=True`` pickles the parts of a state the safe codec cannot encode. Unsafe
+    for checkpoints from untrusted sources (loading a pickle runs code); without it such a
+    state stops the job at its first checkpoint with ``ApplicationError`` naming the value.
+    A resumed job keeps it once set. An exception raised again by a rank's code after a
+    restore also stops the job with ``ApplicationError`` (see ``LocalJob``).
     """
     store_path = Path(store).resolve()
     kills = [parse_kill(k) if isinstance(k, str) else (int(k[0]), float(k[1])) for k in kill]
@@ -138,6 +145,8 @@ def run(
         for knob, setting in knobs.items():
             setattr(config, knob, setting)
         config.trace = trace
+        # Its checkpoints may hold pickles already: once allowed, loading them must stay so.
+        config.allow_pickle = config.allow_pickle or allow_pickle
     else:
         if app is None or n is None:
             raise ConfigError("give the app to run and the number of ranks (-n)")
@@ -161,6 +170,7 @@ def run(
             heartbeat_timeout_s=knobs["heartbeat_timeout_s"],
             max_restarts=max_restarts,
             timeout_s=knobs["timeout_s"],
+            allow_pickle=allow_pickle,
         )
     return LocalJob(config, resume=resume, kills=kills, on_status=on_status).run()
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,16 +109,78 @@ def load_app_class(spec: str) -> type[Process]:
             raise ConfigError(f"cannot import {where!r} as a Python module")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[module_name] = module
-        loader_spec.loader.exec_module(module)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise ConfigError(f"importing {where!r} failed:\n{user_traceback(exc)}") from exc
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
             raise ConfigError(f"cannot import module {where!r}: {exc}") from exc
+        except Exception as exc:
+            raise ConfigError(f"importing {where!r} failed:\n{user_traceback(exc)}") from exc
     cls = getattr(module, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Process)):
-        raise ConfigError(f"{spec!r} does not name a snapline.Process subclass")
+        found = "is not defined" if cls is None else f"is a {type(cls).__name__}"
+        raise ConfigError(
+            f"{spec!r} does not name a snapline.Process subclass ({name!r} {found} in "
+            f"{where!r}); write path/file.py:Class or module:Class"
+        )
     return cls
+
+
+_SNAPLINE_DIR = str(Path(__file__).resolve().parents[2])
+_APPS_DIR = os.path.join(_SNAPLINE_DIR, "apps")
+
+
+_PYTHON_DIRS = tuple(
+    os.path.abspath(d) + os.sep for d in {sys.prefix, sys.base_prefix, sys.exec_prefix}
+)
+
+
+def _is_user_frame(filename: str) -> bool:
+    # The user's files: not snapline's machinery, the standard library or installed packages
+    # (``<frozen ...>`` included). The built-in apps are application code, what a user debugs.
+    if filename.startswith("<"):
+        return False
+    path = os.path.abspath(filename)
+    if path.startswith(_APPS_DIR + os.sep):
+        return True
+    return not path.startswith(_SNAPLINE_DIR + os.sep) and not path.startswith(_PYTHON_DIRS)
+
+
+def raised_in_user_code(exc: BaseException) -> bool:
+    """True when a frame of ``exc``'s traceback lies in the user's files (an application bug)."""
+    return any(_is_user_frame(f.filename) for f in traceback.extract_tb(exc.__traceback__))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it, from the first frame of the user's files on.
+
+    The frames above it (the supervisor's or the worker's machinery) say nothing about the
+    user's bug and bury it; a traceback with no user frame is kept whole.
+    """
+    te = traceback.TracebackException.from_exception(exc)
+    frames = list(te.stack)
+    first = next((i for i, f in enumerate(frames) if _is_user_frame(f.filename)), None)
+    if first is not None:
+        te.stack = traceback.StackSummary.from_list(frames[first:])
+    return "".join(te.format()).rstrip("\n")
+
+
+def error_signature(exc: BaseException) -> list[str]:
+    """What makes two exceptions "the same": type, message and the user frame that raised.
+
+    The innermost user frame (file, line, function) rather than the innermost frame: a user
+    bug that surfaces inside a library is still located by the user's line that called it.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if _is_user_frame(f.filename)]
+    where = user[-1] if user else (frames[-1] if frames else None)
+    location = "" if where is None else f"{where.filename}:{where.lineno}:{where.name}"
+    return [f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), location]
 
 
 def make_process(cls: type[Process], rank: int, n: int, options: Mapping[str, Any]) -> Process:
@@ -155,6 +218,9 @@ class JobConfig:
     backoff_max_s: float = 2.0
     timeout_s: float = 600.0
     trace: bool = True
+    #: Pickle what the safe codec cannot encode (unsafe for untrusted checkpoints: loading
+    #: a pickle runs code).
+    allow_pickle: bool = False
 
     def validate(self) -> None:
         """Raise ``ConfigError`` on values that cannot work."""

@@ -27,6 +27,13 @@ peer on their own: they retry with backoff until connected or frozen for the nex
 volatile records; ranks that die while it runs are respawned under the same restart limit and
 backoff as any other.
 
+Application errors: a rank that fails by raising tells the supervisor what it raised (the
+user's frames of the traceback). A first exception is recovered like any crash; a state the
+codec cannot encode, or the same exception raised again after a restore, ends the job at once
+with ``ApplicationError`` -- no restart can cure a bug -- and leaves the store resumable
+(``_check_application_errors``). A rank that dies while a recovery step waits for its reply is
+reported with the step it did not answer.
+
 Termination: when every rank reports it is done, holds no timers, undelivered or unsent
 messages, and the job-wide number of sends requested equals the number delivered, the
 supervisor probes all ranks twice; identical quiescent answers mean nothing is in flight, and
@@ -46,11 +53,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapline.errors import ConfigError, RuntimeFailure, SnaplineError
+from snapline.errors import ApplicationError, ConfigError, RuntimeFailure, SnaplineError
 from snapline.protocols import protocol_class
 from snapline.protocols.base import CheckpointRecord, RecoveryPlan, RecoveryView, initial_record
 from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT
-from snapline.runtime.local.config import JobConfig, load_job, save_job
+from snapline.runtime.local.config import JobConfig, app_factory, load_job, save_job
 from snapline.runtime.local.ledger import LedgerView, LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.plain import record_from_plain, replay_to_plain
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
@@ -98,6 +105,8 @@ class RunResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     #: Guarantees the supervisor saw violated (plan or recovered cut); empty on a correct run.
     violations: list[str] = field(default_factory=list)
+    #: What the user asked for that did not happen (a ``--kill`` due after the job ended).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -150,6 +159,10 @@ class LocalJob:
         self._terminated_s = 0.0
         #: (idle signature, since when) for the stall detector.
         self._idle_mark: tuple[object, float] | None = None
+        #: Ranks whose reply the supervisor waits for, and which (for failure reports).
+        self._awaiting: dict[int, str] = {}
+        #: (rank, signature) of every exception a rank's application code raised so far.
+        self._app_errors: set[tuple[int, tuple[str, ...]]] = set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -256,11 +269,17 @@ class LocalJob:
         sup = self._sup
         deadline = time.monotonic() + _STEP_TIMEOUT_S
         got: dict[int, Any] = {}
+        step = _REQUEST_OF.get(op, op)
+        where = "" if round_id is None else f" of {key} {round_id}"
+        # Kept after an abort: a rank that died (a hang is detected as a death) while we
+        # waited failed *at this step*, and its failure says so (``_failure``).
+        self._awaiting = {rank: f"{op!r} reply to {step!r}{where}" for rank in ranks}
         while True:
             for rank in ranks:
                 msg = sup.slots[rank].replies.get(op)
                 if msg is not None and (round_id is None or msg.get(key) == round_id):
                     got[rank] = msg
+                    self._awaiting.pop(rank, None)
             if len(got) == len(ranks):
                 for rank in ranks:
                     sup.slots[rank].replies.pop(op, None)
@@ -269,8 +288,6 @@ class LocalJob:
                 raise _RoundAborted
             if time.monotonic() > deadline:
                 missing = sorted(set(ranks) - set(got))
-                step = _REQUEST_OF.get(op, op)
-                where = "" if round_id is None else f" of {key} {round_id}"
                 for rank in missing:
                     sup.kill(rank, f"no {op!r} reply to {step!r}{where} within {_STEP_TIMEOUT_S}s")
                 sup.poll(0.5)
@@ -305,7 +322,12 @@ class LocalJob:
     # ------------------------------------------------------------------ main
 
     def run(self) -> RunResult:
-        """Run the job to completion (or ``RuntimeFailure``)."""
+        """Run the job to completion (or ``RuntimeFailure``).
+
+        The app is imported here first, as every worker will: a typo in its path or an error
+        in its module fails at once with the reason, before any file or process is created.
+        """
+        app_factory(self.config.app, self.config.app_options)
         self._prepare_store()
         self._log_fd = os.open(
             self.store_dir / "logs" / "supervisor.jsonl",
@@ -510,6 +532,7 @@ class LocalJob:
         t_detect = time.monotonic() - self._t0
         for rank in sorted(failed):
             self.failures.append(self._failure(rank, t_detect))
+        self._check_application_errors(failed)
         newly = set(failed)
         while True:
             try:
@@ -520,9 +543,11 @@ class LocalJob:
                 t_now = time.monotonic() - self._t0
                 for rank in sorted(more):
                     self.failures.append(self._failure(rank, t_now))
+                self._check_application_errors(more)
                 newly = more
                 failed = failed | more | self._rebuilt_this_round
                 self.log("recovery_round_aborted", failed=sorted(failed))
+        self._awaiting = {}  # later failures happen outside this recovery's steps
         t_done = time.monotonic() - self._t0
         self.recoveries.append(
             {
@@ -547,9 +572,63 @@ class LocalJob:
         self._publish("running", force=True)
         del restored
 
+    def _check_application_errors(self, failed: Iterable[int]) -> None:
+        """Stop the job (``ApplicationError``) when a failure is a bug no restart can cure.
+
+        Two kinds: a state the codec cannot encode (every checkpoint would fail alike, so the
+        job could never commit one), and an exception from the application's code that the
+        same rank already raised -- same type, message and raising line of the user's code --
+        before it was restored and re-executed. A *first* exception is recovered like a crash:
+        it may come from a transient condition (a full disk, a flaky service), and rolling back
+        costs little. Raised again by the re-execution, it is deterministic: restarting until
+        the limit would only hide it. The store stays resumable either way.
+        """
+        for rank in sorted(failed):
+            report = self._sup.slots[rank].fatal_report
+            if report is None:
+                continue
+            kind = report.get("kind")
+            store = self.store_dir
+            if kind == "encode":
+                raise ApplicationError(
+                    f"rank {rank} cannot checkpoint its state: {report.get('message')}\n"
+                    "No checkpoint can be committed while state() returns this. Return plain "
+                    "data from state(), or allow pickling with --allow-pickle "
+                    "(snapline.run(..., allow_pickle=True)) -- unsafe for checkpoints from "
+                    "untrusted sources: loading a pickle runs code. The job stopped; its store "
+                    f"is resumable: snapline run --resume --store {store} (add --allow-pickle, "
+                    "or fix state() first)"
+                )
+            if kind != "app":
+                continue
+            key = (rank, tuple(str(x) for x in report.get("signature") or ()))
+            if key not in self._app_errors:
+                self._app_errors.add(key)
+                self.log("application_exception", rank=rank, error=report.get("error"))
+                continue
+            raise ApplicationError(
+                f"application bug in rank {rank}: the same exception was raised again when the "
+                "rank re-executed from its restored checkpoint:\n"
+                f"{report.get('traceback')}\n"
+                "A first exception is recovered like a crash (it may come from a transient "
+                "condition); raised again the same way after a restore, it is deterministic, "
+                "so the job stopped instead of restarting it until the limit. The store is "
+                f"resumable: fix the code, then run: snapline run --resume --store {store}"
+            )
+
     def _failure(self, rank: int, t: float) -> dict[str, Any]:
         slot = self._sup.slots[rank]
-        return {"t": round(t, 6), "rank": rank, "pid": slot.pid, "why": slot.failure}
+        why = slot.failure
+        waited = self._awaiting.pop(rank, None)
+        if why and waited and not why.startswith("killed: no "):
+            # A hang during recovery is a failure to answer a step, not a crash: say which.
+            why = f"{why}: did not send its {waited}"
+        report = slot.fatal_report
+        if report is not None:
+            # "control link closed" says how the death was seen; the exception says why.
+            raised = str(report.get("traceback") or report.get("error")).rstrip().splitlines()
+            why = f"raised {raised[-1]}" if raised else why
+        return {"t": round(t, 6), "rank": rank, "pid": slot.pid, "why": why}
 
     def _recovery_round(self, failed: set[int], newly: set[int]) -> tuple[RecoveryPlan, set[int]]:
         sup = self._sup
@@ -716,11 +795,18 @@ class LocalJob:
                 for f in self.failures
             )
             fatal = "; ".join(f"rank {s.rank}: {s.fatal}" for s in sup.slots if s.fatal)
+            report = slot.fatal_report
             raise RuntimeFailure(
                 f"restart limit reached: {self.restarts - 1} restarts allowed "
                 f"(--max-restarts {self.config.max_restarts}); failures: {history}"
                 + (f"; errors: {fatal}" if fatal else "")
                 + f". Logs: {self.store_dir / 'logs'}"
+                + (
+                    f"\nThe last exception of rank {rank}, in the application's code:\n"
+                    f"{report.get('traceback')}"
+                    if report is not None and report.get("kind") == "app"
+                    else ""
+                )
             )
         since_start = time.monotonic() - slot.last_start_s
         slot.recent_failures = slot.recent_failures + 1 if since_start < 5.0 else 1
@@ -825,6 +911,15 @@ class LocalJob:
             stats[rank]["checkpoints_committed"] = len(ledgers[rank].committed_records()) - 1
             stats[rank]["restarts"] = sup.slots[rank].restarts
         committed = sum(len(lv.committed_records()) - 1 for lv in ledgers.values())
+        # A kill due after the end did nothing: say so, or the run reads as having survived it.
+        warnings = [
+            f"--kill {k.rank}@{k.at_s:g}s did not fire: the job finished {run_s:.2f}s after "
+            "its ranks started (use an earlier time, or a longer job)"
+            for k in self.kills
+            if not k.done
+        ]
+        for text in warnings:
+            self.log("warning", text=text)
         result = RunResult(
             results=results,
             outputs=outputs,
@@ -841,6 +936,7 @@ class LocalJob:
             run_s=run_s,
             failures=self.failures,
             violations=self.violations,
+            warnings=warnings,
         )
         write_summary(self.store_dir, result)
         self.log("job_finished", elapsed_s=elapsed, restarts=self.restarts)

@@ -74,6 +74,8 @@ class RankSlot:
     last_start_s: float = 0.0
     stopped: bool = False
     fatal: str | None = None
+    #: The current worker's ``fatal`` message (kind, user traceback, signature), if it sent one.
+    fatal_report: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     #: Why the supervisor killed the current worker, if it did (reported as the failure's cause).
     kill_reason: str | None = None
@@ -192,6 +194,7 @@ class Supervisor:
         slot.replies = {}
         slot.stopped = False
         slot.kill_reason = None
+        slot.fatal_report = None
         slot.last_start_s = time.monotonic()
         slot.last_hb_s = time.monotonic()
         try:
@@ -261,6 +264,9 @@ class Supervisor:
                 self.sel.unregister(slot.pidfd)
             os.close(slot.pidfd)
             slot.pidfd = None
+        # The exit may be noticed before the last frames were read: a worker that fails sends
+        # why (``fatal``) just before it exits, and that is what the user needs to see.
+        self._drain(slot)
         self._drop_sock(slot)
         slot.out.clear()
         slot.state = "finished" if slot.stopped else "failed"
@@ -330,16 +336,37 @@ class Supervisor:
             return
         slot.last_hb_s = time.monotonic()
         for msg in messages:
-            op = msg.get("op")
-            if op == "hb":
-                slot.counters = msg
-            elif op == "fatal":
-                slot.fatal = str(msg.get("error"))
-                self.log("rank_fatal", rank=slot.rank, error=slot.fatal)
-            elif op == "result":
-                slot.result = msg
-            else:
-                slot.replies[str(op)] = msg
+            self._handle(slot, msg)
+
+    def _handle(self, slot: RankSlot, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "hb":
+            slot.counters = msg
+        elif op == "fatal":
+            slot.fatal = str(msg.get("error"))
+            slot.fatal_report = msg
+            self.log("rank_fatal", rank=slot.rank, error=slot.fatal)
+        elif op == "result":
+            slot.result = msg
+        else:
+            slot.replies[str(op)] = msg
+
+    def _drain(self, slot: RankSlot) -> None:
+        """Handle what a dead worker's control link still holds (never blocks)."""
+        sock = slot.sock
+        while sock is not None:
+            try:
+                data = sock.recv(1 << 20)
+            except OSError:  # BlockingIOError included: nothing more
+                return
+            if not data:
+                return
+            try:
+                messages = slot.reader.feed(data)
+            except WireError:
+                return
+            for msg in messages:
+                self._handle(slot, msg)
 
     def reap_finished(self, timeout_s: float) -> None:
         """Wait for workers that reported their result to exit."""

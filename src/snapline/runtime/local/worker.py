@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapline.errors import SnaplineError
+from snapline.errors import EncodeError, SnaplineError
 from snapline.protocols import protocol_class
 from snapline.protocols.base import (
     CheckpointRecord,
@@ -55,7 +55,14 @@ from snapline.protocols.base import (
 )
 from snapline.runtime.engine import CheckpointImage, RankEngine
 from snapline.runtime.local.channels import APP, CONTROL, Transport
-from snapline.runtime.local.config import JobConfig, app_factory, app_seed
+from snapline.runtime.local.config import (
+    JobConfig,
+    app_factory,
+    app_seed,
+    error_signature,
+    raised_in_user_code,
+    user_traceback,
+)
 from snapline.runtime.local.ledger import ledger_path, read_ledger
 from snapline.runtime.local.plain import (
     record_to_plain,
@@ -309,7 +316,12 @@ class Worker:
                 step=record.index,
                 meta={"rank": rank, "index": record.index, "forced": record.forced},
                 overwrite=True,
+                allow_pickle=self.config.allow_pickle,
             )
+        except EncodeError:
+            # The state itself cannot be encoded: every later checkpoint would fail the same
+            # way, so the job could never commit one. Fail now, naming the value (see main).
+            raise
         except SnaplineError as exc:
             self.log("checkpoint_capture_failed", index=record.index, why=str(exc))
             self._post([("write_failed", self.generation, record.index, str(exc))])
@@ -470,7 +482,7 @@ class Worker:
         else:
             view = read_ledger(ledger_path(self.store_dir, self.rank), self.rank)
             record = view.persisted[index]
-            state = self.store.load(index)
+            state = self.store.load(index, allow_pickle=self.config.allow_pickle)
             image = CheckpointImage(record=record, state=state, extras=view.extras[index])
             self.engine = RankEngine.restored(
                 image=image,
@@ -907,9 +919,31 @@ def main() -> None:
     except Exception as exc:
         worker.log("fatal", error=repr(exc), traceback=traceback.format_exc())
         with contextlib.suppress(Exception):
-            worker._send_control_link({"op": "fatal", "rank": worker.rank, "error": repr(exc)})
+            worker._send_control_link(fatal_report(worker.rank, exc))
             worker._flush_control_blocking()
         raise SystemExit(3) from exc
+
+
+def fatal_report(rank: int, exc: Exception) -> dict[str, Any]:
+    """The ``fatal`` control message: what the supervisor needs to tell the user why.
+
+    ``kind`` is ``encode`` (the state cannot be checkpointed), ``app`` (raised in the user's
+    code: the traceback holds a frame of theirs) or ``internal``; ``traceback`` keeps only the
+    user's frames, ``signature`` identifies the exception to recognise it when raised again.
+    """
+    if isinstance(exc, EncodeError):
+        kind = "encode"
+    else:
+        kind = "app" if raised_in_user_code(exc) else "internal"
+    return {
+        "op": "fatal",
+        "rank": rank,
+        "error": repr(exc),
+        "kind": kind,
+        "message": str(exc),
+        "traceback": user_traceback(exc),
+        "signature": error_signature(exc),
+    }
 
 
 if __name__ == "__main__":
