@@ -25,6 +25,7 @@ from snapline.protocols import protocol_names
 from snapline.runtime.local import RunResult, read_status, run
 from snapline.runtime.local import job as local_job
 from snapline.runtime.local.verify import check_run
+from snapline.runtime.local.worker import STOP_AFTER_ENV
 from snapline.runtime.process import Context, Process
 
 pytestmark = pytest.mark.timeout(150)
@@ -90,12 +91,28 @@ def running_pids(store: Path) -> dict[int, int] | None:
     return {r.rank: int(r.pid) for r in status.ranks if r.pid is not None}
 
 
-def kill_replacement_mid_connect(tmp_path: Path, protocol: str) -> RunResult:
+def stopped(pid: int) -> bool:
+    """True once ``pid`` is stopped by a signal (state ``T`` in /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def kill_replacement_mid_connect(
+    tmp_path: Path, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> RunResult:
     """Kill rank 2, then kill its replacement while the survivors connect to it.
 
     Checks what must hold under every protocol: a correct result, both deaths recorded as
     failures of rank 2 folded into one recovery, and survivors that kept their processes.
     """
+    # The replacement freezes itself right after its ``ready`` reply to the first recovery
+    # round's restore (a fault-injection point of the worker): the supervisor then tells every
+    # rank to connect, and the survivors' handshakes wait on the frozen replacement. A SIGSTOP
+    # from outside could only race for that moment.
+    monkeypatch.setenv(STOP_AFTER_ENV, "2:restored:1")
     store = tmp_path / "job"
     job = JobThread(
         app="bank", n=4, store=store, protocol=protocol, interval="0.2s", app_options=BANK
@@ -110,12 +127,9 @@ def kill_replacement_mid_connect(tmp_path: Path, protocol: str) -> RunResult:
                 return int(line["pid"])
         return None
 
-    # The replacement logs ``restored`` right after its ``ready`` reply; the supervisor then
-    # tells every rank to connect. Stopping the replacement there holds it while the survivors
-    # connect to it (their handshakes wait for its answer), so the kill lands mid-connect.
     replacement = wait_until("the replacement's ready", replacement_ready, job)
-    os.kill(replacement, signal.SIGSTOP)
-    time.sleep(0.3)
+    wait_until("the replacement to freeze", lambda: stopped(replacement), job)
+    time.sleep(0.3)  # the survivors are connecting to it now
     os.kill(replacement, signal.SIGKILL)
 
     result = job.outcome()
@@ -145,9 +159,9 @@ def kill_replacement_mid_connect(tmp_path: Path, protocol: str) -> RunResult:
     [("message-logging", [2]), ("chandy-lamport", [0, 1, 2, 3])],
 )
 def test_replacement_killed_while_survivors_connect_is_folded_into_the_recovery(
-    tmp_path: Path, protocol: str, rolled_back: list[int]
+    tmp_path: Path, protocol: str, rolled_back: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = kill_replacement_mid_connect(tmp_path, protocol)
+    result = kill_replacement_mid_connect(tmp_path, protocol, monkeypatch)
     # Message logging rolls back only the failed rank; Chandy-Lamport the whole job.
     assert sorted(int(r) for r in result.recoveries[0]["restore"]) == rolled_back
     for rank in read_status(tmp_path / "job").ranks:
@@ -160,9 +174,9 @@ def test_replacement_killed_while_survivors_connect_is_folded_into_the_recovery(
     "protocol", [p for p in protocol_names() if p not in ("message-logging", "chandy-lamport")]
 )
 def test_replacement_killed_while_survivors_connect_every_protocol(
-    tmp_path: Path, protocol: str
+    tmp_path: Path, protocol: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kill_replacement_mid_connect(tmp_path, protocol)
+    kill_replacement_mid_connect(tmp_path, protocol, monkeypatch)
 
 
 class CrashesOnResume(Process):

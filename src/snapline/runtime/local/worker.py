@@ -32,6 +32,7 @@ import heapq
 import json
 import os
 import selectors
+import signal
 import socket
 import sys
 import threading
@@ -90,6 +91,19 @@ _CONNECT_RETRY_FIRST_S = 0.01
 _CONNECT_RETRY_MAX_S = 0.5
 
 
+#: ``RANK:EVENT[:ROUND]``: the worker of RANK stops itself with SIGSTOP right after logging
+#: EVENT (of recovery round ROUND, if given) -- a fault-injection point for tests that must hit
+#: an exact step of a recovery, which a signal from outside can only race for.
+STOP_AFTER_ENV = "SNAPLINE_FAULT_STOP_AFTER"
+
+
+def _stop_after_event(rank: int) -> tuple[str, int | None] | None:
+    parts = os.environ.get(STOP_AFTER_ENV, "").split(":")
+    if len(parts) not in (2, 3) or parts[0] != str(rank) or not parts[1]:
+        return None
+    return parts[1], int(parts[2]) if len(parts) == 3 else None
+
+
 @dataclass(slots=True)
 class _ConnectPhase:
     """The supervisor asked this rank to open every outbound channel (``connect``)."""
@@ -114,6 +128,7 @@ class Worker:
         self.store_dir = Path(self.config.store)
         self.t0 = float(boot["t0"])
         self.pid = os.getpid()
+        self._stop_after = _stop_after_event(self.rank)
         topology = Topology.from_edges(self.n, [(int(s), int(d)) for s, d in self.config.edges])
         self.edges = topology.edges
         self.inbound = topology.inbound(self.rank)
@@ -197,6 +212,11 @@ class Worker:
         line = {"ts": time.time(), "rank": self.rank, "pid": self.pid, "event": event, **fields}
         with contextlib.suppress(OSError):
             os.write(self._log_fd, (json.dumps(line, default=repr) + "\n").encode())
+        stop = self._stop_after
+        if stop is not None and event == stop[0] and stop[1] in (None, fields.get("round")):
+            # Fault injection (tests, chaos): freeze right after this step, as SIGSTOP from
+            # outside would, so a fault can land at an exact point of the recovery protocol.
+            os.kill(self.pid, signal.SIGSTOP)
 
     def _t(self) -> float:
         return round(time.monotonic() - self.t0, 6)
