@@ -313,11 +313,11 @@ def layout_spacetime(
         if len(in_window) > max_messages:
             end = in_window[max_messages - 1]
             notes.append(
-                f"showing t={start:g}..{end:g} s of {trace.end_t:g} s (first {max_messages} "
+                f"showing t={start:.2f}..{end:.2f} s of {trace.end_t:.2f} s (first {max_messages} "
                 "messages); choose a window with --from/--to"
             )
     elif t_from is not None or t_to is not None:
-        notes.append(f"time window t={start:g}..{end:g} s of {trace.end_t:g} s")
+        notes.append(f"time window t={start:.2f}..{end:.2f} s of {trace.end_t:.2f} s")
 
     def visible(t: float) -> bool:
         return start <= t <= end
