@@ -312,6 +312,15 @@ class RankEngine:
             **self._stats,
         }
 
+    @property
+    def app_timers_pending(self) -> int:
+        """Application timers set and not yet run (one held by the protocol counts too).
+
+        A job is not over while a finished rank still has one: ``ctx.finish()`` ends a rank's
+        own work, not the timers it set.
+        """
+        return len(self._timers)
+
     # ----------------------------------------------------------------------------------------
     # Context: what the process calls.
 

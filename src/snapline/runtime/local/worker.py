@@ -689,13 +689,10 @@ class Worker:
             "sent": sum(engine.sent.values()),
             "undelivered": engine.undelivered_arrivals(),
             "unsent": len(engine.in_transit_unsent()),
-            # WORKAROUND (engine): no public count of the app's timers. The engine's own table
-            # holds a timer from ``set_timer`` until ``on_timer`` runs -- including a timer that
-            # is due but held by the protocol (message logging logs the firing first). Our
-            # ``_app_timers`` forgets it the moment it fires, and counting that made the
-            # termination probe see "no timers, nothing in flight" while a firing was still to
-            # come: the job ended early (seen with message-logging under load).
-            "timers": len(engine._timers),
+            # The engine's count, not ``_app_timers``: that forgets a timer the moment it
+            # fires, while the protocol may still hold the firing (message logging logs it
+            # first), and the termination probe then saw "no timers" too early.
+            "timers": engine.app_timers_pending,
             "activity": self._activity,
             "committed": self._last_committed,
             "gaps": self.transport.stats.gaps,

@@ -32,8 +32,8 @@ counter; control messages of old incarnations), replays, checks the recovered cu
 every live rank ``RecoveryCompleted``. A crash before that point starts the recovery over with
 the union of failed ranks.
 
-The job ends when every rank finished, every requested message was delivered and no recovery
-is under way.
+The job ends when every rank finished, every requested message was delivered, no application
+timer is pending and no recovery is under way.
 """
 
 from __future__ import annotations
@@ -441,6 +441,8 @@ class Simulator:
                 self.finished == n
                 and tally.requested == tally.delivered
                 and self.recovery_phase is None
+                # As on real processes: a finished rank's pending timers still run.
+                and not any(e is not None and e.app_timers_pending for e in engines)
             ):
                 break
             if not heap:
