@@ -258,3 +258,34 @@ def test_restart_limit_names_the_rank_and_the_step_it_missed(
     assert "restart limit reached" in message
     assert "no 'ready' reply to 'restore' of round" in message, message
     assert "rank 0 at" in message and "rank 1 at" in message
+
+
+def test_a_rank_killed_during_start_up_restarts_the_job_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 1 dies before its hello: the others never got ``init`` and have no state yet.
+
+    Recovery planning used to fail ("rank 0 did not fail but the recovery view has no volatile
+    record for it"); the ranks that never ran are now restored in place from their initial
+    checkpoint, and only rank 1 counts as failed.
+    """
+    # Rank 1's first process (epoch 0) freezes itself before it connects to the supervisor.
+    monkeypatch.setenv(STOP_AFTER_ENV, "1:booting:0")
+    store = tmp_path / "job"
+    job = JobThread(app="bank", n=3, store=store, interval="0.2s", app_options=BANK)
+    job.start()
+
+    def first_process() -> int | None:
+        for line in log_lines(store, "rank-1"):
+            if line["event"] == "booting":
+                return int(line["pid"])
+        return None
+
+    pid = wait_until("rank 1 to boot", first_process, job)
+    wait_until("rank 1 to freeze", lambda: stopped(pid), job)
+    os.kill(pid, signal.SIGKILL)
+
+    result = job.outcome()
+    assert check_run(result, app="bank", app_params=BANK, topology="complete") == []
+    assert [(f["rank"], f["pid"]) for f in result.failures] == [(1, pid)]
+    assert len(result.recoveries) == 1

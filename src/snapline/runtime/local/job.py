@@ -178,6 +178,7 @@ class LocalJob:
             "secret": self._secret,
             "socket_dir": str(self._socket_dir),
             "t0": self._t0,
+            "epoch": self.epoch,
         }
 
     def _prepare_store(self) -> None:
@@ -641,6 +642,9 @@ class LocalJob:
         survivors = [r for r in range(n) if r not in failed]
         for rank in failed:
             sup.slots[rank].state = "failed"
+        # A survivor still starting up (a rank died during the job's start) can only be frozen
+        # once it is connected.
+        self._wait_hello([r for r in survivors if sup.slots[r].alive])
         # Freeze every live process, survivors and ranks rebuilt by an aborted round alike (the
         # latter may already run); only the survivors' volatile records count.
         live = [r for r in range(n) if sup.slots[r].alive and sup.slots[r].sock is not None]
@@ -656,6 +660,13 @@ class LocalJob:
                 },
             )
         frozen = self._wait_replies(sorted(set(live) | set(survivors)), "frozen", round_id)
+        # A survivor that never ran (a rank died during start-up, before ``init`` reached the
+        # others) has no state to keep and no volatile record: restore it in place from its
+        # initial checkpoint, like the failed ranks. It is not counted as a failure.
+        unstarted = {r for r in survivors if frozen.get(r, {}).get("volatile") is None}
+        if unstarted:
+            failed = failed | unstarted
+            survivors = [r for r in survivors if r not in unstarted]
         volatile = {
             r: record_from_plain(msg["volatile"])
             for r, msg in frozen.items()

@@ -127,6 +127,8 @@ class Worker:
         self.socket_dir = Path(boot["socket_dir"])
         self.store_dir = Path(self.config.store)
         self.t0 = float(boot["t0"])
+        #: The recovery epoch this process was started in (0: the job's first start).
+        self.boot_epoch = int(boot.get("epoch", 0))
         self.pid = os.getpid()
         self._stop_after = _stop_after_event(self.rank)
         topology = Topology.from_edges(self.n, [(int(s), int(d)) for s, d in self.config.edges])
@@ -737,6 +739,7 @@ class Worker:
 
     def run(self) -> None:
         """Connect, then run the loop until told to stop or the supervisor goes away."""
+        self.log("booting", round=self.boot_epoch)
         self.transport.listen()
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         control.connect(str(self.socket_dir / "control.sock"))
