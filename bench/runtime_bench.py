@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +335,7 @@ def main() -> None:
     quick = args.quick
     count, rounds = (20_000, 1000) if quick else (200_000, 4000)
     report: dict[str, Any] = {
-        "date": "2026-11-23",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}",
     }
@@ -355,6 +356,10 @@ def main() -> None:
     print_table(report)
 
 
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def print_table(report: dict[str, Any]) -> None:
     """A plain-text summary of ``report``."""
     print(f"runtime bench, {report['date']}, {report['machine']}")
@@ -370,10 +375,12 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"  {name:<32}{row['msgs_per_s']:>14,.0f}{'' if loss is None else f'{loss:.1f}':>16}")
     snap = report["snapshot_latency_16"]
     print(
-        f"Chandy-Lamport snapshot, 16 ranks: median {snap['median_ms']} ms over {snap['snapshots']}"
+        f"Chandy-Lamport snapshot, 16 ranks: median {_ms(snap['median_ms'])} ms over "
+        f"{snap['snapshots']}"
     )
     rec = report["recovery"]
-    print(f"recovery after kill -9 (small state): median {rec['median_ms']} ms {rec['runs_ms']}")
+    runs = ", ".join(f"{ms:.0f}" for ms in rec["runs_ms"])
+    print(f"recovery after kill -9 (small state): median {_ms(rec['median_ms'])} ms (runs: {runs})")
 
 
 if __name__ == "__main__":
