@@ -80,7 +80,6 @@ output held until the next committed round that covers it.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias, assert_never
@@ -117,7 +116,7 @@ from snapline.protocols.base import (
     TimerFired,
     Transmit,
 )
-from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT, reaches_all
+from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT, first_hops, reaches_all
 from snapline.protocols.recovery_line import recovery_line
 
 RoundId: TypeAlias = tuple[int, int, int]
@@ -670,28 +669,12 @@ def _index(record: CheckpointRecord) -> int:
 
 
 def _next_hops(rank: int, edges_option: object) -> dict[int, int] | None:
-    """For every rank reachable from ``rank``, the first hop of a shortest path to it.
+    """First hops of shortest paths from ``rank`` (None when the channel list is unknown).
 
-    Breadth-first over the directed channels, smaller ranks first, so every rank computes the
-    same paths: all control from one origin to one rank then follows one chain of FIFO
-    channels and arrives in the order it was sent.
+    Every rank computes the same paths, so all control from one origin to one rank follows
+    one chain of FIFO channels and arrives in the order it was sent.
     """
     if edges_option is None:
         return None
     assert isinstance(edges_option, list | tuple)
-    successors: dict[int, list[int]] = {}
-    for src, dst in edges_option:
-        successors.setdefault(int(src), []).append(int(dst))
-    hops: dict[int, int] = {}
-    frontier: deque[int] = deque()
-    for dst in sorted(successors.get(rank, ())):
-        if dst != rank and dst not in hops:
-            hops[dst] = dst
-            frontier.append(dst)
-    while frontier:
-        node = frontier.popleft()
-        for nxt in sorted(successors.get(node, ())):
-            if nxt != rank and nxt not in hops:
-                hops[nxt] = hops[node]
-                frontier.append(nxt)
-    return hops
+    return first_hops([(int(s), int(d)) for s, d in edges_option], rank)
