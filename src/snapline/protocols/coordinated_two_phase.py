@@ -242,10 +242,13 @@ class TwoPhaseCoordinated(Protocol):
         edges_option = self.options.get("edges")
         if edges_option is not None:
             edges = [(int(s), int(d)) for s, d in edges_option]
-            if not all(reaches_all(self.n, edges, r) for r in range(self.n)):
+            # Strongly connected iff rank 0 reaches every rank and every rank reaches rank 0:
+            # two searches, not one per rank (each rank's object checks it).
+            reversed_edges = [(d, s) for s, d in edges]
+            if not (reaches_all(self.n, edges, 0) and reaches_all(self.n, reversed_edges, 0)):
                 raise ConfigError(
-                    "two-phase floods control messages and needs a strongly connected "
-                    "topology; add channels so every rank reaches every rank"
+                    "two-phase sends control between any two ranks and needs a strongly "
+                    "connected topology; add channels so every rank reaches every rank"
                 )
         elif not self.inbound or not self.outbound:
             raise ConfigError(
