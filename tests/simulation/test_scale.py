@@ -1,8 +1,9 @@
 """Every protocol at 100 ranks x 300 transfers per rank, every checker on (slow).
 
-The job of ``bench/sim_scale.py`` (bank, complete topology, two crashes, basic checkpoints
-every 50 simulated seconds): here it must complete with every checker passing. How long it
-takes is the benchmark's business, not this test's (the machine may be shared).
+The jobs of ``bench/sim_scale.py`` (bank, two crashes, basic checkpoints every 50 simulated
+seconds; 100 ranks on a complete topology, 1,000 on ``random:8``): here they must complete
+with every checker passing. How long they take is the benchmark's business, not this test's
+(the machine may be shared).
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ RANKS = 100
 TRANSFERS = 300
 
 
-def scale_config(protocol: str) -> SimConfig:
-    """The 100-rank job of the benchmark."""
+def scale_config(protocol: str, ranks: int = RANKS, topology: str = "complete") -> SimConfig:
+    """The 100-rank job of the benchmark (or its 1,000-rank one)."""
     crash_times = (TRANSFERS * 0.3, TRANSFERS * 0.55)
     return SimConfig(
         app="bank",
-        n=RANKS,
+        n=ranks,
         protocol=protocol,
-        topology="complete",
+        topology=topology,
         seed=1,
         interval_s=50.0,
         app_params={"messages": TRANSFERS},
-        crash_at=tuple((i * 7919 % RANKS, t) for i, t in enumerate(crash_times, 1)),
+        crash_at=tuple((i * 7919 % ranks, t) for i, t in enumerate(crash_times, 1)),
         reference=False,
     )
 
@@ -44,3 +45,13 @@ def test_a_hundred_ranks_complete_with_every_checker_passing(protocol: str) -> N
     assert {"exactly-once delivery", "consistent recovery"} <= names
     if protocol_class(protocol).checkpoint_pattern is not None:
         assert "checkpoint pattern" in names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["chandy-lamport", "uncoordinated", "message-logging"])
+def test_a_thousand_ranks_complete_with_every_checker_passing(protocol: str) -> None:
+    ranks = 1000
+    result = run_simulation(scale_config(protocol, ranks, "random:8"))
+    assert result.passed, result.checks
+    assert result.stats["crashes"] == 2 and result.stats["recoveries"] >= 1
+    assert result.stats["messages_delivered"] >= ranks * TRANSFERS

@@ -11,6 +11,7 @@ from snapline.protocols.base import (
     Deliver,
     MessageArrived,
     Redelivery,
+    SendControl,
     TakeCheckpoint,
     is_consistent,
 )
@@ -187,4 +188,9 @@ def test_bcs_summarizes_only_the_first_checkpoint_at_or_above_each_stride() -> N
     # 5 is the first at or above 4, 9 above 8, 13 above 12: the others are left out.
     assert taken == [1, 2, 3, 5, 6, 9, 13, 14]
     assert proto.stats["gc_summarized"] == 3
-    assert sorted(proto.known.get(1, {})) == [5, 9, 13]
+    # Reported to the collector (rank 0) with the next basic commit.
+    proto.handle(CheckpointRequested())
+    actions = proto.handle(CheckpointPersisted(index=15))
+    (report,) = [a.control for a in actions if isinstance(a, SendControl)]
+    assert isinstance(report, dict)
+    assert [entry[1] for entry in report["summaries"]] == [5, 9, 13]

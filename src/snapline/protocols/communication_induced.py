@@ -5,9 +5,10 @@ Theory of operation
 Assumptions: FIFO channels; crashes only. Ranks take basic checkpoints on their own schedule;
 application messages piggyback protocol data, and a rank takes a *forced* checkpoint before
 delivering a message whose piggyback says that delivering it could put a checkpoint on a
-Z-cycle. No control messages are needed for that (the gc flood of ``independent`` is the only
-control traffic). Recovery restores the maximum consistent cut (``recovery_line``) and re-sends
-its in-transit messages from sender logs, exactly as ``uncoordinated`` does.
+Z-cycle. No control messages are needed for that (the gc reports and line updates of
+``independent`` are the only control traffic). Recovery restores the maximum consistent cut
+(``recovery_line``) and re-sends its in-transit messages from sender logs, exactly as
+``uncoordinated`` does.
 
 ``BCS`` (Briatico, Ciuffoletti, Simoncini; index-based): each rank keeps a logical clock ``lc``
 = the index of its newest checkpoint, piggybacked on every message. A basic checkpoint takes
@@ -18,10 +19,11 @@ consistent cut and no checkpoint is useless. Cost: one int per message; forced c
 with the spread of checkpoint rates. Garbage collection uses that cut: a rank summarizes only
 its first checkpoint at or above each multiple of a stride (``gc_stride``, default ``isqrt(n)``),
 so the gc knowledge holds the cut "first index >= i" for every multiple ``i`` every rank
-passed, and the garbage line reaches it. Why not every checkpoint: up to one forced checkpoint
-per arriving message, each summary flooded to all ranks, made the gc flood n x E summaries
-per round. A checkpoint whose write fails leaves that multiple's cut incomplete: the line
-waits for the next one (leaving checkpoints out is always safe, see ``independent``).
+passed, and the garbage line reaches it. Why not every checkpoint: there can be up to one
+forced checkpoint per arriving message, and the collector's work grows with what it learns
+(when summaries were flooded to all ranks, this kept bcs on 100 ranks from finishing). A
+checkpoint whose write fails leaves that multiple's cut incomplete: the line waits for the next
+one (leaving checkpoints out is always safe, see ``independent``).
 
 ``FDAS`` (Fixed-Dependency-After-Send, Wang; model-based, rollback-dependency trackable): rank
 r's *interval* ``x >= 1`` is what it does after checkpoint ``x - 1`` and up to checkpoint ``x``
@@ -84,7 +86,7 @@ class BCS(IndependentCheckpointing):
 
         For every multiple ``i`` of the stride those checkpoints of all ranks form the
         consistent cut "first index >= i", so the garbage line still reaches it (module
-        docstring); the others, one per arriving message at worst, stay out of the flood.
+        docstring); the others, one per arriving message at worst, stay out of the reports.
         """
         stride = self.gc_stride
         return index // stride > previous // stride

@@ -20,43 +20,45 @@ forced checkpoints they call for. Assumes FIFO channels (for the seq numbering a
 re-sending).
 
 Garbage collection (option ``gc``, default on). Committed checkpoints are summarized (their
-counters) and flooded to all ranks, in batches: on each commit of its own basic checkpoint a
-rank sends one ``committed`` control message per outbound channel carrying the summaries it
-learned since the previous one (its own included), except to ranks known to have them (the
-summary's own rank, the ranks it came from, the ranks its own rank sent messages to: those are
-its neighbours and get it from it directly) and those already below its garbage line. From the
-summaries it knows, a rank keeps the maximum consistent cut of those committed checkpoints, its
-garbage line (``recovery_line.advance_garbage_line``): every future recovery line is at or
-after it, and a subset of the committed checkpoints gives a line at or before the true one, so
-acting on partial knowledge is safe. That is also why a subclass may summarize only some of its
-checkpoints (``gc_summarizes``): leaving one out can only hold the line back, never push it
-past a recovery line. Communication-induced protocols use it to keep their forced checkpoints,
-up to one per arriving message, out of the flood, summarizing only checkpoints that form
-consistent cuts together (BCS: the first at or above each multiple of a stride). The line only
-moves forward, so it is advanced incrementally over the checkpoints known above it (knowledge
-below it is dropped), at bounded frequency: on each basic commit of its own, once n summaries
-were learned since the last time, and at once while output waits for the line. It then collects
-its own checkpoints below the line (``CollectGarbage``), drops log entries its receivers' line
-checkpoints already received, and releases output produced before its own line checkpoint
-(output commit: nothing before it can ever be rolled back). Summaries carry the incarnation
-they were made in; a rank forgets what it knew above the line of ranks restored by a recovery
-(the line itself is at or before every recovery line, so it stands), and ignores summaries
-older than their restore, so checkpoints of an abandoned execution never count.
+counters) and *reported to one collector rank* (option ``gc_collector``, default 0) along a
+shortest path; ranks in between forward reports without reading them. The collector keeps the
+maximum consistent cut of the committed checkpoints it knows, the garbage line
+(``recovery_line.advance_garbage_line``): every future recovery line is at or after it, and a
+subset of the committed checkpoints gives a line at or before the true one, so acting on partial
+knowledge is safe. That is also why a subclass may summarize only some of its checkpoints
+(``gc_summarizes``): leaving one out can only hold the line back, never push it past a recovery
+line (BCS keeps its forced checkpoints, up to one per arriving message, out of the reports). The
+line only moves forward, so it is advanced incrementally over the checkpoints known above it
+(knowledge below it is dropped), at bounded frequency: on the collector's own basic commits,
+once n summaries were learned since the last time, and at once when a report says output waits
+for the line. The collector then sends each rank concerned, down the shortest-path tree
+(``reachability.collector_routes``), its line index and, per outbound channel, how many of its
+messages the receiver's line checkpoint has received (one ``gc-line`` message per tree edge
+carries a whole subtree's updates). A rank collects its own checkpoints below its line index
+(``CollectGarbage``), drops those log entries, and releases output produced before its line
+checkpoint (output commit: nothing before it can ever be rolled back). Ranks keep the highest
+values they were sent, so updates that arrive late or twice do no harm.
 
-Without gc the log and the stored checkpoints grow without bound and output is held until
-the job ends (the driver releases it then); knowledge of ranks that cannot reach this one
-never arrives, which only delays collection.
+Reports go up on each basic commit of their rank, or at once while its output waits. Summaries
+carry the incarnation they were made in; after a recovery the collector forgets what it knew
+above the line of the restored ranks (the line itself is at or before every recovery line, so
+it stands), ignores summaries older than their rank's restore, and sends its next update to
+every rank in full; a restored rank reports its restored checkpoint again. A restored collector
+starts with an empty line and relearns from the reports that follow.
 
-Costs. Control messages: at most one per outbound channel per own basic checkpoint. Each
-summary (a few ints per degree) crosses the channels from its rank once and is relayed only to
-ranks its rank does not send to: about n copies on a dense topology, up to E on a sparse one,
-for each summarized checkpoint. Flooding every checkpoint (forced ones included) over every
-channel, n x E summaries per round, kept bcs on 100 ranks of a complete graph from finishing
-in 500 CPU seconds.
-Knowledge travels one hop per basic checkpoint, so collection and output commit lag by up to
-the diameter times the checkpoint interval. Collection: the work of advancing the line is the
-checkpoints known above it and the ranks they reach, not all n ranks. Log size: messages sent
-since the line, stored again in each checkpoint.
+Without gc the log and the stored checkpoints grow without bound and output is held until the
+job ends (the driver releases it then); so does everything of a rank that cannot reach the
+collector or that the collector cannot reach (it is never told a line).
+
+Costs. Each summarized checkpoint crosses the hops from its rank to the collector once (one
+hop on a complete topology); each line update crosses the tree edges down to its rank, so a
+round costs O(n x depth) small control messages, not the n x E summaries of flooding every
+summary to every rank (that kept bcs on 100 ranks of a complete graph from finishing in 500
+CPU-s, and fdas and 1,000-rank jobs with it). Collection (at the collector only): the
+checkpoints known above the line and the ranks they reach. Lag: one report and one update
+travel per collection, so collection and output commit trail a basic checkpoint by about one
+checkpoint interval plus two trips across the tree. Log size: messages sent since the line,
+stored again in each checkpoint.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
-from snapline.errors import RecoveryError
+from snapline.errors import ConfigError, RecoveryError
 from snapline.protocols.base import (
     Action,
     AppTimerDue,
@@ -98,8 +100,14 @@ from snapline.protocols.base import (
     TakeCheckpoint,
     TimerFired,
     Transmit,
+    initial_record,
 )
-from snapline.protocols.recovery_line import advance_garbage_line, recovery_line
+from snapline.protocols.reachability import CollectorRoutes, collector_routes
+from snapline.protocols.recovery_line import (
+    advance_garbage_line,
+    check_candidates,
+    recovery_line,
+)
 
 
 class Phase(enum.Enum):
@@ -110,7 +118,7 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
-    """What the gc flood says about one committed checkpoint."""
+    """What a gc report says about one committed checkpoint."""
 
     rank: int
     index: int
@@ -119,7 +127,7 @@ class Summary:
     received: Mapping[int, int]
 
     def to_plain(self) -> PlainData:
-        """As one entry of a ``committed`` control message."""
+        """As one entry of a ``gc-report`` control message."""
         return [
             self.rank,
             self.index,
@@ -155,11 +163,23 @@ SenderLog = dict[int, tuple[int, list[object], list[PlainData]]]
 """Per outbound channel: (seq of the first logged message, payloads, piggybacks from there on)."""
 
 
-def _log_to_plain(log: SenderLog) -> PlainData:
-    return {
-        str(dst): [first, list(payloads), list(piggybacks)]
-        for dst, (first, payloads, piggybacks) in log.items()
-    }
+def _log_to_plain(log: SenderLog, cache: dict[int, tuple[int, int, PlainData]]) -> PlainData:
+    """The log as stored in checkpoint meta, copying only the channels that changed.
+
+    ``cache`` maps a channel to the entry last made for it and the (first, length) it was made
+    at: a log only grows at its end and shrinks at its start, so an unchanged pair is an
+    unchanged channel and its entry is shared (stored metas are never modified). Copying every
+    channel at every checkpoint made the cost of a checkpoint grow with the whole log, which
+    for fdas, with up to one forced checkpoint per message, was a large part of a run.
+    """
+    plain: dict[str, PlainData] = {}
+    for dst, (first, payloads, piggybacks) in log.items():
+        cached = cache.get(dst)
+        if cached is None or cached[0] != first or cached[1] != len(payloads):
+            cached = (first, len(payloads), [first, list(payloads), list(piggybacks)])
+            cache[dst] = cached
+        plain[str(dst)] = cached[2]
+    return plain
 
 
 def _log_from_plain(data: PlainData) -> SenderLog:
@@ -197,26 +217,40 @@ class IndependentCheckpointing(Protocol):
         #: Per outbound channel: (seq of the first logged message, payloads and piggybacks
         #: from there on).
         self.log: SenderLog = {}
+        #: The log's channels as last stored in meta (``_log_to_plain``).
+        self._plain_log: dict[int, tuple[int, int, PlainData]] = {}
         #: Taken, not yet persisted: index -> the counters it holds (for the gc summary), or
         #: None where the checkpoint is not summarized (``gc_summarizes``).
         self.pending: dict[int, tuple[dict[int, int], dict[int, int]] | None] = {}
-        #: gc knowledge: rank -> its garbage-line checkpoint as far as this rank knows (a rank
-        #: missing here stands at checkpoint 0). Only moves forward.
+        #: The rank that keeps the gc knowledge and computes the garbage line.
+        self.collector = int(self.options.get("gc_collector", 0))
+        if not 0 <= self.collector < n:
+            raise ConfigError(f"gc_collector must be a rank in 0..{n - 1}, not {self.collector}")
+        self.routes = _routes(self.options.get("edges"), self.collector)
+        #: Own summaries (as plain entries) not yet reported to the collector.
+        self.reports: list[PlainData] = []
+        #: The restored checkpoint's summary, reported again once the recovery completes.
+        self.restored_summary: Summary | None = None
+        # -- At the collector only. --
+        #: rank -> its garbage-line checkpoint as far as the collector knows (a rank missing
+        #: here stands at checkpoint 0). Only moves forward.
         self.line: dict[int, CheckpointRecord] = {}
-        #: gc knowledge: rank -> committed checkpoints known above its ``line`` entry, by index.
+        #: rank -> committed checkpoints known above its ``line`` entry, by index.
         self.known: dict[int, dict[int, Summary]] = {}
         #: ``known[rank]`` as records, oldest first (rebuilt only for ranks that learned more).
         self._records: dict[int, list[CheckpointRecord]] = {}
         #: Summaries learned since the last collection (it runs at bounded frequency).
         self.unsettled = 0
-        #: Summaries to relay with the next own commit: each as sent, and the rank it came from.
-        #: Keyed by (rank, index); the set holds the ranks known to have it already: the ones
-        #: it came from (first or again) and its own rank.
-        self.outbox: dict[tuple[int, int], tuple[Summary, PlainData, set[int]]] = {}
-        #: Basic (not forced) checkpoints taken and not yet persisted: their commit relays.
-        self.basic_pending: set[int] = set()
+        #: The next line update goes to every rank, not only to those whose line moved.
+        self.update_all = False
         #: rank -> incarnation it was last restored in (older summaries are of a dead timeline).
         self.restored_in: dict[int, int] = {}
+        #: Summaries of an incarnation this rank has not reached yet, held until it has.
+        self.early: list[Summary] = []
+        # -- At every rank. --
+        #: Basic (not forced) checkpoints taken and not yet persisted: reports go on their commit.
+        self.basic_pending: set[int] = set()
+        #: This rank's line index: its checkpoints below it are collected.
         self.collected_before = 0
         #: Outputs waiting for their state to become unrollbackable: (output_id, index or None).
         self.outputs: list[tuple[int, int | None]] = []
@@ -228,6 +262,8 @@ class IndependentCheckpointing(Protocol):
                 "gc_summaries": 0,
                 "gc_summarized": 0,
                 "gc_summaries_sent": 0,
+                "gc_reports_forwarded": 0,
+                "gc_updates_sent": 0,
                 "gc_collections": 0,
             }
         )
@@ -306,17 +342,7 @@ class IndependentCheckpointing(Protocol):
             case PeerFailed():
                 return []
             case RecoveryCompleted(restored=restored, incarnation=incarnation):
-                self.incarnation = incarnation
-                for rank in restored:
-                    self.restored_in[rank] = incarnation
-                    # Its checkpoints above the line may be abandoned ones; the line itself is
-                    # at or before every recovery line, so it still stands (module docstring).
-                    self.known.pop(rank, None)
-                    self._records.pop(rank, None)
-                self.outbox = {
-                    key: item for key, item in self.outbox.items() if not self._abandoned(item[0])
-                }
-                return []
+                return self._recovered(restored, incarnation)
             case TimerFired() | MessageLogged():
                 raise self.error(self.phase, event, "this protocol sets no timers and logs nothing")
             case _:
@@ -360,7 +386,7 @@ class IndependentCheckpointing(Protocol):
         return TakeCheckpoint(index=index, forced=forced, meta=meta)
 
     def _meta(self) -> PlainData:
-        return {"log": _log_to_plain(self.log), **self.protocol_meta()}
+        return {"log": _log_to_plain(self.log, self._plain_log), **self.protocol_meta()}
 
     def volatile_meta(self) -> PlainData:
         """The sender log and dependency data as of now."""
@@ -384,125 +410,155 @@ class IndependentCheckpointing(Protocol):
                 sent=counters[0],
                 received=counters[1],
             )
-            self._learn(summary, summary.to_plain(), came_from=None)
-        # Relay and collect on basic commits only: forced ones (communication-induced) can come
-        # once per arriving message, and would make the flood as dense as the messages.
-        if not basic:
+            if self.is_collector:
+                self._learn(summary)
+            else:
+                self.reports.append(summary.to_plain())
+        # Report and collect on basic commits, or at once while output waits for the line:
+        # forced commits (communication-induced) can come once per arriving message.
+        waiting = self._output_waits()
+        if not (basic or waiting):
             return actions
-        actions.extend(self._relay())
-        if self.unsettled:
-            actions.extend(self._collect())
+        if self.is_collector:
+            if self.unsettled:
+                actions.extend(self._collect())
+        elif self.reports:
+            actions.extend(self._report(waiting))
         return actions
 
     def _control(self, event: ControlArrived, src: int, control: PlainData) -> list[Action]:
-        if not isinstance(control, dict) or control.get("kind") != "committed":
+        kind = control.get("kind") if isinstance(control, dict) else None
+        if kind not in ("gc-report", "gc-line"):
             raise self.error(self.phase, event, "unknown control message")
         if not self.gc_enabled:
             return []
-        entries = control.get("summaries")
+        assert isinstance(control, dict)
         try:
-            if not isinstance(entries, list | tuple):
-                raise ValueError("no summaries list")
-            for entry in entries:
-                # Most entries are old news (a summary arrives over every inbound channel):
-                # look at the header first, parse the counters only of new ones.
-                if not isinstance(entry, list | tuple) or len(entry) != 5:
-                    raise ValueError(f"a summary is [rank, index, incarnation, ...]: {entry!r}")
-                rank, index = int(entry[0]), int(entry[1])
-                if self._is_news(rank, index, int(entry[2])):
-                    self._learn(Summary.from_plain(entry), entry, came_from=src)
-                elif (queued := self.outbox.get((rank, index))) is not None:
-                    queued[2].add(src)  # src has it: do not send it there
+            if kind == "gc-report":
+                return self._reported(control)
+            return self._line_updates(control)
         except (TypeError, ValueError) as exc:
-            raise self.error(self.phase, event, f"malformed gc summaries: {exc}") from exc
-        # Collect at bounded frequency: every n summaries learned (and on each own commit), or
-        # at once while output waits for the line (output commit should not lag).
-        waiting = any(i is not None for _, i in self.outputs)
-        if self.unsettled >= self.n or (self.unsettled and waiting):
-            return self._collect()
-        return []
+            raise self.error(self.phase, event, f"malformed {kind}: {exc}") from exc
 
     # ----------------------------------------------------------------------------------------
     # Garbage collection and output commit.
 
-    def _abandoned(self, summary: Summary) -> bool:
-        """A checkpoint of an execution a recovery abandoned."""
-        return summary.incarnation < self.restored_in.get(summary.rank, 0)
+    @property
+    def is_collector(self) -> bool:
+        """Whether this rank keeps the gc knowledge."""
+        return self.rank == self.collector
+
+    def _output_waits(self) -> bool:
+        """Output waits for a checkpoint that is already taken to fall below the line."""
+        return any(i is not None for _, i in self.outputs)
+
+    def _report(self, waiting: bool) -> list[Action]:
+        """Send this rank's unreported summaries one hop toward the collector."""
+        entries, self.reports = self.reports, []
+        hop = self._hop_up()
+        if hop is None:
+            return []  # cannot reach the collector: nothing of this rank is ever collected
+        self.stats["gc_summaries_sent"] += len(entries)
+        self.stats["control_messages"] += 1
+        control = {"kind": "gc-report", "summaries": entries, "waiting": waiting}
+        return [SendControl(dst=hop, control=control)]
+
+    def _hop_up(self) -> int | None:
+        if self.routes is None:
+            return self.collector if self.collector in self.outbound else None
+        return self.routes.up.get(self.rank)
+
+    def _reported(self, control: dict[str, PlainData]) -> list[Action]:
+        """A report on its way to the collector: forward it, or learn from it."""
+        entries = control.get("summaries")
+        if not isinstance(entries, list | tuple):
+            raise ValueError("no summaries list")
+        if not self.is_collector:
+            hop = self._hop_up()
+            if hop is None:
+                return []
+            self.stats["gc_reports_forwarded"] += 1
+            self.stats["control_messages"] += 1
+            return [SendControl(dst=hop, control=control)]
+        for entry in entries:
+            # Look at the header first, parse the counters only of news.
+            if not isinstance(entry, list | tuple) or len(entry) != 5:
+                raise ValueError(f"a summary is [rank, index, incarnation, ...]: {entry!r}")
+            incarnation = int(entry[2])
+            if incarnation > self.incarnation:
+                # Made after a recovery this rank has not heard of yet (the news of it comes
+                # on another link): learning it now would mix the abandoned timeline with the
+                # new one. Hold it until the recovery completes here.
+                self.early.append(Summary.from_plain(entry))
+            elif self._is_news(int(entry[0]), int(entry[1]), incarnation):
+                self._learn(Summary.from_plain(entry))
+        # Collect at bounded frequency: every n summaries learned (and on each own basic
+        # commit), or at once while output waits for the line (output commit should not lag).
+        waiting = bool(control.get("waiting")) or self._output_waits()
+        if self.unsettled >= self.n or (self.unsettled and waiting):
+            return self._collect()
+        return []
 
     def _is_news(self, rank: int, index: int, incarnation: int) -> bool:
-        """Whether a summary with this header would add to the knowledge."""
+        """Whether a summary with this header would add to the collector's knowledge."""
         if incarnation < self.restored_in.get(rank, 0) or index <= self.floor(rank):
             return False
         known = self.known.get(rank)
         return known is None or index not in known
 
-    def _learn(self, summary: Summary, plain: PlainData, *, came_from: int | None) -> bool:
-        """Add a summary (``plain`` as received) to the knowledge and the outbox, if new."""
+    def _learn(self, summary: Summary) -> None:
+        """Add a summary to the collector's knowledge, if it is news."""
+        if not 0 <= summary.rank < self.n:
+            raise ValueError(f"a summary of rank {summary.rank} in a job of {self.n}")
         if not self._is_news(summary.rank, summary.index, summary.incarnation):
-            return False
-        self.known.setdefault(summary.rank, {})[summary.index] = summary
-        self._records.pop(summary.rank, None)
+            return
+        # Check each record once, here, against its neighbours (rather than every known record
+        # on every advance of the line): ``known[rank]`` stays in index order, and reports of
+        # one rank arrive in order (one FIFO path), so a new one is normally the top.
+        rank = summary.rank
+        known = self.known.get(rank, {})
+        top = next(reversed(known), None)
+        try:
+            if top is None or summary.index > top:
+                below = known[top].record() if top is not None else self._line_record(rank)
+                check_candidates(rank, [below, summary.record()])
+                known[summary.index] = summary
+            else:
+                known = dict(sorted({**known, summary.index: summary}.items()))
+                check_candidates(
+                    rank, [self._line_record(rank), *(s.record() for s in known.values())]
+                )
+        except RecoveryError as exc:
+            raise ValueError(str(exc)) from None
+        self.known[rank] = known
+        self._records.pop(rank, None)
         self.unsettled += 1
         self.stats["gc_summaries"] += 1
-        holders = {summary.rank} if came_from is None else {summary.rank, came_from}
-        self.outbox[(summary.rank, summary.index)] = (summary, plain, holders)
-        return True
 
-    def _relay(self) -> list[Action]:
-        """One control message per outbound channel with the summaries learned since the last.
-
-        A summary is not sent to a rank known to have it (its own, and every rank it came
-        from), nor once it is below the line (the line's own checkpoint is still sent: a rank
-        that knows less may need it), nor relayed to a rank its own rank sent messages to:
-        that rank is an outbound neighbour of the summary's rank, which sends it its own
-        summaries directly. On a dense topology that leaves each summary crossing about one
-        channel per rank instead of every channel.
-        """
-        outbox = [
-            (summary, plain, holders)
-            for summary, plain, holders in self.outbox.values()
-            if summary.index >= self.floor(summary.rank)
-        ]
-        self.outbox = {}
-        actions: list[Action] = []
-        # Most destinations get the same batch (often just this rank's own summaries): one
-        # control object per distinct batch, so the driver encodes and copies it once.
-        batches: dict[tuple[int, ...], PlainData] = {}
-        for dst in sorted(self.outbound):
-            chosen = tuple(
-                i
-                for i, (summary, _, holders) in enumerate(outbox)
-                if dst not in holders
-                and (summary.rank == self.rank or summary.sent.get(dst, 0) == 0)
-            )
-            if not chosen:
-                continue
-            control = batches.get(chosen)
-            if control is None:
-                entries = [outbox[i][1] for i in chosen]
-                control = batches[chosen] = {"kind": "committed", "summaries": entries}
-            actions.append(SendControl(dst=dst, control=control))
-            self.stats["control_messages"] += 1
-            self.stats["gc_summaries_sent"] += len(chosen)
-        return actions
+    def _line_record(self, rank: int) -> CheckpointRecord:
+        return self.line.get(rank) or initial_record(rank)
 
     def floor(self, rank: int) -> int:
-        """The index of ``rank``'s garbage-line checkpoint as far as this rank knows."""
+        """The index of ``rank``'s garbage-line checkpoint as far as this rank knows.
+
+        The collector knows every rank's; other ranks know their own only (0 for the rest).
+        """
         record = self.line.get(rank)
-        return record.index if record is not None else 0
+        known = record.index if record is not None else 0
+        return max(known, self.collected_before) if rank == self.rank else known
 
     def _collect(self) -> list[Action]:
-        """Advance the garbage line over what was learned; collect, trim, release output."""
+        """At the collector: advance the garbage line over what was learned; tell the ranks."""
         self.unsettled = 0
         self.stats["gc_collections"] += 1
         newer: dict[int, list[CheckpointRecord]] = {}
         for rank, known in self.known.items():
             records = self._records.get(rank)
             if records is None:
-                records = [known[i].record() for i in sorted(known)]
+                records = [summary.record() for summary in known.values()]
                 self._records[rank] = records
             newer[rank] = records
-        moved = advance_garbage_line(self.line, newer)
+        moved = advance_garbage_line(self.line, newer, checked=True)
         for rank, record in moved.items():
             self.line[rank] = record
             # Knowledge at or below the line is never needed again.
@@ -514,14 +570,82 @@ class IndependentCheckpointing(Protocol):
             else:
                 del self.known[rank]
                 self._records.pop(rank, None)
+        # Each rank concerned learns its line index (-1: unchanged) and, per outbound channel,
+        # how many of its messages the receiver's line checkpoint holds (its log trim).
+        changed = range(self.n) if self.update_all else sorted(moved)
+        self.update_all = False
+        indices: dict[int, int] = {}
+        trims: dict[int, dict[int, int]] = {}
+        for rank in changed:
+            line_record = self.line.get(rank)
+            if line_record is None:
+                continue
+            indices[rank] = line_record.index
+            for sender, count in line_record.received.items():
+                if count and sender != rank:
+                    trims.setdefault(sender, {})[rank] = count
+        own: tuple[int, dict[int, int]] | None = None
+        entries: list[PlainData] = []
+        for rank in sorted(indices.keys() | trims.keys()):
+            index, trim = indices.get(rank, -1), trims.get(rank, {})
+            if rank == self.rank:
+                own = (index, trim)
+            else:
+                entries.append([rank, index, sorted(trim.items())])
+        actions = self._send_updates(entries)
+        if own is not None:
+            actions.extend(self._apply_update(*own))
+        return actions
+
+    def _line_updates(self, control: dict[str, PlainData]) -> list[Action]:
+        """Line updates on their way down the tree: apply this rank's, forward the others."""
+        entries = control.get("updates")
+        if not isinstance(entries, list | tuple):
+            raise ValueError("no updates list")
+        own: tuple[int, dict[int, int]] | None = None
+        onward: list[PlainData] = []
+        for entry in entries:
+            if not isinstance(entry, list | tuple) or len(entry) != 3:
+                raise ValueError(f"an update is [rank, line index, trims], not {entry!r}")
+            if int(entry[0]) == self.rank:
+                own = (int(entry[1]), {int(d): int(c) for d, c in entry[2]})
+            else:
+                onward.append(entry)
+        actions = self._send_updates(onward)
+        if own is not None:
+            actions.extend(self._apply_update(*own))
+        return actions
+
+    def _send_updates(self, entries: list[PlainData]) -> list[Action]:
+        """One ``gc-line`` message per next hop down the tree, with the updates behind it."""
+        batches: dict[int, list[PlainData]] = {}
+        for entry in entries:
+            assert isinstance(entry, list)
+            dst = int(entry[0])
+            if self.routes is None:
+                hop: int | None = dst if dst in self.outbound else None
+            else:
+                hop = self.routes.next_hop_down(self.rank, dst)
+            if hop is not None:
+                batches.setdefault(hop, []).append(entry)
         actions: list[Action] = []
-        own = self.floor(self.rank)
-        if own > self.collected_before:
-            self.collected_before = own
-            actions.append(CollectGarbage(before_index=own))
-        for dst, (first, payloads, piggybacks) in list(self.log.items()):
-            receiver = self.line.get(dst)
-            upto = receiver.received.get(self.rank, 0) if receiver is not None else 0
+        for hop, batch in sorted(batches.items()):
+            actions.append(SendControl(dst=hop, control={"kind": "gc-line", "updates": batch}))
+            self.stats["control_messages"] += 1
+            self.stats["gc_updates_sent"] += len(batch)
+        return actions
+
+    def _apply_update(self, index: int, trims: Mapping[int, int]) -> list[Action]:
+        """This rank's line moved to ``index`` (-1: unchanged); its receivers hold ``trims``."""
+        actions: list[Action] = []
+        if index > self.collected_before:
+            self.collected_before = index
+            actions.append(CollectGarbage(before_index=index))
+        for dst, upto in trims.items():
+            entry = self.log.get(dst)
+            if entry is None:
+                continue
+            first, payloads, piggybacks = entry
             drop = min(max(0, upto - first + 1), len(payloads))
             if drop:
                 self.log[dst] = (first + drop, payloads[drop:], piggybacks[drop:])
@@ -535,6 +659,37 @@ class IndependentCheckpointing(Protocol):
             return []
         self.outputs = [(o, i) for o, i in self.outputs if o not in releasable]
         return [ReleaseOutput(output_id=max(releasable))]
+
+    def _recovered(self, restored: frozenset[int], incarnation: int) -> list[Action]:
+        self.incarnation = incarnation
+        for rank in restored:
+            self.restored_in[rank] = incarnation
+            # Its checkpoints above the line may be abandoned ones; the line itself is at or
+            # before every recovery line, so it still stands (module docstring).
+            self.known.pop(rank, None)
+            self._records.pop(rank, None)
+        # A restored rank starts with no line: the next update tells every rank where it is.
+        self.update_all = True
+        early = [s for s in self.early if s.incarnation <= incarnation]
+        self.early = [s for s in self.early if s.incarnation > incarnation]
+        for held in early:
+            self._learn(held)
+        summary, self.restored_summary = self.restored_summary, None
+        if summary is None or not self.gc_enabled:
+            return self._collect() if self.unsettled else []
+        # Its restored checkpoint is committed in the timeline that goes on: report it again.
+        summary = Summary(
+            rank=summary.rank,
+            index=summary.index,
+            incarnation=incarnation,
+            sent=summary.sent,
+            received=summary.received,
+        )
+        if self.is_collector:
+            self._learn(summary)
+            return self._collect()
+        self.reports.append(summary.to_plain())
+        return self._report(self._output_waits())
 
     # ----------------------------------------------------------------------------------------
     # Recovery.
@@ -562,6 +717,13 @@ class IndependentCheckpointing(Protocol):
         meta = record.meta if isinstance(record.meta, dict) else {}
         proto.log = _log_from_plain(meta.get("log", {}))
         proto.restore_meta(meta)
+        proto.restored_summary = Summary(
+            rank=record.rank,
+            index=record.index,
+            incarnation=incarnation,
+            sent=dict(record.sent),
+            received=dict(record.received),
+        )
         return proto
 
     @classmethod
@@ -607,3 +769,16 @@ def _logged(
         )
     window = slice(seqs.start - first, seqs.stop - first)
     return payloads[window], piggybacks[window]
+
+
+def _routes(edges_option: object, collector: int) -> CollectorRoutes | None:
+    """Routes to and from the collector over the job's channel list (``options["edges"]``).
+
+    Without a channel list every rank is taken to have a channel to and from the collector
+    (a complete topology); a report or update with no such channel is then not sent.
+    """
+    if edges_option is None:
+        return None
+    if not isinstance(edges_option, list | tuple):
+        raise ConfigError(f"options edges must be a list of [src, dst] pairs, not {edges_option!r}")
+    return collector_routes(edges_option, collector)

@@ -31,9 +31,9 @@ counters from their record, in-flight control messages of their previous incarna
 application messages it sent after the restored checkpoint dropped (those sent before it are in
 transit for the cut and stay queued; arrived-but-undelivered messages are lost), replay
 delivered straight to the "application" (not through the protocol), then ``rearrive`` items
-fed through the protocols as ``MessageArrived`` (with their piggybacks), and surviving ranks get
-``RecoveryCompleted`` (with the checkpoints the plan committed for them). Arriving duplicates
-(``seq`` already received) are dropped.
+fed through the protocols as ``MessageArrived`` (with their piggybacks), and every rank (restored
+ones too, as in both drivers) gets ``RecoveryCompleted`` (with the checkpoints the plan committed
+for it). Arriving duplicates (``seq`` already received) are dropped.
 """
 
 from __future__ import annotations
@@ -380,16 +380,16 @@ class InMemoryLink:
                     ),
                 )
         restored = frozenset(plan.restore)
+        # Every rank hears it, restored ones included, as in both drivers.
         for state in self.ranks:
-            if state.rank not in restored:
-                self.feed(
-                    state.rank,
-                    RecoveryCompleted(
-                        restored=restored,
-                        incarnation=self.incarnation,
-                        committed=frozenset(plan.commit.get(state.rank, ())),
-                    ),
-                )
+            self.feed(
+                state.rank,
+                RecoveryCompleted(
+                    restored=restored,
+                    incarnation=self.incarnation,
+                    committed=frozenset(plan.commit.get(state.rank, ())),
+                ),
+            )
         self.plans.append(plan)
         return plan
 

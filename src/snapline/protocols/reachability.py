@@ -1,14 +1,16 @@
-"""Pure helpers on a job's directed channel graph, shared by the coordinated protocols.
+"""Pure helpers on a job's directed channel graph, shared by the protocols.
 
 ``topology.py`` cannot be used from ``protocols/`` (it imports ``random`` for random graphs),
 so the graph questions protocols ask -- can a control wave started at a rank reach every
-rank, and which neighbour leads to a rank? -- live here.
+rank, which neighbour leads to a rank, how do reports reach one collector rank and its answers
+come back? -- live here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 #: Checkpoint indices of incarnation k start at ``k << INDEX_INCARNATION_SHIFT``, so a restored
 #: rank never reuses an index its previous incarnation wrote.
@@ -42,3 +44,73 @@ def first_hops(edges: Iterable[tuple[int, int]], start: int) -> dict[int, int]:
 def reaches_all(n: int, edges: Iterable[tuple[int, int]], start: int) -> bool:
     """True iff every rank can be reached from ``start`` along the directed ``edges``."""
     return n <= 1 or len(first_hops(edges, start)) == n - 1
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorRoutes:
+    """Shortest paths between every rank and one collector rank, the same at every rank.
+
+    ``up[r]``: the next hop from ``r`` on a shortest path to the collector (ranks that cannot
+    reach it are missing). ``down[d]``: the ranks of a shortest path from the collector to
+    ``d``, the collector left out and ``d`` last (ranks it cannot reach are missing). The down
+    paths form one breadth-first tree, so a rank on the path to ``d`` finds its next hop at
+    its own depth in ``down[d]``: every rank forwards an answer the same way the collector
+    would, and a batch for a whole subtree travels as one message per tree edge.
+    """
+
+    collector: int
+    up: dict[int, int]
+    down: dict[int, tuple[int, ...]]
+
+    def next_hop_down(self, rank: int, dst: int) -> int | None:
+        """The hop after ``rank`` toward ``dst`` on the tree, or None if ``dst`` is not below it."""
+        path = self.down.get(dst)
+        depth = 0 if rank == self.collector else len(self.down.get(rank, ()))
+        if path is None or len(path) <= depth:
+            return None
+        if depth and path[depth - 1] != rank:
+            return None
+        return path[depth]
+
+
+#: The last few routes computed, with the edge list object they were computed from (kept
+#: referenced, so its id cannot be reused): every rank of a simulated job shares one list.
+_ROUTES_CACHE: list[tuple[object, int, CollectorRoutes]] = []
+_ROUTES_CACHE_SIZE = 4
+
+
+def collector_routes(edges: Sequence[Sequence[int]], collector: int) -> CollectorRoutes:
+    """``CollectorRoutes`` to ``collector`` over the directed ``edges`` (cached per list).
+
+    Two breadth-first searches, smaller ranks first so every rank computes the same paths: one
+    along reversed edges for the way up, one along the edges for the way down.
+    """
+    for cached_edges, cached_collector, routes in _ROUTES_CACHE:
+        if cached_edges is edges and cached_collector == collector:
+            return routes
+    successors: dict[int, list[int]] = {}
+    predecessors: dict[int, list[int]] = {}
+    for src, dst in edges:
+        successors.setdefault(int(src), []).append(int(dst))
+        predecessors.setdefault(int(dst), []).append(int(src))
+    up: dict[int, int] = {}
+    frontier: deque[int] = deque([collector])
+    while frontier:
+        node = frontier.popleft()
+        for prev in sorted(predecessors.get(node, ())):
+            if prev != collector and prev not in up:
+                up[prev] = node
+                frontier.append(prev)
+    down: dict[int, tuple[int, ...]] = {collector: ()}
+    frontier = deque([collector])
+    while frontier:
+        node = frontier.popleft()
+        for nxt in sorted(successors.get(node, ())):
+            if nxt not in down:
+                down[nxt] = (*down[node], nxt)
+                frontier.append(nxt)
+    del down[collector]
+    routes = CollectorRoutes(collector=collector, up=up, down=down)
+    _ROUTES_CACHE.append((edges, collector, routes))
+    del _ROUTES_CACHE[:-_ROUTES_CACHE_SIZE]
+    return routes

@@ -99,8 +99,11 @@ def _events(record: CheckpointRecord) -> int:
     return sum(record.sent.values()) + sum(record.received.values())
 
 
-def _check_candidates(rank: int, records: Sequence[CheckpointRecord]) -> None:
-    """Candidates must be one rank's, in taking order, with counters that never shrink."""
+def check_candidates(rank: int, records: Sequence[CheckpointRecord]) -> None:
+    """Candidates must be one rank's, in taking order, with counters that never shrink.
+
+    Raises ``RecoveryError`` naming what is wrong.
+    """
     for older, newer in itertools.pairwise(records):
         if older.rank != rank or newer.rank != rank:
             raise RecoveryError(
@@ -143,7 +146,7 @@ def candidate_records(view: RecoveryView) -> dict[int, list[CheckpointRecord]]:
                     "for it; list it in 'failed' or give its current counters"
                 )
             records.append(volatile)
-        _check_candidates(rank, records)
+        check_candidates(rank, records)
         candidates[rank] = records
     return candidates
 
@@ -345,7 +348,7 @@ def useless_checkpoints(
             listed.insert(0, initial_record(rank))
         if volatile is not None and rank in volatile:
             listed.append(volatile[rank])
-        _check_candidates(rank, listed)
+        check_candidates(rank, listed)
         candidates[rank] = listed
     useless: set[tuple[int, int]] = set()
     for rank, records in candidates.items():
@@ -381,7 +384,7 @@ def garbage_line(committed: Mapping[int, Sequence[CheckpointRecord]]) -> Garbage
         listed = list(records)
         if not listed or listed[0].index != 0:
             listed.insert(0, initial_record(rank))
-        _check_candidates(rank, listed)
+        check_candidates(rank, listed)
         candidates[rank] = listed
     position = maximum_consistent_cut(candidates)
     assert position is not None
@@ -395,6 +398,8 @@ def garbage_line(committed: Mapping[int, Sequence[CheckpointRecord]]) -> Garbage
 def advance_garbage_line(
     line: Mapping[int, CheckpointRecord],
     newer: Mapping[int, Sequence[CheckpointRecord]],
+    *,
+    checked: bool = False,
 ) -> dict[int, CheckpointRecord]:
     """The garbage line once the committed checkpoints ``newer`` are known too (incremental).
 
@@ -409,6 +414,10 @@ def advance_garbage_line(
     never needs a record below it, and a rank with nothing new stays put and is never an
     orphan (its record is consistent with every record at or above the line). The cost is the
     new records and the ranks they reach, not all n ranks.
+
+    ``checked``: the caller has already checked (``check_candidates``) that each rank's records
+    are its own, oldest first, with counters that never shrink from its line record up (as the
+    gc collector does once per record when it learns it, instead of once per advance).
     """
     candidates: dict[int, list[CheckpointRecord]] = {}
     for rank, records in newer.items():
@@ -416,7 +425,8 @@ def advance_garbage_line(
             continue
         base = line.get(rank) or initial_record(rank)
         listed = [base, *records]
-        _check_candidates(rank, listed)
+        if not checked:
+            check_candidates(rank, listed)
         candidates[rank] = listed
     position = {rank: len(listed) - 1 for rank, listed in candidates.items()}
 

@@ -15,8 +15,9 @@ checkpoints (rollback propagation over channel counters, ``recovery_line``), and
 cut's in-transit messages from the senders' logs (``independent``). Nothing bounds how far that
 cut lies in the past: checkpoints taken without regard to messages can all sit on Z-cycles
 (useless, ``zigzag``), and rollbacks cascade -- the domino effect -- possibly to the start. The
-cost is that risk, the sender logs, and the gc flood; ``garbage_report`` names the checkpoints
-that no recovery line can ever use (below the gc line, or on a Z-cycle).
+cost is that risk, the sender logs, and the gc reports and line updates (``independent``);
+``garbage_report`` names the checkpoints that no recovery line can ever use (below the gc line,
+or on a Z-cycle).
 """
 
 from __future__ import annotations
