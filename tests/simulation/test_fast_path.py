@@ -1,8 +1,8 @@
-"""The engine's fast path changes nothing a run can observe: same seed, same run, with or without.
+"""The engine's fast path and message hooks change nothing a run can observe.
 
-Each protocol that declares ``passes_through`` is run once as declared and once with the
-declaration removed (every event through ``handle``), under crashes; the two runs must agree
-on everything but wall-clock figures, trace included.
+Each protocol that declares ``passes_through`` (or ``message_hooks``) is run once as declared
+and once with the declaration removed (every event through ``handle``), under crashes; the two
+runs must agree on everything but wall-clock figures, trace included.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ WORKLOADS = {
 }
 
 
-@pytest.mark.parametrize("protocol", ["none", "chandy-lamport", "two-phase"])
-@pytest.mark.parametrize("app", sorted(WORKLOADS))
-def test_fast_path_and_full_path_give_the_same_run(
-    protocol: str, app: str, monkeypatch: pytest.MonkeyPatch
+def same_run_without(
+    protocol: str, app: str, declaration: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Run ``protocol`` on ``app`` as declared, then with ``declaration`` emptied: same run."""
     interval_s, crashes = WORKLOADS[app]
     cls = protocol_class(protocol)
-    assert cls.passes_through, f"{protocol} declares no fast path: this test checks nothing"
+    # The declaration counts on the class that defines ``handle``.
+    owner = next(k for k in cls.__mro__ if "handle" in vars(k))
+    assert vars(owner).get(declaration), f"{protocol} declares no {declaration}: nothing to check"
     config = SimConfig(
         app=app,
         n=5,
@@ -42,7 +43,7 @@ def test_fast_path_and_full_path_give_the_same_run(
         trace=True,
     )
     fast = run_simulation(config)
-    monkeypatch.setattr(cls, "passes_through", frozenset())
+    monkeypatch.setattr(owner, declaration, frozenset())
     full = run_simulation(config)
     assert fast.results == full.results
     assert fast.outputs == full.outputs
@@ -53,3 +54,21 @@ def test_fast_path_and_full_path_give_the_same_run(
     assert fast.stats["crashes"] == 2 and fast.stats["messages_delivered"] > 0
     if protocol != "none":
         assert fast.stats["checkpoints_committed"] > 0
+
+
+@pytest.mark.parametrize("protocol", ["none", "chandy-lamport", "two-phase"])
+@pytest.mark.parametrize("app", sorted(WORKLOADS))
+def test_fast_path_and_full_path_give_the_same_run(
+    protocol: str, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    same_run_without(protocol, app, "passes_through", monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "protocol", ["uncoordinated", "bcs", "fdas", "chandy-lamport", "message-logging"]
+)
+@pytest.mark.parametrize("app", sorted(WORKLOADS))
+def test_message_hooks_and_full_path_give_the_same_run(
+    protocol: str, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    same_run_without(protocol, app, "message_hooks", monkeypatch)

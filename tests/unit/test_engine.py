@@ -34,10 +34,12 @@ from snapline.protocols.base import (
 )
 from snapline.protocols.chandy_lamport import ChandyLamport
 from snapline.protocols.none import NoCheckpointing
+from snapline.protocols.uncoordinated import Uncoordinated
 from snapline.runtime.engine import (
     CheckpointImage,
     JobTally,
     RankEngine,
+    declared_message_hooks,
     declared_pass_through,
 )
 from snapline.runtime.process import Context, Process, State
@@ -503,3 +505,65 @@ def test_fast_path_does_exactly_what_the_pass_through_handle_does() -> None:
     assert state["total"] == 13 and len(state["draws"]) == 1
     assert sent == {1: 6} and received == {1: 1, 2: 2} and undelivered == 0
     assert [c[3] for c in calls if c[0] == "transmit"][:2] == [("a", 1), ("b", 1)]
+
+
+class HookedOnly(Uncoordinated):
+    """``uncoordinated`` whose ``handle`` refuses sends and arrivals: only hooks may take them."""
+
+    message_hooks = frozenset({"sends", "arrivals"})
+
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, SendRequested | MessageArrived):
+            raise AssertionError(f"{event} went through handle, not the hook")
+        return super().handle(event)
+
+
+class Unhooked(Uncoordinated):
+    """``uncoordinated`` with every event through ``handle``."""
+
+    def handle(self, event: Event) -> list[Action]:
+        return super().handle(event)
+
+
+def test_message_hooks_do_exactly_what_handle_does() -> None:
+    def drive(proto_cls: type[Uncoordinated]) -> tuple[Any, ...]:
+        port = Port()
+        engine = RankEngine(
+            rank=0,
+            n=3,
+            inbound=[1, 2],
+            outbound=[1],
+            process=Echo(),
+            protocol=proto_cls(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1})),
+            port=port,
+            rng=random.Random(5),
+        )
+        engine.start()
+        assert engine.message_arrived(2, 2, 5, 0)  # early: waits for seq 1
+        assert engine.message_arrived(1, 1, 1, 0)
+        engine.checkpoint_requested()
+        assert engine.message_arrived(2, 1, 7, 1)
+        protocol = engine.protocol
+        assert isinstance(protocol, Uncoordinated)
+        return port.calls, dict(engine.sent), dict(engine.received), protocol.log, protocol.deps
+
+    assert declared_message_hooks(HookedOnly) == {"sends", "arrivals"}
+    assert declared_message_hooks(Unhooked) == frozenset()
+    hooked = drive(HookedOnly)
+    assert hooked == drive(Unhooked)
+    calls, sent, received, log, deps = hooked
+    # The checkpoint started a new interval: only the dependency after it is left.
+    assert sent == {1: 6} and received == {1: 1, 2: 2} and deps == {2: 1}
+    assert len(log[1][1]) == 6 and ("persist", 1) in calls
+
+
+def test_a_message_hook_that_also_passes_through_is_a_config_error() -> None:
+    class Both(NoCheckpointing):
+        passes_through = frozenset({"sends"})
+        message_hooks = frozenset({"sends"})
+
+        def handle(self, event: Event) -> list[Action]:
+            return super().handle(event)
+
+    with pytest.raises(ConfigError, match=r"events it also passes through: \['sends'\]"):
+        declared_message_hooks(Both)

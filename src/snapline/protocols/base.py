@@ -483,6 +483,18 @@ class Protocol(ABC):
     #: through ``handle``. The declaration counts only on the class that defines ``handle``:
     #: a subclass that overrides ``handle`` must declare it again to keep it.
     passes_through: ClassVar[frozenset[str]] = frozenset()
+    #: The per-message events this protocol takes through a *hook* instead of ``handle``,
+    #: because all it does with them is stamp or read them; the engine then builds no event
+    #: or action object for the message. Members: ``"sends"`` -- ``stamp_send(dst, payload)``
+    #: updates the protocol and returns the piggyback, and the engine transmits at once, as
+    #: ``SendRequested`` -> ``[Transmit(send_id, dst, payload, piggyback)]``; ``"arrivals"``
+    #: -- ``admit_arrival(src, seq, payload, piggyback)`` updates the protocol and returns
+    #: the actions to carry out before the delivery, as ``MessageArrived`` -> ``[*actions,
+    #: Deliver(src, seq)]``. ``handle`` must still take those events to the same effect (the
+    #: in-memory link and unit tests use it; the simulator checks that runs with and without
+    #: the hooks are identical). Declared, like ``passes_through``, on the class that defines
+    #: ``handle``; an event may not be in both.
+    message_hooks: ClassVar[frozenset[str]] = frozenset()
     #: What the protocol promises about the pattern of checkpoints and messages it produces,
     #: which the simulator verifies on every run: ``"no-useless-checkpoint"`` -- no checkpoint
     #: lies on a Z-cycle; ``"rdt"`` -- rollback-dependency trackability: every Z-path between
@@ -533,6 +545,17 @@ class Protocol(ABC):
     def volatile_meta(self) -> PlainData:
         """The protocol's current data, as it would be stored with a checkpoint taken now."""
         return None
+
+    def stamp_send(self, dst: int, payload: object) -> PlainData:
+        """Hook for ``"sends"`` (``message_hooks``): take the send; return its piggyback."""
+        raise NotImplementedError(f"{type(self).__name__} declares no send hook")
+
+    def admit_arrival(
+        self, src: int, seq: int, payload: object, piggyback: PlainData
+    ) -> Sequence[Action]:
+        """Hook for ``"arrivals"`` (``message_hooks``): take the arrival; return the actions
+        to carry out before the engine delivers it (usually none)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no arrival hook")
 
     @classmethod
     @abstractmethod

@@ -129,6 +129,8 @@ class ChandyLamport(Protocol):
     needs_fifo = True
     #: Sends and application timers need nothing from a snapshot (arrivals do: recording).
     passes_through = frozenset({"sends", "timers"})
+    #: Arrivals are read (recorded while a snapshot records their channel), then delivered.
+    message_hooks = frozenset({"arrivals"})
 
     def __init__(
         self,
@@ -246,15 +248,25 @@ class ChandyLamport(Protocol):
     def _on_message(
         self, event: MessageArrived, src: int, seq: int, payload: object
     ) -> list[Action]:
+        return [*self.admit_arrival(src, seq, payload, None), Deliver(src=src, seq=seq)]
+
+    def admit_arrival(
+        self, src: int, seq: int, payload: object, piggyback: PlainData
+    ) -> list[Action]:
+        """Record the arrival where a snapshot records its channel (the arrival hook)."""
         if src not in self.inbound:
-            raise self.error(self.phase, event, f"message from {src}, not an inbound channel")
+            raise self.error(
+                self.phase, ("arrival", src, seq), f"message from {src}, not an inbound channel"
+            )
         actions: list[Action] = []
-        for part in self.parts.values():
-            if src in part.waiting:
-                part.recorded.setdefault(src, []).append((seq, payload))
-                actions.append(RecordChannelMessage(snapshot_id=part.snapshot_id, src=src, seq=seq))
-                self.stats["messages_recorded"] += 1
-        actions.append(Deliver(src=src, seq=seq))
+        if self.parts:
+            for part in self.parts.values():
+                if src in part.waiting:
+                    part.recorded.setdefault(src, []).append((seq, payload))
+                    actions.append(
+                        RecordChannelMessage(snapshot_id=part.snapshot_id, src=src, seq=seq)
+                    )
+                    self.stats["messages_recorded"] += 1
         return actions
 
     def _on_marker(self, event: ControlArrived, src: int, control: PlainData) -> list[Action]:

@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from snapline.protocols.base import MessageArrived, PlainData
+from snapline.protocols.base import PlainData
 from snapline.protocols.independent import IndependentCheckpointing
 
 
@@ -69,12 +69,12 @@ class BCS(IndependentCheckpointing):
         self.stats["piggyback_ints"] += 1
         return self.last_index
 
-    def forced_checkpoint_before(self, event: MessageArrived) -> int | None:
+    def forced_checkpoint_before(self, src: int, piggyback: PlainData) -> int | None:
         """A checkpoint with the sender's index, if it is ahead of ours."""
-        index = int(event.piggyback)
+        index = int(piggyback)
         return index if index > self.last_index else None
 
-    def absorb(self, event: MessageArrived) -> None:
+    def absorb(self, src: int, piggyback: PlainData) -> None:
         """The clock moved with the forced checkpoint; nothing else to learn."""
 
     def basic_index(self) -> int:
@@ -124,6 +124,8 @@ class FDAS(IndependentCheckpointing):
         self.dv = [0] * n
         self.dv[rank] = 1
         self.sent_in_interval = False
+        #: The dependency vector of the message being admitted.
+        self._incoming: list[int] = []
 
     def piggyback(self, dst: int) -> PlainData:
         """The transitive dependency vector."""
@@ -134,24 +136,28 @@ class FDAS(IndependentCheckpointing):
         """From now on this interval's dependencies are fixed."""
         self.sent_in_interval = True
 
-    def forced_checkpoint_before(self, event: MessageArrived) -> int | None:
+    def forced_checkpoint_before(self, src: int, piggyback: PlainData) -> int | None:
         """A checkpoint if we sent in this interval and ``m`` brings a new dependency."""
+        # Parsed once per message: ``absorb`` follows at once and reads it.
+        theirs = self._incoming = self._vector(src, piggyback)
         if not self.sent_in_interval:
             return None
-        theirs = self._vector(event)
         if any(t > o for t, o in zip(theirs, self.dv, strict=True)):
             return self.last_index + 1
         return None
 
-    def absorb(self, event: MessageArrived) -> None:
+    def absorb(self, src: int, piggyback: PlainData) -> None:
         """Merge the sender's dependencies."""
-        self.dv = [max(t, o) for t, o in zip(self._vector(event), self.dv, strict=True)]
+        self.dv = [max(t, o) for t, o in zip(self._incoming, self.dv, strict=True)]
 
-    def _vector(self, event: MessageArrived) -> list[int]:
-        vector = event.piggyback
-        if not isinstance(vector, list | tuple) or len(vector) != self.n:
-            raise self.error(self.phase, event, f"piggyback is not a dependency vector of {self.n}")
-        return [int(v) for v in vector]
+    def _vector(self, src: int, piggyback: PlainData) -> list[int]:
+        if not isinstance(piggyback, list | tuple) or len(piggyback) != self.n:
+            raise self.error(
+                self.phase,
+                ("arrival", src, piggyback),
+                f"piggyback is not a dependency vector of {self.n}",
+            )
+        return [int(v) for v in piggyback]
 
     def basic_index(self) -> int:
         """Checkpoints are numbered 1, 2, 3, ... per rank."""

@@ -197,6 +197,9 @@ def _log_from_plain(data: PlainData) -> SenderLog:
 class IndependentCheckpointing(Protocol):
     """Base of ``Uncoordinated``, ``BCS`` and ``FDAS``: see the module docstring."""
 
+    #: Sends are logged and stamped, arrivals read (and may force a checkpoint): both hooks.
+    message_hooks = frozenset({"sends", "arrivals"})
+
     def __init__(
         self,
         *,
@@ -276,12 +279,13 @@ class IndependentCheckpointing(Protocol):
         """The data to piggyback on an application message to ``dst``."""
 
     @abstractmethod
-    def forced_checkpoint_before(self, event: MessageArrived) -> int | None:
+    def forced_checkpoint_before(self, src: int, piggyback: PlainData) -> int | None:
         """The index of a forced checkpoint to take before delivering, or None."""
 
     @abstractmethod
-    def absorb(self, event: MessageArrived) -> None:
-        """Update dependency data with the delivered message's piggyback."""
+    def absorb(self, src: int, piggyback: PlainData) -> None:
+        """Update dependency data with the delivered message's piggyback (called right after
+        ``forced_checkpoint_before`` for the same message)."""
 
     @abstractmethod
     def basic_index(self) -> int:
@@ -349,6 +353,11 @@ class IndependentCheckpointing(Protocol):
                 assert_never(event)
 
     def _send(self, send_id: int, dst: int, payload: object) -> list[Action]:
+        piggyback = self.stamp_send(dst, payload)
+        return [Transmit(send_id=send_id, dst=dst, payload=payload, piggyback=piggyback)]
+
+    def stamp_send(self, dst: int, payload: object) -> PlainData:
+        """Log the message and return its piggyback (the send hook and ``_send``)."""
         seq = self.sent.get(dst, 0) + 1
         self.sent[dst] = seq
         first, payloads, piggybacks = self.log.setdefault(dst, (seq, [], []))
@@ -358,20 +367,32 @@ class IndependentCheckpointing(Protocol):
         piggybacks.append(piggyback)
         self.stats["logged_messages"] += 1
         self.after_send(dst)
-        return [Transmit(send_id=send_id, dst=dst, payload=payload, piggyback=piggyback)]
+        return piggyback
 
     def _arrived(self, event: MessageArrived) -> list[Action]:
-        if event.seq != self.received.get(event.src, 0) + 1:
-            raise self.error(self.phase, event, "message arrived out of channel order")
-        actions: list[Action] = []
-        forced = self.forced_checkpoint_before(event)
+        src, seq = event.src, event.seq
+        return [
+            *self.admit_arrival(src, seq, event.payload, event.piggyback),
+            Deliver(src=src, seq=seq),
+        ]
+
+    def admit_arrival(
+        self, src: int, seq: int, payload: object, piggyback: PlainData
+    ) -> Sequence[Action]:
+        """Take an arrival (the arrival hook and ``_arrived``): the forced checkpoint to take
+        before delivering it, if any."""
+        if seq != self.received.get(src, 0) + 1:
+            raise self.error(
+                self.phase, ("arrival", src, seq), "message arrived out of channel order"
+            )
+        forced = self.forced_checkpoint_before(src, piggyback)
+        take: Sequence[Action] = ()
         if forced is not None:
             self.stats["checkpoints_forced"] += 1
-            actions.append(self._take(forced, forced=True))
-        self.absorb(event)
-        self.received[event.src] = event.seq
-        actions.append(Deliver(src=event.src, seq=event.seq))
-        return actions
+            take = (self._take(forced, forced=True),)
+        self.absorb(src, piggyback)
+        self.received[src] = seq
+        return take
 
     def _take(self, index: int, *, forced: bool) -> TakeCheckpoint:
         assert index > self.last_index, "checkpoint indices must increase"

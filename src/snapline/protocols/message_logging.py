@@ -184,6 +184,8 @@ class PessimisticMessageLogging(Protocol):
 
     name = "message-logging"
     needs_fifo = True
+    #: Sends are buffered and stamped with an ack: the send hook.
+    message_hooks = frozenset({"sends"})
 
     def __init__(
         self,
@@ -293,12 +295,13 @@ class PessimisticMessageLogging(Protocol):
                 assert_never(event)
 
     def _send(self, send_id: int, dst: int, payload: object) -> list[Action]:
+        piggyback = self.stamp_send(dst, payload)
+        return [Transmit(send_id=send_id, dst=dst, payload=payload, piggyback=piggyback)]
+
+    def stamp_send(self, dst: int, payload: object) -> PlainData:
+        """Buffer the message for retransmission; piggyback an ack (the send hook)."""
         if dst not in self.outbound:
-            raise self.error(
-                self.phase,
-                SendRequested(send_id=send_id, dst=dst, payload=payload),
-                f"no channel {self.rank}->{dst}",
-            )
+            raise self.error(self.phase, ("send", dst), f"no channel {self.rank}->{dst}")
         seq = self.sent.get(dst, 0) + 1
         self.sent[dst] = seq
         self.retransmit.setdefault(dst, {})[seq] = copy.deepcopy(payload)
@@ -308,7 +311,7 @@ class PessimisticMessageLogging(Protocol):
             piggyback = {"ack": self.handled_from.get(dst, 0)}
             self.acked_to[dst] = self.handled_from.get(dst, 0)
             self.stats["piggyback_ints"] += 1
-        return [Transmit(send_id=send_id, dst=dst, payload=payload, piggyback=piggyback)]
+        return piggyback
 
     def _hold(
         self, entry: dict[str, PlainData], *, src: int | None, seq: int, timer_id: int

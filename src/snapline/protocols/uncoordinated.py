@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from snapline.protocols.base import MessageArrived, PlainData, RecoveryView
+from snapline.protocols.base import PlainData, RecoveryView
 from snapline.protocols.independent import IndependentCheckpointing
 from snapline.protocols.recovery_line import garbage_line, useless_checkpoints
 
@@ -53,14 +53,14 @@ class Uncoordinated(IndependentCheckpointing):
         self.stats["piggyback_ints"] += 1
         return self.last_index
 
-    def forced_checkpoint_before(self, event: MessageArrived) -> int | None:
+    def forced_checkpoint_before(self, src: int, piggyback: PlainData) -> int | None:
         """Never: that is what makes it uncoordinated."""
         return None
 
-    def absorb(self, event: MessageArrived) -> None:
+    def absorb(self, src: int, piggyback: PlainData) -> None:
         """Note the dependency on the sender's interval."""
-        interval = int(event.piggyback)
-        self.deps[event.src] = max(self.deps.get(event.src, interval), interval)
+        interval = int(piggyback)
+        self.deps[src] = max(self.deps.get(src, interval), interval)
 
     def basic_index(self) -> int:
         """Checkpoints are numbered 1, 2, 3, ... per rank."""

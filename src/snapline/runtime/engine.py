@@ -197,6 +197,8 @@ class RankEngine:
         "_fast_sends",
         "_fast_timers",
         "_held_since",
+        "_hook_arrivals",
+        "_hook_sends",
         "_in_replay",
         "_last_delivered",
         "_outputs",
@@ -262,6 +264,11 @@ class RankEngine:
         self._fast_arrivals = "arrivals" in fast
         self._fast_timers = "timers" in fast
         self._fast_outputs = "outputs" in fast
+        # Per-message events the protocol stamps or reads through a hook instead of ``handle``
+        # (see ``Protocol.message_hooks``).
+        hooks = declared_message_hooks(type(protocol))
+        self._hook_sends = "sends" in hooks
+        self._hook_arrivals = "arrivals" in hooks
         self.port = port
         self.random = rng
         self.trace = trace
@@ -399,20 +406,32 @@ class RankEngine:
             early[seq] = (payload, piggyback)
             return True
         self._arrived_upto[src] = seq
-        if self._fast_arrivals:
-            if seq != self.received[src] + 1:
-                raise self._out_of_order(src, seq)
-            self._deliver_payload(src, seq, payload)
-        else:
-            self._arrived[(src, seq)] = payload
-            execute = self._execute
-            for action in self.protocol.handle(
-                MessageArrived(src=src, seq=seq, payload=payload, piggyback=piggyback)
-            ):
-                execute(action)
+        self._admit(src, seq, payload, piggyback)
         if self._early:
             self._release_early(src)
         return True
+
+    def _admit(self, src: int, seq: int, payload: object, piggyback: PlainData) -> None:
+        """Hand the next message of channel ``src`` to the protocol (or straight through)."""
+        if self._fast_arrivals or self._hook_arrivals:
+            if self._hook_arrivals:
+                before = self.protocol.admit_arrival(src, seq, payload, piggyback)
+                if before:
+                    # As on the full path, the message has arrived while they are carried out.
+                    self._arrived[(src, seq)] = payload
+                    for action in before:
+                        self._execute(action)
+                    del self._arrived[(src, seq)]
+            if seq != self.received[src] + 1:
+                raise self._out_of_order(src, seq)
+            self._deliver_payload(src, seq, payload)
+            return
+        self._arrived[(src, seq)] = payload
+        execute = self._execute
+        for action in self.protocol.handle(
+            MessageArrived(src=src, seq=seq, payload=payload, piggyback=piggyback)
+        ):
+            execute(action)
 
     def _release_early(self, src: int) -> None:
         early_waiting = self._early.get(src)
@@ -422,13 +441,7 @@ class RankEngine:
             if item is None:
                 break
             self._arrived_upto[src] = nxt
-            if self._fast_arrivals:
-                if nxt != self.received[src] + 1:
-                    raise self._out_of_order(src, nxt)
-                self._deliver_payload(src, nxt, item[0])
-            else:
-                self._arrived[(src, nxt)] = item[0]
-                self._feed(MessageArrived(src=src, seq=nxt, payload=item[0], piggyback=item[1]))
+            self._admit(src, nxt, item[0], item[1])
         if not early_waiting:
             self._early.pop(src, None)
 
@@ -689,6 +702,7 @@ class RankEngine:
         protocol = self.protocol
         execute = self._execute
         fast_sends = self._fast_sends
+        hook_sends = self._hook_sends
         try:
             while requests:
                 request = requests.popleft()
@@ -697,6 +711,11 @@ class RankEngine:
                     if fast_sends:
                         # What SendRequested -> Transmit would do: nothing is ever held.
                         self._transmit(request[1], request[2], None)
+                        continue
+                    if hook_sends:
+                        # What SendRequested -> Transmit(piggyback) would do, stamped.
+                        dst, payload = request[1], request[2]
+                        self._transmit(dst, payload, protocol.stamp_send(dst, payload))
                         continue
                     send_id = self.send_id
                     self._unsent[send_id] = (request[1], request[2])
@@ -892,6 +911,33 @@ def declared_pass_through(cls: type[CheckpointProtocol]) -> frozenset[str]:
 
 
 _PASS_THROUGH_EVENTS = frozenset({"sends", "arrivals", "timers", "outputs"})
+
+
+def declared_message_hooks(cls: type[CheckpointProtocol]) -> frozenset[str]:
+    """The per-message events ``cls`` takes through hooks (``Protocol.message_hooks``).
+
+    Like ``passes_through``, the declaration counts only on the class that supplies
+    ``handle``; an event may not both pass through and go through a hook.
+    """
+    for klass in cls.__mro__:
+        if "handle" in vars(klass):
+            declared = frozenset(vars(klass).get("message_hooks", frozenset()))
+            unknown = declared - _HOOK_EVENTS
+            both = declared & declared_pass_through(cls)
+            if unknown or both:
+                raise ConfigError(
+                    f"{cls.__name__}.message_hooks names "
+                    + (
+                        f"unknown events {sorted(unknown)}; known: {sorted(_HOOK_EVENTS)}"
+                        if unknown
+                        else f"events it also passes through: {sorted(both)}"
+                    )
+                )
+            return declared
+    return frozenset()
+
+
+_HOOK_EVENTS = frozenset({"sends", "arrivals"})
 
 
 def _random_state(saved: Any) -> tuple[Any, ...]:
