@@ -55,7 +55,9 @@ class CoordinatedMachine(RuleBasedStateMachine):
         self.crash_budget = crash_budget
         topology = Topology.random_graph(n, degree=degree, seed=seed)
         self.edges = sorted(topology.edges)
-        self.link = InMemoryLink.build(self.protocol_cls, n, topology.edges)
+        # As the drivers do, the protocols know the channel list (they route on it).
+        options = {"edges": [list(e) for e in self.edges]}
+        self.link = InMemoryLink.build(self.protocol_cls, n, topology.edges, options)
 
     @property
     def lk(self) -> InMemoryLink:

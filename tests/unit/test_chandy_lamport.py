@@ -29,7 +29,9 @@ from snapline.topology import Topology
 
 
 def link(topology: Topology) -> InMemoryLink:
-    return InMemoryLink.build(ChandyLamport, topology.n, topology.edges)
+    """A link whose protocols know the channel list, as the drivers pass it."""
+    options = {"edges": [list(e) for e in sorted(topology.edges)]}
+    return InMemoryLink.build(ChandyLamport, topology.n, topology.edges, options)
 
 
 def cl(lk: InMemoryLink, rank: int) -> ChandyLamport:
@@ -60,7 +62,9 @@ def test_one_snapshot_on_a_ring_commits_everywhere_as_a_consistent_cut() -> None
     assert sorted(cut) == [0, 1, 2]
     assert is_consistent(cut)
     assert cl(lk, 0).stats["snapshots_initiated"] == 1
-    assert sum(cl(lk, r).stats["control_messages"] for r in range(3)) == 3, "one per channel"
+    # One marker per channel; the commit reports 1 -> 2 -> 0 and 2 -> 0; the announcement
+    # 0 -> 1 -> 2.
+    assert sum(cl(lk, r).stats["control_messages"] for r in range(3)) == 3 + 3 + 2
     for r in range(3):
         assert (list(snapshot), cut[r].index) in [
             (list(i), x) for i, x in lk.ranks[r].snapshots_complete
@@ -215,31 +219,78 @@ def test_snapshot_complete_comes_after_the_last_marker() -> None:
     assert any(isinstance(a, SnapshotComplete) for a in lk.ranks[0].actions)
 
 
-def test_markers_carry_each_piece_of_knowledge_once() -> None:
-    """A marker carries what its sender learned since its previous marker, not all it knows.
+def test_commits_are_reported_to_the_collector_and_announced_down_the_tree() -> None:
+    """Markers carry no knowledge: one report per commit up, one announcement per tree edge.
 
-    Every neighbour gets every marker, in order, so the deltas add up; sending the whole
-    knowledge put n ranks' snapshot ids on every marker (three quarters of a 1,000-rank run).
+    Markers used to carry which snapshots each rank committed, n ranks' ids over every channel
+    (O(n x E) per snapshot), and output waited for the next snapshot's markers.
     """
-    lk = link(Topology.complete(3))
-    out = lk.output(1)
-    for initiator in (0, 1, 2, 0, 1):
-        lk.request_checkpoint(initiator)
-        lk.run()
+    lk = link(Topology.ring(4))  # 0 -> 1 -> 2 -> 3 -> 0: the tree is the ring itself
+    out = lk.output(2)
+    lk.request_checkpoint(0)
+    lk.run()
+    markers = [
+        a.control
+        for state in lk.ranks
+        for a in state.actions
+        if isinstance(a, SendControl) and a.control["kind"] == "marker"  # type: ignore[index]
+    ]
+    assert markers == [{"kind": "marker", "id": [0, 1, 0]}] * 4
+    # Rank 1's report travels 1 -> 2 -> 3 -> 0; the announcement 0 -> 1 -> 2 -> 3.
+    reports = [
+        (state.rank, a.dst, a.control["rank"])  # type: ignore[index]
+        for state in lk.ranks
+        for a in state.actions
+        if isinstance(a, SendControl) and a.control["kind"] == "committed"  # type: ignore[index]
+    ]
+    assert sorted(reports) == sorted(
+        [(1, 2, 1), (2, 3, 1), (3, 0, 1), (2, 3, 2), (3, 0, 2), (3, 0, 3)]
+    )
     for state in lk.ranks:
-        markers = [
-            a.control
+        announced = [
+            a.dst
             for a in state.actions
-            if isinstance(a, SendControl) and a.dst == (state.rank + 1) % 3
+            if isinstance(a, SendControl) and a.control["kind"] == "complete"  # type: ignore[index]
         ]
-        assert len(markers) == 5
-        told = [
-            (rank, tuple(i))
-            for marker in markers
-            for rank, ids in marker["committed"].items()  # type: ignore[index, union-attr]
-            for i in ids
-        ]
-        assert len(told) == len(set(told)), f"rank {state.rank} repeated knowledge: {told}"
-    # The deltas still add up: output released and garbage collected as before.
-    assert ReleaseOutput(output_id=out) in lk.ranks[1].actions
-    assert any(isinstance(a, CollectGarbage) for a in lk.ranks[1].actions)
+        assert announced == ([] if state.rank == 3 else [state.rank + 1])
+        assert cl(lk, state.rank).known_complete == (0, 1, 0)
+    # Output before the snapshot is released right after it, not one snapshot later.
+    assert ReleaseOutput(output_id=out) in lk.ranks[2].actions
+
+
+def test_stale_or_malformed_reports() -> None:
+    lk = link(Topology.complete(2))
+    lk.crash(1)
+    lk.recover()
+    stale = ControlArrived(src=1, control={"kind": "committed", "rank": 1, "id": [0, 3, 0]})
+    assert cl(lk, 0).handle(stale) == []
+    assert cl(lk, 0).stats["stale_reports"] == 1
+    with pytest.raises(ProtocolError, match="malformed committed"):
+        cl(lk, 0).handle(ControlArrived(src=1, control={"kind": "committed", "id": [1, 1, 0]}))
+    with pytest.raises(ProtocolError, match="commit report of rank 5"):
+        cl(lk, 0).handle(
+            ControlArrived(src=1, control={"kind": "committed", "rank": 5, "id": [1, 1, 0]})
+        )
+
+
+def test_without_a_channel_list_every_rank_needs_a_direct_channel_to_the_collector() -> None:
+    ring = Topology.ring(3)
+    with pytest.raises(ConfigError, match="pass options edges"):
+        InMemoryLink.build(ChandyLamport, 3, ring.edges)
+    lk = InMemoryLink.build(ChandyLamport, 3, Topology.complete(3).edges)
+    lk.request_checkpoint(1)
+    lk.run()
+    assert all(cl(lk, r).known_complete == (0, 1, 1) for r in range(3))
+
+
+def test_a_marker_of_an_older_concurrent_snapshot_after_a_newer_one_completed() -> None:
+    """Concurrent initiators: a rank may learn S committed everywhere before an older S'
+    reaches it. It still takes part in S' (the ranks that started S' wait for its markers)."""
+    lk = link(Topology.complete(3))
+    lk.request_checkpoint(1)  # S' = (0, 1, 1): its markers stay queued for now
+    lk.request_checkpoint(2)  # S = (0, 1, 2) > S'
+    # Deliver S's markers first wherever they are not behind an S' marker.
+    lk.run()
+    for rank in range(3):
+        assert cl(lk, rank).known_complete == (0, 1, 2)
+        assert cl(lk, rank).phase.value == "idle"

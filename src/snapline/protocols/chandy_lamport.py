@@ -27,19 +27,24 @@ and gets the recorded messages re-delivered per channel in order. Recorded messa
 in-transit ones: their seqs are exactly ``received+1 .. sent`` of the cut (checked). Everyone
 rolls back; a new incarnation starts and markers of older incarnations are ignored.
 
-Garbage and output commit. Markers carry the sender's knowledge of which snapshots each rank
-has committed, as a delta: what it learned since its previous marker. Every outbound neighbour
-gets every marker of a rank, in order (FIFO; a recovery restarts everyone from a snapshot all
-know), so the deltas add up to the whole knowledge; sending it whole put n ranks' ids on every
-marker, n x E per snapshot, three quarters of a 1,000-rank run. A rank that learns a snapshot S
-is committed everywhere releases the output requested before its part of S and collects
-checkpoints below its part of S, but never below a part of a newer (larger id) snapshot: so the
-newest snapshot committed everywhere is never collected anywhere, and that is the one
-``plan_recovery`` picks. Knowledge only travels with markers, so collection lags one or two
-snapshots behind.
+Garbage and output commit. A rank that commits its part of a snapshot reports it to one
+collector rank (option ``gc_collector``, default 0) along a shortest path (``committed``
+control; ranks in between forward it unread). Once every rank has reported a snapshot S, and
+S is newer than the last one announced, the collector announces "S is committed everywhere"
+down its shortest-path tree (``complete``; each rank forwards it to the ranks below it). A rank
+that learns it releases the output requested before its part of S and collects checkpoints
+below its part of S, but never below a part of a newer (larger id) snapshot: so the newest
+snapshot committed everywhere is never collected anywhere, and that is the one
+``plan_recovery`` picks. Reports and announcements of an older incarnation are ignored (every
+rank restores on a recovery, the collector too, from a snapshot all know). Markers used to
+carry this knowledge as deltas: n ranks' ids crossing every channel, O(n x E) per snapshot, the
+largest cost of a 32-rank simulation and of a 1,000-rank one, and output waited for the next
+snapshot's markers; the collector needs 2(n-1) short messages per snapshot (times the tree's
+depth on a sparse graph) and releases output one round trip after the last commit.
 
-Costs: n_edges markers and one local checkpoint per rank per snapshot; the recorded messages
-are stored with the checkpoints; no piggyback on application messages, no blocking.
+Costs: n_edges markers and one local checkpoint per rank per snapshot, plus the reports and
+announcements above; the recorded messages are stored with the checkpoints; no piggyback on
+application messages, no blocking.
 """
 
 from __future__ import annotations
@@ -85,7 +90,12 @@ from snapline.protocols.base import (
     TimerFired,
     Transmit,
 )
-from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT, reaches_all
+from snapline.protocols.reachability import (
+    INDEX_INCARNATION_SHIFT,
+    CollectorRoutes,
+    collector_routes,
+    reaches_all,
+)
 
 SnapshotId: TypeAlias = tuple[int, int, int]
 """``(incarnation, clock, initiator)``; larger is newer."""
@@ -150,10 +160,15 @@ class ChandyLamport(Protocol):
         self.parts_by_index: dict[int, _Part] = {}
         #: Committed parts not yet collected: id -> (index, last output id before it).
         self.committed_parts: dict[SnapshotId, tuple[int, int]] = {}
-        #: What this rank knows each rank has committed (ids newer than ``known_complete``).
+        #: The rank that learns which snapshots are committed everywhere and announces them.
+        self.collector = int(self.options.get("gc_collector", 0))
+        if not 0 <= self.collector < n:
+            raise ConfigError(f"gc_collector must be a rank in 0..{n - 1}, not {self.collector}")
+        self.routes = self._collector_routes()
+        #: At the collector: what each rank has reported committed (ids newer than
+        #: ``known_complete``).
         self.committed_by: dict[int, set[SnapshotId]] = {r: set() for r in range(n)}
-        #: Knowledge learned since this rank's last marker: what its next marker carries.
-        self.unsent: dict[int, set[SnapshotId]] = {}
+        #: The newest snapshot this rank knows to be committed on every rank.
         self.known_complete: SnapshotId | None = None
         #: Snapshots whose part here failed to write: later markers of them are ignored.
         self.abandoned: set[SnapshotId] = set()
@@ -166,6 +181,7 @@ class ChandyLamport(Protocol):
             messages_recorded=0,
             requests_declined=0,
             stale_markers=0,
+            stale_reports=0,
             checkpoints_discarded=0,
         )
 
@@ -191,6 +207,29 @@ class ChandyLamport(Protocol):
             )
         return reaches_all(self.n, edges, self.rank)
 
+    def _collector_routes(self) -> CollectorRoutes | None:
+        """Routes to and from the collector; without ``options["edges"]``, direct channels."""
+        edges_option = self.options.get("edges")
+        if edges_option is not None:
+            assert isinstance(edges_option, list | tuple)
+            return collector_routes(edges_option, self.collector)
+        needs = (
+            set(range(self.n)) - {self.rank} <= self.outbound
+            if self.rank == self.collector
+            else self.collector in self.outbound
+        )
+        if self.n > 1 and not needs:
+            where = (
+                "has no channel to every rank"
+                if self.rank == self.collector
+                else f"has no channel to rank {self.collector}, the collector"
+            )
+            raise ConfigError(
+                f"chandy-lamport routes commit reports and announcements, and rank {self.rank} "
+                f"{where}; pass options edges=[[src, dst], ...] (the drivers do)"
+            )
+        return None
+
     @property
     def phase(self) -> Phase:
         """SNAPSHOTTING while any of this rank's parts still records channels."""
@@ -208,7 +247,7 @@ class ChandyLamport(Protocol):
             case MessageArrived(src=src, seq=seq, payload=payload):
                 return self._on_message(event, src, seq, payload)
             case ControlArrived(src=src, control=control):
-                return self._on_marker(event, src, control)
+                return self._on_control(event, src, control)
             case CheckpointRequested():
                 if not self.may_initiate:
                     self.stats["requests_declined"] += 1
@@ -269,31 +308,45 @@ class ChandyLamport(Protocol):
                     self.stats["messages_recorded"] += 1
         return actions
 
-    def _on_marker(self, event: ControlArrived, src: int, control: PlainData) -> list[Action]:
+    def _on_control(self, event: ControlArrived, src: int, control: PlainData) -> list[Action]:
         if src not in self.inbound:
             raise self.error(self.phase, event, f"control from {src}, not an inbound channel")
-        if not isinstance(control, dict) or control.get("kind") != "marker":
+        kind = control.get("kind") if isinstance(control, dict) else None
+        if kind not in ("marker", "committed", "complete"):
             raise self.error(self.phase, event, "control message is not a marker")
-        snapshot_id = _snapshot_id(control["id"])
+        assert isinstance(control, dict)
+        try:
+            snapshot_id = _snapshot_id(control["id"])
+            reporter = int(control["rank"]) if kind == "committed" else self.rank
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self.error(self.phase, event, f"malformed {kind}: {exc!r}") from None
         if snapshot_id[0] < self.incarnation:
-            self.stats["stale_markers"] += 1  # from before the last recovery: drivers may drop
+            # From before the last recovery: drivers may drop them, and every rank restored.
+            self.stats["stale_markers" if kind == "marker" else "stale_reports"] += 1
             return []
+        if kind == "committed":
+            if self.rank != self.collector:
+                return self._forward_up(control)
+            if not 0 <= reporter < self.n:
+                raise self.error(self.phase, event, f"commit report of rank {reporter}")
+            return self._learn_commit(reporter, snapshot_id)
+        if kind == "complete":
+            return self._announce(control) + self._completed(snapshot_id)
         self.clock = max(self.clock, snapshot_id[1])
-        actions = self._learn(control.get("committed", {}))
         part = self.parts.get(snapshot_id)
         if part is None and snapshot_id in self.abandoned:
-            return actions
+            return []
         if part is None:
-            if snapshot_id in self.committed_parts or (
-                self.known_complete is not None and snapshot_id <= self.known_complete
-            ):
+            if snapshot_id in self.committed_parts:
                 raise self.error(self.phase, event, f"marker of finished snapshot {snapshot_id}")
+            # Even a snapshot older than one known committed everywhere (concurrent initiators)
+            # is taken part in: the ranks that started it wait for this rank's markers.
             self.stats["checkpoints_forced"] += 1
-            return actions + self._start_part(snapshot_id, came_on=src)
+            return self._start_part(snapshot_id, came_on=src)
         if src not in part.waiting:
             raise self.error(self.phase, event, f"second marker from {src} for {snapshot_id}")
         part.waiting.discard(src)
-        return actions + self._maybe_complete(part)
+        return self._maybe_complete(part)
 
     def _start_part(self, snapshot_id: SnapshotId, *, came_on: int | None) -> list[Action]:
         index = self.next_index
@@ -312,11 +365,7 @@ class ChandyLamport(Protocol):
             "last_output_id": self.last_output_id,
         }
         actions: list[Action] = [TakeCheckpoint(index=index, forced=came_on is not None, meta=meta)]
-        marker = {
-            "kind": "marker",
-            "id": list(snapshot_id),
-            "committed": self._knowledge(),
-        }
+        marker = {"kind": "marker", "id": list(snapshot_id)}
         for dst in sorted(self.outbound):
             actions.append(SendControl(dst=dst, control=marker))
             self.stats["control_messages"] += 1
@@ -343,9 +392,10 @@ class ChandyLamport(Protocol):
         self.committed_parts[part.snapshot_id] = (part.index, part.last_output_id)
         self.stats["snapshots_committed"] += 1
         actions: list[Action] = [Commit(index=part.index)]
-        self.committed_by[self.rank].add(part.snapshot_id)
-        self.unsent.setdefault(self.rank, set()).add(part.snapshot_id)
-        return actions + self._update_complete()
+        if self.rank == self.collector:
+            return actions + self._learn_commit(self.rank, part.snapshot_id)
+        report = {"kind": "committed", "rank": self.rank, "id": list(part.snapshot_id)}
+        return actions + self._forward_up(report)
 
     def _forget(self, part: _Part) -> None:
         del self.parts[part.snapshot_id]
@@ -360,43 +410,59 @@ class ChandyLamport(Protocol):
     # ----------------------------------------------------------------------------------------
     # Knowledge of which snapshots are committed everywhere: garbage and output commit.
 
-    def _knowledge(self) -> dict[str, list[list[int]]]:
-        """What the next marker carries: the knowledge learned since the last one."""
-        floor = self.known_complete
-        knowledge = {
-            str(r): [list(i) for i in sorted(ids) if floor is None or i >= floor]
-            for r, ids in self.unsent.items()
-        }
-        self.unsent = {}
-        return {r: ids for r, ids in knowledge.items() if ids}
+    def _forward_up(self, report: PlainData) -> list[Action]:
+        """Send a commit report one hop toward the collector."""
+        if self.routes is None:
+            hop: int | None = self.collector
+        else:
+            hop = self.routes.up.get(self.rank)
+        if hop is None:
+            return []  # cannot reach the collector: nothing is ever known complete
+        self.stats["control_messages"] += 1
+        return [SendControl(dst=hop, control=report)]
 
-    def _learn(self, knowledge: Mapping[str, PlainData]) -> list[Action]:
-        for rank_key, ids in knowledge.items():
-            rank = int(rank_key)
-            if 0 <= rank < self.n:
-                known = self.committed_by[rank]
-                new = {
-                    i
-                    for i in map(_snapshot_id, ids)
-                    if (self.known_complete is None or i > self.known_complete) and i not in known
-                }
-                if new:
-                    known.update(new)
-                    self.unsent.setdefault(rank, set()).update(new)
-        return self._update_complete()
+    def _announce(self, announcement: PlainData) -> list[Action]:
+        """Pass a ``complete`` announcement to the ranks below this one on the tree."""
+        if self.routes is None:
+            below: tuple[int, ...] = (
+                tuple(sorted(set(range(self.n)) - {self.rank}))
+                if self.rank == self.collector
+                else ()
+            )
+        else:
+            below = self.routes.children.get(self.rank, ())
+        self.stats["control_messages"] += len(below)
+        return [SendControl(dst=dst, control=announcement) for dst in below]
 
-    def _update_complete(self) -> list[Action]:
+    def _learn_commit(self, rank: int, snapshot_id: SnapshotId) -> list[Action]:
+        """At the collector: ``rank`` committed its part of ``snapshot_id``."""
+        if self.known_complete is not None and snapshot_id <= self.known_complete:
+            return []
+        self.committed_by[rank].add(snapshot_id)
         everywhere = set.intersection(*self.committed_by.values())
         if not everywhere:
             return []
         newest = max(everywhere)
         if self.known_complete is not None and newest <= self.known_complete:
             return []
-        self.known_complete = newest
         for ids in self.committed_by.values():
-            ids.difference_update({i for i in ids if i < newest})
+            ids.difference_update({i for i in ids if i <= newest})
+        announcement = {"kind": "complete", "id": list(newest)}
+        return self._announce(announcement) + self._completed(newest)
+
+    def _completed(self, snapshot_id: SnapshotId) -> list[Action]:
+        """``snapshot_id`` is committed on every rank: release output, collect below it."""
+        if self.known_complete is not None and snapshot_id <= self.known_complete:
+            return []
+        if snapshot_id not in self.committed_parts:
+            raise self.error(
+                self.phase,
+                ("complete", snapshot_id),
+                "announced committed everywhere, but this rank has not committed its part",
+            )
+        self.known_complete = snapshot_id
         actions: list[Action] = []
-        _, last_output_id = self.committed_parts[newest]
+        _, last_output_id = self.committed_parts[snapshot_id]
         if last_output_id > self.released_output_id:
             self.released_output_id = last_output_id
             actions.append(ReleaseOutput(output_id=last_output_id))

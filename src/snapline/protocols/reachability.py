@@ -61,6 +61,8 @@ class CollectorRoutes:
     collector: int
     up: dict[int, int]
     down: dict[int, tuple[int, ...]]
+    #: rank -> the ranks one hop below it on the down tree (the collector's included).
+    children: dict[int, tuple[int, ...]]
 
     def next_hop_down(self, rank: int, dst: int) -> int | None:
         """The hop after ``rank`` toward ``dst`` on the tree, or None if ``dst`` is not below it."""
@@ -110,7 +112,15 @@ def collector_routes(edges: Sequence[Sequence[int]], collector: int) -> Collecto
                 down[nxt] = (*down[node], nxt)
                 frontier.append(nxt)
     del down[collector]
-    routes = CollectorRoutes(collector=collector, up=up, down=down)
+    children: dict[int, list[int]] = {}
+    for dst, path in down.items():
+        children.setdefault(path[-2] if len(path) > 1 else collector, []).append(dst)
+    routes = CollectorRoutes(
+        collector=collector,
+        up=up,
+        down=down,
+        children={rank: tuple(sorted(below)) for rank, below in children.items()},
+    )
     _ROUTES_CACHE.append((edges, collector, routes))
     del _ROUTES_CACHE[:-_ROUTES_CACHE_SIZE]
     return routes
