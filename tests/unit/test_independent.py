@@ -317,6 +317,12 @@ def test_collector_routes_are_shortest_and_agree_with_every_rank() -> None:
             node = nxt
             path.append(node)
         assert tuple(path) == routes.down[rank]
+        # The tree's children lists hold every rank once, under the rank above it.
+        parent = path[-2] if len(path) > 1 else 5
+        assert rank in routes.children[parent]
+    assert sorted(d for below in routes.children.values() for d in below) == [
+        r for r in range(40) if r != 5
+    ]
 
 
 def test_reports_of_a_recovery_not_yet_heard_of_wait_for_it() -> None:
