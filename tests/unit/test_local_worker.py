@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import selectors
@@ -18,7 +19,7 @@ import pytest
 
 from snapline.runtime.local.config import JobConfig
 from snapline.runtime.local.stable import SaveJob
-from snapline.runtime.local.wire import FrameReader
+from snapline.runtime.local.wire import FrameReader, frame
 from snapline.runtime.local.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,3 +130,49 @@ def test_basic_checkpoints_wait_for_the_pending_save(tmp_path: Path) -> None:
         if not disk.done():
             disk.set_result(None)  # let the stable thread finish so the worker can close
         close(worker)
+
+
+#: Control messages a supervisor with a bug could send: each once crashed the rank's loop
+#: (``.get`` on a list, ``int()`` of a str, a missing key) or was silently misread.
+BAD_FROM_SUPERVISOR: list[Any] = [
+    [1, 2],
+    "init",
+    7,
+    {"round": 1},
+    {"op": None},
+    {"op": "restore", "round": 1},
+    {"op": "restore", "index": "3", "epoch": 1},
+    {"op": "restore", "index": 3, "epoch": 1, "replay": [["m", 1]]},
+    {"op": "freeze", "round": 1, "failed": "1"},
+    {"op": "freeze", "round": 1, "failed": [1], "newly_failed": [None]},
+    {"op": "resume", "epoch": 1, "cuts": [1, 2]},
+    {"op": "resume", "epoch": 1, "rearrive": [["t"]]},
+    {"op": "connect", "round": "r"},
+    {"op": "probe", "seq": [1]},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_FROM_SUPERVISOR, ids=repr)
+def test_a_wrongly_shaped_control_message_is_logged_and_ends_the_rank_cleanly(
+    tmp_path: Path, bad: object
+) -> None:
+    """Treated like an undecodable control frame: logged with what was wrong, and the rank
+    stops (its supervisor then recovers it) instead of dying of an exception in its loop."""
+    worker = make_worker(tmp_path)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    worker._control = ours
+    worker.sel.register(ours, selectors.EVENT_READ, ("control", 0))
+    try:
+        theirs.sendall(frame(bad))
+        worker._read_control()
+        assert worker.stopping, "the rank went on after a malformed control message"
+        assert worker.engine is None and worker._connecting is None  # nothing was acted on
+    finally:
+        close(worker)
+        ours.close()
+        theirs.close()
+    log = tmp_path / "store" / "logs" / "rank-0.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    (bad_frame,) = [e for e in events if e["event"] == "bad_control_frame"]
+    assert "malformed control message from the supervisor" in bad_frame["why"]

@@ -21,6 +21,10 @@ ends live; what it cannot do is survive the death of an end. So:
   messages they separate; they are not resent after a reconnect because a reconnect only
   happens across a recovery, which makes old control frames obsolete.
 
+A frame that does not decode, or decodes to the wrong shape (a peer's bug: every frame is
+checked as it arrives, before anything indexes into it), is logged and closes that one
+connection, as the peer's death would; the rank's loop never sees it.
+
 Writes are batched: frames queue in a per-channel buffer and go out in one ``send`` per loop
 turn (non-blocking; a full socket buffer registers for write readiness instead of blocking the
 rank). Connections are accepted and authenticated on a small acceptor thread so that a stranger
@@ -48,7 +52,9 @@ from snapline.runtime.local.wire import (
     Hello,
     WireError,
     connect_handshake,
+    describe,
     frame,
+    malformed,
     new_packer,
     serve_handshakes,
 )
@@ -351,7 +357,18 @@ class Transport:
     def _take_inbound(self, inb: Inbound, data: bytes) -> None:
         try:
             frames = inb.reader.feed(data)
+            for count, f in enumerate(frames):
+                if not _is_channel_frame(f):
+                    # The frames before it are good and in order: keep them.
+                    inb.frames.extend(frames[:count])
+                    self.stats.frames_received += count
+                    raise malformed(
+                        f"frame on channel {inb.src} -> {self.rank}",
+                        f"expected [{APP}, epoch, seq, payload, piggyback] or "
+                        f"[{CONTROL}, epoch, control], got {describe(f)}",
+                    )
         except WireError as exc:
+            # That sender's bug: drop its connection (as for any dead peer), never the rank.
             self._log("bad_frame", src=inb.src, why=str(exc))
             self._close_inbound(inb)
             return
@@ -371,15 +388,20 @@ class Transport:
             self._lost_outbound(link)
             return
         try:
-            frames = link.reader.feed(data)
-        except WireError:
-            self._lost_outbound(link)
-            return
-        for f in frames:
-            if f[0] == ACK:
-                upto = int(f[1])
+            for f in link.reader.feed(data):
+                if not _is_ack(f):
+                    raise malformed(
+                        f"ack on channel {self.rank} -> {link.dst}",
+                        f"expected [{ACK}, seq], got {describe(f)}",
+                    )
+                upto = f[1]
                 while link.unacked and link.unacked[0][0] <= upto:
                     link.unacked.popleft()
+        except WireError as exc:
+            # The receiver's bug: drop the connection as if it had died. The unacknowledged
+            # messages stay queued and are resent when the channel is next reconnected.
+            self._log("bad_ack_frame", dst=link.dst, why=str(exc))
+            self._lost_outbound(link)
 
     def _lost_outbound(self, link: Outbound) -> None:
         if link.sock is not None:
@@ -514,6 +536,30 @@ class Transport:
             self._lost_outbound(link)
         for inb in self.inn.values():
             self._close_inbound(inb)
+
+
+def _is_channel_frame(f: object) -> bool:
+    """``[APP, epoch, seq, payload, piggyback]`` or ``[CONTROL, epoch, control]``.
+
+    What ``next_frame`` and the worker index into, checked once per frame as it arrives (the
+    hot path: type tests only). ``bool`` is no ``int`` here: msgpack never turns one into
+    the other.
+    """
+    if type(f) is not list:
+        return False
+    size = len(f)
+    if size == 5:
+        return type(f[0]) is int and f[0] == APP and type(f[1]) is int and type(f[2]) is int
+    if size == 3:
+        return type(f[0]) is int and f[0] == CONTROL and type(f[1]) is int
+    return False
+
+
+def _is_ack(f: object) -> bool:
+    """``[ACK, seq]``: a receiver's cumulative acknowledgement."""
+    return (
+        type(f) is list and len(f) == 2 and type(f[0]) is int and f[0] == ACK and type(f[1]) is int
+    )
 
 
 def is_retryable(exc: OSError) -> bool:

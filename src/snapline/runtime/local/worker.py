@@ -64,6 +64,7 @@ from snapline.runtime.local.config import (
     raised_in_user_code,
     user_traceback,
 )
+from snapline.runtime.local.control import check_from_supervisor
 from snapline.runtime.local.ledger import ledger_path, read_ledger
 from snapline.runtime.local.plain import (
     record_to_plain,
@@ -522,7 +523,7 @@ class Worker:
         self._trace("restore", index=index, received=dict(self.engine.received))
 
     def _on_control(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
+        op = msg["op"]
         if op == "init":
             self._build_fresh()
             self._resume_plan = {"start": True, "restored": False}
@@ -821,8 +822,10 @@ class Worker:
             self._control = None
             return
         try:
-            messages = self._control_reader.feed(data)
+            messages = [check_from_supervisor(m) for m in self._control_reader.feed(data)]
         except WireError as exc:
+            # Undecodable or wrongly shaped: the link is unusable from here on. Exit; the
+            # supervisor sees the link close and recovers this rank like a crash.
             self.log("bad_control_frame", why=str(exc))
             self.stopping = True
             return
