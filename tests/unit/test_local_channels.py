@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,62 @@ def test_a_wrongly_shaped_ack_drops_the_connection_and_keeps_the_unacked(
     assert [seq for seq, _ in link.unacked] == [2, 3]
     (logged,) = rank0.events("bad_ack_frame")
     assert logged["dst"] == 1 and "malformed ack on channel 0 -> 1" in logged["why"]
+
+
+def test_adopting_a_replacement_never_waits_for_a_live_old_connection(rank0: Rank0) -> None:
+    """A new connection from rank 1 replaces the old one without blocking the rank's loop.
+
+    The old connection's peer is alive and never closes (a predecessor that is not quite
+    dead, a buggy peer): reading it until EOF blocked the loop -- heartbeats included --
+    for as long as the peer kept it open. What it already held is still taken, in order,
+    ahead of the new connection's frames.
+    """
+    transport = rank0.transport
+    old = rank0.accept_inbound()
+    old.sendall(frame([APP, 0, 1, "m1", None]) + frame([APP, 0, 2, "m2", None]))
+    started = time.monotonic()
+    new = rank0.accept_inbound()  # adopts the new one, giving up the old one (still open)
+    took_s = time.monotonic() - started
+    assert took_s < 0.3, f"adopt_accepted blocked {took_s:.2f}s on a live old connection"
+    (logged,) = rank0.events("inbound_closed_while_open")
+    assert logged["src"] == 1 and logged["bytes_read"] > 0
+    # The new sender resends what it has not seen acknowledged (m2) and goes on (m3).
+    new.sendall(frame([APP, 0, 2, "m2", None]) + frame([APP, 0, 3, "m3", None]))
+    transport.on_event(("in", 1), selectors.EVENT_READ)
+    handed = []
+    while (f := transport.next_frame(1)) is not None:
+        handed.append(f[3])
+    assert handed == ["m1", "m2", "m3"]  # each once, in order: the resent m2 was a duplicate
+    assert transport.stats.duplicates_dropped == 1 and transport.stats.gaps == 0
+    old.settimeout(5.0)
+    assert old.recv(1) == b"", "the old connection was not closed"
+
+
+def test_a_closed_old_connection_is_read_to_its_end_before_the_new_one(rank0: Rank0) -> None:
+    """A sender that died left frames and EOF in its socket: all are taken, nothing logged."""
+    transport = rank0.transport
+    old = rank0.accept_inbound()
+    old.sendall(b"".join(frame([APP, 0, seq, f"m{seq}", None]) for seq in range(1, 101)))
+    old.close()  # the sender dies; its replacement connects
+    new = rank0.accept_inbound()
+    assert not rank0.events("inbound_closed_while_open")
+    new.sendall(frame([APP, 0, 101, "m101", None]))
+    transport.on_event(("in", 1), selectors.EVENT_READ)
+    seqs = []
+    while (f := transport.next_frame(1)) is not None:
+        seqs.append(f[2])
+    assert seqs == list(range(1, 102))
+
+
+def test_draining_a_failed_peer_that_is_still_alive_does_not_block(rank0: Rank0) -> None:
+    """``freeze`` drains the ranks the recovery counts as failed; one may still run (a rank
+    rebuilt by an aborted round counts as failed again): its socket must not hold the loop."""
+    transport = rank0.transport
+    peer = rank0.accept_inbound()
+    peer.sendall(frame([APP, 0, 1, "m1", None]))
+    started = time.monotonic()
+    transport.drain_dead({1})
+    took_s = time.monotonic() - started
+    assert took_s < 0.3, f"drain_dead blocked {took_s:.2f}s on a live peer"
+    assert transport.inn[1].sock is None
+    assert transport.next_frame(1) == [APP, 0, 1, "m1", None]

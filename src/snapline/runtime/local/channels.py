@@ -63,6 +63,9 @@ APP = 0
 CONTROL = 1
 ACK = 2
 _RECV_BYTES = 256 * 1024
+#: Most bytes taken from a socket being given up (far above any kernel socket buffer, which
+#: is all a closed socket can hold; only a live peer writing on could send more).
+_DRAIN_MAX_BYTES = 64 << 20
 
 
 def rank_socket_path(socket_dir: Path, rank: int) -> Path:
@@ -189,7 +192,7 @@ class Transport:
                 return
             link = self.inn[src]
             if link.sock is not None:
-                # The previous incarnation's socket: read what is left, then replace it.
+                # The previous connection from ``src``: take what it holds, then replace it.
                 self._drain_and_close_inbound(link)
             conn.setblocking(False)
             link.sock = conn
@@ -197,16 +200,44 @@ class Transport:
             self.selector.register(conn, selectors.EVENT_READ, ("in", src))
 
     def _drain_and_close_inbound(self, link: Inbound) -> None:
+        """Take the frames ``link``'s socket already holds, then close it; never wait.
+
+        The socket is being given up: its sender died (``drain_dead``) or a new connection
+        from the same rank replaces it (``adopt_accepted``). Its frames may be messages that
+        exist nowhere else (the sender's checkpoint counts them as sent, so its replacement
+        will not resend them): they go to the engine first, ahead of the new connection's,
+        and sequence numbers drop whatever is resent twice.
+
+        Nothing more is coming by then: the kernel closed a dead sender's sockets before the
+        supervisor saw it exit (it reaps a rank before it freezes the others or respawns it),
+        a sender rolled back in place closes its old streams before it reconnects, and a
+        closed Unix socket holds everything written to it, then EOF, all readable at once.
+        So reading what is readable now loses nothing,
+        while waiting for EOF (a blocking read, as this once did) froze the rank's loop --
+        heartbeats included -- for as long as a peer that is not dead after all kept its end
+        open. Such a peer's socket is closed all the same (its sender is being replaced) and
+        logged; the read is bounded too, or a live peer writing as fast as we read would
+        hold the loop.
+        """
         sock = link.sock
         assert sock is not None
-        with contextlib.suppress(OSError):
-            sock.setblocking(True)
-            sock.settimeout(0.5)
-            while True:
-                data = sock.recv(_RECV_BYTES)
-                if not data:
-                    break
-                self._take_inbound(link, data)
+        taken = 0
+        at_eof = False
+        while link.sock is sock and taken < _DRAIN_MAX_BYTES:
+            try:
+                data = sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                at_eof = True  # reset by the peer: nothing more to read either
+                break
+            if not data:
+                at_eof = True
+                break
+            taken += len(data)
+            self._take_inbound(link, data)  # closes the link on a bad frame
+        if link.sock is sock and not at_eof:
+            self._log("inbound_closed_while_open", src=link.src, bytes_read=taken)
         self._close_inbound(link)
 
     # ---------------------------------------------------------------- connecting
@@ -512,8 +543,8 @@ class Transport:
                 inb.expected_seq = received.get(src, 0) + 1
                 inb.acked_seq = received.get(src, 0)
 
-    def drain_dead(self, dead: set[int], timeout_s: float) -> None:
-        """Read what dead peers left in our sockets (they died; EOF comes promptly)."""
+    def drain_dead(self, dead: set[int]) -> None:
+        """Take what dead peers left in our sockets (without waiting), then close them."""
         for src in dead:
             inb = self.inn.get(src)
             if inb is not None and inb.sock is not None:

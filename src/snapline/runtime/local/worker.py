@@ -672,7 +672,7 @@ class Worker:
                     engine.peer_failed(rank)
             self.transport.flush()
         self.frozen = True
-        self.transport.drain_dead(set(failed), timeout_s=0.5)
+        self.transport.drain_dead(set(failed))
         self._await_durable("freeze")
         volatile = record_to_plain(engine.volatile_record()) if engine is not None else None
         self._send_control_link(
