@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from snapline.runtime.local.config import JobConfig
+from snapline.runtime.local.ledger import LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.stable import SaveJob
 from snapline.runtime.local.wire import FrameReader, frame
 from snapline.runtime.local.worker import Worker
@@ -176,3 +177,24 @@ def test_a_wrongly_shaped_control_message_is_logged_and_ends_the_rank_cleanly(
     events = [json.loads(line) for line in log.read_text().splitlines()]
     (bad_frame,) = [e for e in events if e["event"] == "bad_control_frame"]
     assert "malformed control message from the supervisor" in bad_frame["why"]
+
+
+def test_release_output_counts_only_ids_the_ledger_has_not_released(tmp_path: Path) -> None:
+    """A restored rank releases again what its checkpoint held; an earlier incarnation may
+    have released some of it already (the ledger says so): only new ids count as released."""
+    ledger = ledger_path(tmp_path / "store", 0)
+    ledger.parent.mkdir(parents=True)
+    writer = LedgerWriter(ledger)
+    for output_id, item in ((1, "a"), (2, "b")):
+        writer.append({"k": "output", "id": output_id, "item": item})
+    writer.close()
+    worker = make_worker(tmp_path)  # a new incarnation: it reads the ledger
+    try:
+        assert worker.release_output(0, 1, ["a", "b", "c"]) == 1
+        assert worker.release_output(0, 3, ["c", "d"]) == 1
+        assert worker.release_output(0, 5, ["e"]) == 1
+        assert worker.writer.drain()
+    finally:
+        close(worker)
+    released = read_ledger(ledger, 0)
+    assert released.released_outputs == 5 and list(released.outputs) == ["a", "b", "c", "d", "e"]

@@ -172,6 +172,8 @@ class Worker:
         self._completions: deque[Completion] = deque()
         self._completions_lock = threading.Lock()
         self.writer = StableWriter(ledger_path(self.store_dir, self.rank), self.rank, self._post)
+        #: The last output id released (by this process or an earlier incarnation of the rank).
+        self._released_upto = self.writer.released
         self.engine: RankEngine | None = None
         self.generation = 0
         self.frozen = True
@@ -414,9 +416,17 @@ class Worker:
             )
         )
 
-    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
-        """Release outputs (numbered: an id released before is skipped by the writer)."""
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> int:
+        """Release outputs (numbered: an id released before is skipped by the writer).
+
+        Returns how many are new. The writer decides on its thread, later; the loop keeps its
+        own horizon (the ledger's at start, then every id handed over), which is the same.
+        """
         self.writer.put(OutputJob(first_id=first_id, items=list(items)))
+        last = first_id + len(items) - 1
+        fresh = max(0, last - max(self._released_upto, first_id - 1))
+        self._released_upto = max(self._released_upto, last)
+        return fresh
 
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         """Trace the delivery."""
