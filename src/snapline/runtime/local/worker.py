@@ -676,6 +676,15 @@ class Worker:
         engine = self.engine
         failed = [int(r) for r in msg.get("failed", [])]
         newly = [int(r) for r in msg.get("newly_failed", failed)]
+        # Only a running engine hears of failures. A rank frozen already -- a peer died while
+        # this recovery ran, so the supervisor aborts the round and freezes everyone again -- is
+        # not told of the new failure, on purpose: its engine must not act after its ``frozen``
+        # reply (the plan is made from that volatile record and from the ledgers as they were
+        # then; a discard marker or a control message now would change what the planner read),
+        # and nothing is lost: no protocol's ``PeerFailed`` depends on which rank failed, the
+        # frozen engine has seen no event since its first one, and once recovering a second is
+        # a no-op (two-phase's included; test_two_phase checks it). The plan comes from the
+        # supervisor's ``failed``, not from what the protocols were told.
         if engine is not None and not self.frozen:
             for rank in newly:
                 if rank != self.rank:
