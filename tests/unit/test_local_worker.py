@@ -198,3 +198,34 @@ def test_release_output_counts_only_ids_the_ledger_has_not_released(tmp_path: Pa
         close(worker)
     released = read_ledger(ledger, 0)
     assert released.released_outputs == 5 and list(released.outputs) == ["a", "b", "c", "d", "e"]
+
+
+def test_a_checkpoint_discarded_while_it_is_saved_is_not_reported_persisted(
+    tmp_path: Path,
+) -> None:
+    """Two-phase aborts its round when a peer fails, discarding a tentative checkpoint whose
+    save may still be in flight. Its ``persisted`` completion reached the protocol after the
+    recovery, for a round long gone ("checkpoint 1 is not pending"), and killed the rank."""
+    worker = make_worker(tmp_path, n=2, protocol="two-phase")
+    try:
+        worker._on_control({"op": "init"})
+        worker._on_control({"op": "resume", "epoch": 0, "recovery": False})
+        engine = worker.engine
+        assert engine is not None
+        engine.checkpoint_requested()  # rank 0 starts a round: tentative checkpoint 1 ...
+        # ... and rank 1 fails before the loop has seen that checkpoint persisted.
+        worker._on_control({"op": "freeze", "round": 1, "failed": [1], "newly_failed": [1]})
+        resume = {"op": "resume", "round": 1, "epoch": 1, "recovery": True}
+        worker._on_control({**resume, "restored": [1], "cuts": {1: 0}})
+        worker._run_completions()  # the save finished during the freeze: its completion
+        assert engine.protocol.stats["rounds_aborted"] == 1
+        assert not worker._saving and not worker._discarded_saving
+        # The next round is not disturbed: its checkpoint persists and commits.
+        engine.checkpoint_requested()
+        deadline = time.monotonic() + 10
+        while engine.protocol.stats["rounds_committed"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            worker._run_completions()
+        assert engine.protocol.stats["rounds_committed"] == 1
+    finally:
+        close(worker)

@@ -186,8 +186,10 @@ class Worker:
         self._app_timers: dict[str, int] = {}
         self._requests_basic = requests_basic_checkpoints(self.config.protocol, self.rank)
         self._next_checkpoint_s = float("inf")
-        #: Checkpoint saves handed to the stable thread and not yet persisted (or failed).
-        self._saves_in_flight = 0
+        #: Checkpoints whose saves went to the stable thread and are not persisted (or failed).
+        self._saving: set[int] = set()
+        #: Those of them the protocol discarded meanwhile: their completions are not its news.
+        self._discarded_saving: set[int] = set()
         #: A basic checkpoint fell due while a save was in flight: take it once none is.
         self._basic_deferred = False
         self._hb_due_s = 0.0
@@ -324,7 +326,7 @@ class Worker:
     def persist_checkpoint(self, rank: int, image: CheckpointImage) -> None:
         """Capture the state now (``save_async``) and let the stable thread finish the write."""
         record = image.record
-        self._saves_in_flight += 1  # until its ``persisted`` or ``write_failed`` completion
+        self._saving.add(record.index)  # until its ``persisted`` or ``write_failed`` completion
         # Messages this checkpoint counts as sent must be in the kernel before it can persist.
         self.transport.flush_blocking(timeout_s=1.0)
         # save_async first waits for the previous save; with forced checkpoints in a row on a
@@ -383,6 +385,12 @@ class Worker:
 
     def discard_checkpoint(self, rank: int, index: int) -> None:
         """Mark checkpoint ``index`` as never to commit."""
+        if index in self._saving:
+            # Discarded before its write finished (two-phase aborts a round on PeerFailed): the
+            # protocol forgot it, and its ``persisted`` would now be a ProtocolError ("not
+            # pending") that kills the rank after the recovery. Like the simulator's storage,
+            # which drops a discarded write, do not report it.
+            self._discarded_saving.add(index)
         self._append_durable({"k": "discard", "index": index}, "discard marker")
 
     def collect_garbage(self, rank: int, before_index: int) -> None:
@@ -469,7 +477,8 @@ class Worker:
         self._app_timers.clear()
         with self._completions_lock:
             self._completions.clear()
-        self._saves_in_flight = 0
+        self._saving.clear()
+        self._discarded_saving.clear()
         self._basic_deferred = False
 
     def _build_fresh(self) -> None:
@@ -865,10 +874,14 @@ class Worker:
             if item[1] != self.generation:
                 continue  # written for an engine that a restore replaced
             if kind in ("persisted", "write_failed"):
-                self._saves_in_flight -= 1
-                if self._basic_deferred and self._saves_in_flight == 0:
+                index = int(item[2])
+                self._saving.discard(index)
+                if self._basic_deferred and not self._saving:
                     self._basic_deferred = False
                     self._next_checkpoint_s = time.monotonic()
+                if index in self._discarded_saving:
+                    self._discarded_saving.discard(index)
+                    continue
             if kind == "persisted":
                 engine.checkpoint_persisted(int(item[2]))
             elif kind == "write_failed":
@@ -895,7 +908,7 @@ class Worker:
                     del self._app_timers[name]
                 engine.app_timer_due(timer_id, name)
         if now >= self._next_checkpoint_s:
-            if self._saves_in_flight > 0:
+            if self._saving:
                 # The disk is behind (large states, a busy device): requesting more would
                 # queue checkpoints without bound, and message logs and commit markers queue
                 # behind them, so the rank would stop delivering. Take the next one when the
