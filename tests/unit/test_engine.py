@@ -52,6 +52,7 @@ class Port:
         self.t = 0.0
         self.calls: list[tuple[Any, ...]] = []
         self.images: list[CheckpointImage] = []
+        self.released_upto = 0
 
     def now(self) -> float:
         return self.t
@@ -87,8 +88,13 @@ class Port:
     def log_message(self, rank: int, entry_id: int, entry: PlainData) -> None:
         self.calls.append(("log", entry_id))
 
-    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> int:
         self.calls.append(("output", items))
+        # The world skips ids it has seen (what drivers do); say how many were new.
+        last = first_id + len(items) - 1
+        fresh = max(0, last - max(self.released_upto, first_id - 1))
+        self.released_upto = max(self.released_upto, last)
+        return fresh
 
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         self.calls.append(("delivered", src, seq, payload))
@@ -354,6 +360,27 @@ def test_outputs_held_at_a_checkpoint_survive_a_rollback_to_it() -> None:
     # The next output's release (ids in order) carries the held ones with it.
     restored.message_arrived(2, 3, 1, None)
     assert port2.of("output") == [("output", [3, 7, 8])]
+
+
+def test_outputs_released_counts_each_output_once_across_a_rollback() -> None:
+    """Outputs held at a checkpoint and released before a failure are released again by the
+    restored engine (the world skips them): the statistic must not count them twice."""
+    proto = HoldsOutputs(rank=0, n=3, inbound=frozenset({1, 2}), outbound=frozenset({1}))
+    engine, world, _, _ = make(proto)
+    engine.start()
+    engine.message_arrived(2, 1, 3, None)
+    engine.message_arrived(2, 2, 4, None)
+    engine.checkpoint_requested()  # holds outputs 1 and 2
+    image = world.images[-1]
+    engine.release_held_outputs()  # the protocol releases them; then the rank fails
+    assert engine.stats["outputs_released"] == 2
+    restored = restore(image, world)  # the same world: it has seen outputs 1 and 2
+    restored.resume()
+    restored.message_arrived(2, 3, 1, None)
+    restored.release_held_outputs()  # outputs 1 and 2 again, and the new output 3
+    assert world.of("output")[-1] == ("output", [3, 7, 8])
+    assert restored.stats["outputs_released"] == 1
+    assert engine.stats["outputs_released"] + restored.stats["outputs_released"] == 3
 
 
 def test_held_sends_are_saved_with_a_checkpoint_and_reissued() -> None:

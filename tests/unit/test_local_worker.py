@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import selectors
@@ -17,8 +18,9 @@ import numpy as np
 import pytest
 
 from snapline.runtime.local.config import JobConfig
+from snapline.runtime.local.ledger import LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.stable import SaveJob
-from snapline.runtime.local.wire import FrameReader
+from snapline.runtime.local.wire import FrameReader, frame
 from snapline.runtime.local.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -128,4 +130,102 @@ def test_basic_checkpoints_wait_for_the_pending_save(tmp_path: Path) -> None:
     finally:
         if not disk.done():
             disk.set_result(None)  # let the stable thread finish so the worker can close
+        close(worker)
+
+
+#: Control messages a supervisor with a bug could send: each once crashed the rank's loop
+#: (``.get`` on a list, ``int()`` of a str, a missing key) or was silently misread.
+BAD_FROM_SUPERVISOR: list[Any] = [
+    [1, 2],
+    "init",
+    7,
+    {"round": 1},
+    {"op": None},
+    {"op": "restore", "round": 1},
+    {"op": "restore", "index": "3", "epoch": 1},
+    {"op": "restore", "index": 3, "epoch": 1, "replay": [["m", 1]]},
+    {"op": "freeze", "round": 1, "failed": "1"},
+    {"op": "freeze", "round": 1, "failed": [1], "newly_failed": [None]},
+    {"op": "resume", "epoch": 1, "cuts": [1, 2]},
+    {"op": "resume", "epoch": 1, "rearrive": [["t"]]},
+    {"op": "connect", "round": "r"},
+    {"op": "probe", "seq": [1]},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_FROM_SUPERVISOR, ids=repr)
+def test_a_wrongly_shaped_control_message_is_logged_and_ends_the_rank_cleanly(
+    tmp_path: Path, bad: object
+) -> None:
+    """Treated like an undecodable control frame: logged with what was wrong, and the rank
+    stops (its supervisor then recovers it) instead of dying of an exception in its loop."""
+    worker = make_worker(tmp_path)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    worker._control = ours
+    worker.sel.register(ours, selectors.EVENT_READ, ("control", 0))
+    try:
+        theirs.sendall(frame(bad))
+        worker._read_control()
+        assert worker.stopping, "the rank went on after a malformed control message"
+        assert worker.engine is None and worker._connecting is None  # nothing was acted on
+    finally:
+        close(worker)
+        ours.close()
+        theirs.close()
+    log = tmp_path / "store" / "logs" / "rank-0.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    (bad_frame,) = [e for e in events if e["event"] == "bad_control_frame"]
+    assert "malformed control message from the supervisor" in bad_frame["why"]
+
+
+def test_release_output_counts_only_ids_the_ledger_has_not_released(tmp_path: Path) -> None:
+    """A restored rank releases again what its checkpoint held; an earlier incarnation may
+    have released some of it already (the ledger says so): only new ids count as released."""
+    ledger = ledger_path(tmp_path / "store", 0)
+    ledger.parent.mkdir(parents=True)
+    writer = LedgerWriter(ledger)
+    for output_id, item in ((1, "a"), (2, "b")):
+        writer.append({"k": "output", "id": output_id, "item": item})
+    writer.close()
+    worker = make_worker(tmp_path)  # a new incarnation: it reads the ledger
+    try:
+        assert worker.release_output(0, 1, ["a", "b", "c"]) == 1
+        assert worker.release_output(0, 3, ["c", "d"]) == 1
+        assert worker.release_output(0, 5, ["e"]) == 1
+        assert worker.writer.drain()
+    finally:
+        close(worker)
+    released = read_ledger(ledger, 0)
+    assert released.released_outputs == 5 and list(released.outputs) == ["a", "b", "c", "d", "e"]
+
+
+def test_a_checkpoint_discarded_while_it_is_saved_is_not_reported_persisted(
+    tmp_path: Path,
+) -> None:
+    """Two-phase aborts its round when a peer fails, discarding a tentative checkpoint whose
+    save may still be in flight. Its ``persisted`` completion reached the protocol after the
+    recovery, for a round long gone ("checkpoint 1 is not pending"), and killed the rank."""
+    worker = make_worker(tmp_path, n=2, protocol="two-phase")
+    try:
+        worker._on_control({"op": "init"})
+        worker._on_control({"op": "resume", "epoch": 0, "recovery": False})
+        engine = worker.engine
+        assert engine is not None
+        engine.checkpoint_requested()  # rank 0 starts a round: tentative checkpoint 1 ...
+        # ... and rank 1 fails before the loop has seen that checkpoint persisted.
+        worker._on_control({"op": "freeze", "round": 1, "failed": [1], "newly_failed": [1]})
+        resume = {"op": "resume", "round": 1, "epoch": 1, "recovery": True}
+        worker._on_control({**resume, "restored": [1], "cuts": {1: 0}})
+        worker._run_completions()  # the save finished during the freeze: its completion
+        assert engine.protocol.stats["rounds_aborted"] == 1
+        assert not worker._saving and not worker._discarded_saving
+        # The next round is not disturbed: its checkpoint persists and commits.
+        engine.checkpoint_requested()
+        deadline = time.monotonic() + 10
+        while engine.protocol.stats["rounds_committed"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            worker._run_completions()
+        assert engine.protocol.stats["rounds_committed"] == 1
+    finally:
         close(worker)

@@ -343,3 +343,23 @@ def test_checkpoint_requests_fire_on_every_rank_or_only_on_rank_zero() -> None:
     assert one.stats["checkpoints_basic"] * 3 < every.stats["checkpoints_basic"]
     with pytest.raises(ConfigError, match="'all' or 'one'"):
         dataclasses.replace(BASE, checkpoint_requests="some")
+
+
+@pytest.mark.parametrize(
+    "protocol", ["two-phase", "chandy-lamport", "message-logging", "uncoordinated"]
+)
+def test_outputs_released_counts_each_output_once_across_crashes(protocol: str) -> None:
+    """Restored ranks release again what their checkpoints held; the world sees each output
+    once, and so must the statistic (it counted every re-release)."""
+    config = SimConfig(
+        app="chatter",
+        n=3,
+        seed=0,
+        protocol=protocol,
+        interval_s=2.0,
+        crash_rate=0.1,
+        max_crashes=3,
+    )
+    result = run_simulation(config)
+    assert result.stats["crashes"] > 0
+    assert result.stats["outputs_released"] == sum(len(o) for o in result.outputs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -10,6 +12,7 @@ from snapline.errors import ConfigError, RecoveryError
 from snapline.protocols.base import (
     Commit,
     DiscardCheckpoint,
+    PeerFailed,
     RecoveryCompleted,
     Redelivery,
     ReleaseOutput,
@@ -403,3 +406,49 @@ def test_the_sender_log_is_pruned_at_the_receivers_committed_checkpoint() -> Non
     plan = lk.recover()
     assert plan.restore[1] == lk.committed_index(1)
     assert plan.replay.get(1) == [Redelivery(src=0, seq=9, payload="c")]
+
+
+def _collecting_initiator() -> tuple[InMemoryLink, int]:
+    lk = link(Topology.complete(3))
+    lk.send(1, 0, "dep")
+    lk.run()
+    lk.request_checkpoint(0)  # tentative checkpoint 1, its request to rank 1 not delivered
+    assert tp(lk, 0).phase is Phase.COLLECTING
+    return lk, 0
+
+
+def _collecting_participant() -> tuple[InMemoryLink, int]:
+    lk, _ = _collecting_initiator()
+    lk.deliver(0, 1)  # rank 1 joins; its checkpoint is not persisted
+    assert tp(lk, 1).phase is Phase.COLLECTING
+    return lk, 1
+
+
+def _in_doubt() -> tuple[InMemoryLink, int]:
+    return voted_round(3), 1
+
+
+def _idle() -> tuple[InMemoryLink, int]:
+    return link(Topology.complete(3)), 0
+
+
+@pytest.mark.parametrize(
+    "scenario", [_idle, _collecting_initiator, _collecting_participant, _in_doubt]
+)
+def test_a_second_failure_while_recovering_changes_nothing(
+    scenario: Callable[[], tuple[InMemoryLink, int]],
+) -> None:
+    """What the local runtime relies on: a rank frozen for a recovery is told only of the
+    failures known when it froze (``Worker._freeze``), not of a rank that dies while it is
+    frozen -- nothing is fed to a frozen engine. Once recovering, a further ``PeerFailed``
+    is a no-op whatever the first one found: no actions, same state, same volatile record.
+    """
+    lk, rank = scenario()
+    lk.crash(2)  # the failure that froze the rank (the recovery starts)
+    proto = tp(lk, rank)
+    assert proto.phase is Phase.RECOVERING
+    state = copy.deepcopy(vars(proto))
+    volatile = lk.volatile_record(rank)
+    assert proto.handle(PeerFailed(rank=1 - rank)) == []  # another rank dies meanwhile
+    assert vars(proto) == state
+    assert lk.volatile_record(rank) == volatile

@@ -162,11 +162,13 @@ class EnginePort(Protocol):
         """Write a message-log entry to stable storage; later ``message_logged(entry_id)``."""
         ...
 
-    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> int:
         """Hand outputs ``first_id, first_id+1, ...`` to the outside world.
 
         Idempotent by id: an id released before (a restored checkpoint's output, released
-        again by its protocol) is skipped, so the world sees each id once.
+        again by its protocol) is skipped, so the world sees each id once. Returns how many
+        of ``items`` the world had not seen: only the port knows what an earlier incarnation
+        of the rank released.
         """
         ...
 
@@ -816,10 +818,11 @@ class RankEngine:
                 first_id = oid
             items.append(self._outputs.pop(oid))
         if items:
-            self._stats["outputs_released"] += len(items)
             if self.trace:
                 self.port.record(self.rank, "output", count=len(items))
-            self.port.release_output(self.rank, first_id, items)
+            # Not len(items): after a rollback, held outputs of the restored checkpoint may
+            # have been released by the incarnation that failed. Each output counts once.
+            self._stats["outputs_released"] += self.port.release_output(self.rank, first_id, items)
 
     def _out_of_order(self, src: int, seq: int, action: object = None) -> ProtocolError:
         # On the fast path (no action) received and arrived counts move together, so a gap

@@ -21,6 +21,10 @@ ends live; what it cannot do is survive the death of an end. So:
   messages they separate; they are not resent after a reconnect because a reconnect only
   happens across a recovery, which makes old control frames obsolete.
 
+A frame that does not decode, or decodes to the wrong shape (a peer's bug: every frame is
+checked as it arrives, before anything indexes into it), is logged and closes that one
+connection, as the peer's death would; the rank's loop never sees it.
+
 Writes are batched: frames queue in a per-channel buffer and go out in one ``send`` per loop
 turn (non-blocking; a full socket buffer registers for write readiness instead of blocking the
 rank). Connections are accepted and authenticated on a small acceptor thread so that a stranger
@@ -48,7 +52,9 @@ from snapline.runtime.local.wire import (
     Hello,
     WireError,
     connect_handshake,
+    describe,
     frame,
+    malformed,
     new_packer,
     serve_handshakes,
 )
@@ -57,6 +63,9 @@ APP = 0
 CONTROL = 1
 ACK = 2
 _RECV_BYTES = 256 * 1024
+#: Most bytes taken from a socket being given up (far above any kernel socket buffer, which
+#: is all a closed socket can hold; only a live peer writing on could send more).
+_DRAIN_MAX_BYTES = 64 << 20
 
 
 def rank_socket_path(socket_dir: Path, rank: int) -> Path:
@@ -183,7 +192,7 @@ class Transport:
                 return
             link = self.inn[src]
             if link.sock is not None:
-                # The previous incarnation's socket: read what is left, then replace it.
+                # The previous connection from ``src``: take what it holds, then replace it.
                 self._drain_and_close_inbound(link)
             conn.setblocking(False)
             link.sock = conn
@@ -191,16 +200,44 @@ class Transport:
             self.selector.register(conn, selectors.EVENT_READ, ("in", src))
 
     def _drain_and_close_inbound(self, link: Inbound) -> None:
+        """Take the frames ``link``'s socket already holds, then close it; never wait.
+
+        The socket is being given up: its sender died (``drain_dead``) or a new connection
+        from the same rank replaces it (``adopt_accepted``). Its frames may be messages that
+        exist nowhere else (the sender's checkpoint counts them as sent, so its replacement
+        will not resend them): they go to the engine first, ahead of the new connection's,
+        and sequence numbers drop whatever is resent twice.
+
+        Nothing more is coming by then: the kernel closed a dead sender's sockets before the
+        supervisor saw it exit (it reaps a rank before it freezes the others or respawns it),
+        a sender rolled back in place closes its old streams before it reconnects, and a
+        closed Unix socket holds everything written to it, then EOF, all readable at once.
+        So reading what is readable now loses nothing,
+        while waiting for EOF (a blocking read, as this once did) froze the rank's loop --
+        heartbeats included -- for as long as a peer that is not dead after all kept its end
+        open. Such a peer's socket is closed all the same (its sender is being replaced) and
+        logged; the read is bounded too, or a live peer writing as fast as we read would
+        hold the loop.
+        """
         sock = link.sock
         assert sock is not None
-        with contextlib.suppress(OSError):
-            sock.setblocking(True)
-            sock.settimeout(0.5)
-            while True:
-                data = sock.recv(_RECV_BYTES)
-                if not data:
-                    break
-                self._take_inbound(link, data)
+        taken = 0
+        at_eof = False
+        while link.sock is sock and taken < _DRAIN_MAX_BYTES:
+            try:
+                data = sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                at_eof = True  # reset by the peer: nothing more to read either
+                break
+            if not data:
+                at_eof = True
+                break
+            taken += len(data)
+            self._take_inbound(link, data)  # closes the link on a bad frame
+        if link.sock is sock and not at_eof:
+            self._log("inbound_closed_while_open", src=link.src, bytes_read=taken)
         self._close_inbound(link)
 
     # ---------------------------------------------------------------- connecting
@@ -351,7 +388,18 @@ class Transport:
     def _take_inbound(self, inb: Inbound, data: bytes) -> None:
         try:
             frames = inb.reader.feed(data)
+            for count, f in enumerate(frames):
+                if not _is_channel_frame(f):
+                    # The frames before it are good and in order: keep them.
+                    inb.frames.extend(frames[:count])
+                    self.stats.frames_received += count
+                    raise malformed(
+                        f"frame on channel {inb.src} -> {self.rank}",
+                        f"expected [{APP}, epoch, seq, payload, piggyback] or "
+                        f"[{CONTROL}, epoch, control], got {describe(f)}",
+                    )
         except WireError as exc:
+            # That sender's bug: drop its connection (as for any dead peer), never the rank.
             self._log("bad_frame", src=inb.src, why=str(exc))
             self._close_inbound(inb)
             return
@@ -371,15 +419,20 @@ class Transport:
             self._lost_outbound(link)
             return
         try:
-            frames = link.reader.feed(data)
-        except WireError:
-            self._lost_outbound(link)
-            return
-        for f in frames:
-            if f[0] == ACK:
-                upto = int(f[1])
+            for f in link.reader.feed(data):
+                if not _is_ack(f):
+                    raise malformed(
+                        f"ack on channel {self.rank} -> {link.dst}",
+                        f"expected [{ACK}, seq], got {describe(f)}",
+                    )
+                upto = f[1]
                 while link.unacked and link.unacked[0][0] <= upto:
                     link.unacked.popleft()
+        except WireError as exc:
+            # The receiver's bug: drop the connection as if it had died. The unacknowledged
+            # messages stay queued and are resent when the channel is next reconnected.
+            self._log("bad_ack_frame", dst=link.dst, why=str(exc))
+            self._lost_outbound(link)
 
     def _lost_outbound(self, link: Outbound) -> None:
         if link.sock is not None:
@@ -490,8 +543,8 @@ class Transport:
                 inb.expected_seq = received.get(src, 0) + 1
                 inb.acked_seq = received.get(src, 0)
 
-    def drain_dead(self, dead: set[int], timeout_s: float) -> None:
-        """Read what dead peers left in our sockets (they died; EOF comes promptly)."""
+    def drain_dead(self, dead: set[int]) -> None:
+        """Take what dead peers left in our sockets (without waiting), then close them."""
         for src in dead:
             inb = self.inn.get(src)
             if inb is not None and inb.sock is not None:
@@ -514,6 +567,30 @@ class Transport:
             self._lost_outbound(link)
         for inb in self.inn.values():
             self._close_inbound(inb)
+
+
+def _is_channel_frame(f: object) -> bool:
+    """``[APP, epoch, seq, payload, piggyback]`` or ``[CONTROL, epoch, control]``.
+
+    What ``next_frame`` and the worker index into, checked once per frame as it arrives (the
+    hot path: type tests only). ``bool`` is no ``int`` here: msgpack never turns one into
+    the other.
+    """
+    if type(f) is not list:
+        return False
+    size = len(f)
+    if size == 5:
+        return type(f[0]) is int and f[0] == APP and type(f[1]) is int and type(f[2]) is int
+    if size == 3:
+        return type(f[0]) is int and f[0] == CONTROL and type(f[1]) is int
+    return False
+
+
+def _is_ack(f: object) -> bool:
+    """``[ACK, seq]``: a receiver's cumulative acknowledgement."""
+    return (
+        type(f) is list and len(f) == 2 and type(f[0]) is int and f[0] == ACK and type(f[1]) is int
+    )
 
 
 def is_retryable(exc: OSError) -> bool:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snapline.runtime.local.control import FROM_RANK, check_from_rank
 from snapline.runtime.local.wire import (
     FrameReader,
     Hello,
@@ -328,18 +329,28 @@ class Supervisor:
             if slot.alive and not slot.stopped:
                 self._reap(slot.rank, "control link closed")
             return
-        try:
-            messages = slot.reader.feed(data)
-        except WireError as exc:
-            self.log("bad_control_frame", rank=slot.rank, why=str(exc))
-            self._reap(slot.rank, "bad control frame")
-            return
         slot.last_hb_s = time.monotonic()
-        for msg in messages:
-            self._handle(slot, msg)
+        try:
+            self._take(slot, data)
+        except WireError as exc:
+            # Undecodable or wrongly shaped: a bug in that worker. It fails like a crash (and
+            # is recovered like one); nothing after the bad frame is read, so the socket goes
+            # first and ``_reap`` does not drain it.
+            self.log("bad_control_frame", rank=slot.rank, why=str(exc))
+            self._drop_sock(slot)
+            self._reap(slot.rank, "bad control frame")
+
+    def _take(self, slot: RankSlot, data: bytes) -> None:
+        """Handle every message ``data`` completes, in order.
+
+        ``WireError`` at the first frame that does not decode or has the wrong shape (those
+        before it are handled): the link is unusable from there on.
+        """
+        for msg in slot.reader.feed(data):
+            self._handle(slot, check_from_rank(msg))
 
     def _handle(self, slot: RankSlot, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
+        op = msg["op"]
         if op == "hb":
             slot.counters = msg
         elif op == "fatal":
@@ -348,8 +359,10 @@ class Supervisor:
             self.log("rank_fatal", rank=slot.rank, error=slot.fatal)
         elif op == "result":
             slot.result = msg
+        elif op in FROM_RANK:
+            slot.replies[op] = msg
         else:
-            slot.replies[str(op)] = msg
+            self.log("unknown_control", rank=slot.rank, op=op)
 
     def _drain(self, slot: RankSlot) -> None:
         """Handle what a dead worker's control link still holds (never blocks)."""
@@ -362,11 +375,10 @@ class Supervisor:
             if not data:
                 return
             try:
-                messages = slot.reader.feed(data)
-            except WireError:
+                self._take(slot, data)
+            except WireError as exc:
+                self.log("bad_control_frame", rank=slot.rank, why=str(exc))
                 return
-            for msg in messages:
-                self._handle(slot, msg)
 
     def reap_finished(self, timeout_s: float) -> None:
         """Wait for workers that reported their result to exit."""

@@ -57,6 +57,7 @@ import hmac
 import math
 import os
 import re
+import reprlib
 import socket
 import struct
 import time
@@ -102,7 +103,31 @@ _DTYPE_STR = re.compile(r"[<>|][biufcmMSUV][0-9]{1,9}(\[[0-9]{0,9}[a-zA-Z]{1,2}\
 
 
 class WireError(SnaplineError):
-    """A peer sent bytes that are not a valid frame, or failed the handshake."""
+    """A peer sent bytes that are not a valid frame, a frame of the wrong shape, or failed the
+    handshake."""
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 40
+_short_repr.maxother = 40
+
+
+def describe(value: object) -> str:
+    """``value`` for an error message: its type and a short repr (a bad frame may be huge)."""
+    return f"{type(value).__name__} {_short_repr.repr(value)}"
+
+
+def malformed(what: str, why: str) -> WireError:
+    """The error for a frame that decoded but does not have the shape its reader needs.
+
+    Decoding proves nothing about shape: an authenticated peer with a bug can send any plain
+    data, and the reader checks the shape before it indexes into it (see ``channels`` and
+    ``control``).
+    """
+    return WireError(
+        f"malformed {what}: {why}. The sending process has a bug, or runs another snapline "
+        "version: run every process of a job from one installation, and report the bug"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ from snapline.runtime.local.config import (
     raised_in_user_code,
     user_traceback,
 )
+from snapline.runtime.local.control import check_from_supervisor
 from snapline.runtime.local.ledger import ledger_path, read_ledger
 from snapline.runtime.local.plain import (
     record_to_plain,
@@ -171,6 +172,8 @@ class Worker:
         self._completions: deque[Completion] = deque()
         self._completions_lock = threading.Lock()
         self.writer = StableWriter(ledger_path(self.store_dir, self.rank), self.rank, self._post)
+        #: The last output id released (by this process or an earlier incarnation of the rank).
+        self._released_upto = self.writer.released
         self.engine: RankEngine | None = None
         self.generation = 0
         self.frozen = True
@@ -183,8 +186,10 @@ class Worker:
         self._app_timers: dict[str, int] = {}
         self._requests_basic = requests_basic_checkpoints(self.config.protocol, self.rank)
         self._next_checkpoint_s = float("inf")
-        #: Checkpoint saves handed to the stable thread and not yet persisted (or failed).
-        self._saves_in_flight = 0
+        #: Checkpoints whose saves went to the stable thread and are not persisted (or failed).
+        self._saving: set[int] = set()
+        #: Those of them the protocol discarded meanwhile: their completions are not its news.
+        self._discarded_saving: set[int] = set()
         #: A basic checkpoint fell due while a save was in flight: take it once none is.
         self._basic_deferred = False
         self._hb_due_s = 0.0
@@ -321,7 +326,7 @@ class Worker:
     def persist_checkpoint(self, rank: int, image: CheckpointImage) -> None:
         """Capture the state now (``save_async``) and let the stable thread finish the write."""
         record = image.record
-        self._saves_in_flight += 1  # until its ``persisted`` or ``write_failed`` completion
+        self._saving.add(record.index)  # until its ``persisted`` or ``write_failed`` completion
         # Messages this checkpoint counts as sent must be in the kernel before it can persist.
         self.transport.flush_blocking(timeout_s=1.0)
         # save_async first waits for the previous save; with forced checkpoints in a row on a
@@ -380,6 +385,12 @@ class Worker:
 
     def discard_checkpoint(self, rank: int, index: int) -> None:
         """Mark checkpoint ``index`` as never to commit."""
+        if index in self._saving:
+            # Discarded before its write finished (two-phase aborts a round on PeerFailed): the
+            # protocol forgot it, and its ``persisted`` would now be a ProtocolError ("not
+            # pending") that kills the rank after the recovery. Like the simulator's storage,
+            # which drops a discarded write, do not report it.
+            self._discarded_saving.add(index)
         self._append_durable({"k": "discard", "index": index}, "discard marker")
 
     def collect_garbage(self, rank: int, before_index: int) -> None:
@@ -413,9 +424,17 @@ class Worker:
             )
         )
 
-    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
-        """Release outputs (numbered: an id released before is skipped by the writer)."""
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> int:
+        """Release outputs (numbered: an id released before is skipped by the writer).
+
+        Returns how many are new. The writer decides on its thread, later; the loop keeps its
+        own horizon (the ledger's at start, then every id handed over), which is the same.
+        """
         self.writer.put(OutputJob(first_id=first_id, items=list(items)))
+        last = first_id + len(items) - 1
+        fresh = max(0, last - max(self._released_upto, first_id - 1))
+        self._released_upto = max(self._released_upto, last)
+        return fresh
 
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         """Trace the delivery."""
@@ -458,7 +477,8 @@ class Worker:
         self._app_timers.clear()
         with self._completions_lock:
             self._completions.clear()
-        self._saves_in_flight = 0
+        self._saving.clear()
+        self._discarded_saving.clear()
         self._basic_deferred = False
 
     def _build_fresh(self) -> None:
@@ -522,7 +542,7 @@ class Worker:
         self._trace("restore", index=index, received=dict(self.engine.received))
 
     def _on_control(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
+        op = msg["op"]
         if op == "init":
             self._build_fresh()
             self._resume_plan = {"start": True, "restored": False}
@@ -665,13 +685,22 @@ class Worker:
         engine = self.engine
         failed = [int(r) for r in msg.get("failed", [])]
         newly = [int(r) for r in msg.get("newly_failed", failed)]
+        # Only a running engine hears of failures. A rank frozen already -- a peer died while
+        # this recovery ran, so the supervisor aborts the round and freezes everyone again -- is
+        # not told of the new failure, on purpose: its engine must not act after its ``frozen``
+        # reply (the plan is made from that volatile record and from the ledgers as they were
+        # then; a discard marker or a control message now would change what the planner read),
+        # and nothing is lost: no protocol's ``PeerFailed`` depends on which rank failed, the
+        # frozen engine has seen no event since its first one, and once recovering a second is
+        # a no-op (two-phase's included; test_two_phase checks it). The plan comes from the
+        # supervisor's ``failed``, not from what the protocols were told.
         if engine is not None and not self.frozen:
             for rank in newly:
                 if rank != self.rank:
                     engine.peer_failed(rank)
             self.transport.flush()
         self.frozen = True
-        self.transport.drain_dead(set(failed), timeout_s=0.5)
+        self.transport.drain_dead(set(failed))
         self._await_durable("freeze")
         volatile = record_to_plain(engine.volatile_record()) if engine is not None else None
         self._send_control_link(
@@ -821,8 +850,10 @@ class Worker:
             self._control = None
             return
         try:
-            messages = self._control_reader.feed(data)
+            messages = [check_from_supervisor(m) for m in self._control_reader.feed(data)]
         except WireError as exc:
+            # Undecodable or wrongly shaped: the link is unusable from here on. Exit; the
+            # supervisor sees the link close and recovers this rank like a crash.
             self.log("bad_control_frame", why=str(exc))
             self.stopping = True
             return
@@ -843,10 +874,14 @@ class Worker:
             if item[1] != self.generation:
                 continue  # written for an engine that a restore replaced
             if kind in ("persisted", "write_failed"):
-                self._saves_in_flight -= 1
-                if self._basic_deferred and self._saves_in_flight == 0:
+                index = int(item[2])
+                self._saving.discard(index)
+                if self._basic_deferred and not self._saving:
                     self._basic_deferred = False
                     self._next_checkpoint_s = time.monotonic()
+                if index in self._discarded_saving:
+                    self._discarded_saving.discard(index)
+                    continue
             if kind == "persisted":
                 engine.checkpoint_persisted(int(item[2]))
             elif kind == "write_failed":
@@ -873,7 +908,7 @@ class Worker:
                     del self._app_timers[name]
                 engine.app_timer_due(timer_id, name)
         if now >= self._next_checkpoint_s:
-            if self._saves_in_flight > 0:
+            if self._saving:
                 # The disk is behind (large states, a busy device): requesting more would
                 # queue checkpoints without bound, and message logs and commit markers queue
                 # behind them, so the rank would stop delivering. Take the next one when the

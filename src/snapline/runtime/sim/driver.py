@@ -375,9 +375,9 @@ class Simulator:
         self.log_free_s[rank] = done
         self._push(done, _LOGGED, rank, self.epoch[rank], entry_id, entry)
 
-    def release_output(self, rank: int, first_id: int, items: list[object]) -> None:
+    def release_output(self, rank: int, first_id: int, items: list[object]) -> int:
         """Outputs reach the outside world (each id once; the checker sees re-releases)."""
-        self.output_checker.release(rank, first_id, items)
+        return len(self.output_checker.release(rank, first_id, items))
 
     def delivered(self, rank: int, src: int, seq: int, payload: object) -> None:
         """Check and record a delivery."""
