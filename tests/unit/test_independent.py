@@ -20,7 +20,6 @@ from snapline.protocols.base import (
     SendRequested,
 )
 from snapline.protocols.link import InMemoryLink
-from snapline.protocols.reachability import collector_routes
 from snapline.protocols.uncoordinated import Uncoordinated
 from snapline.topology import Topology
 
@@ -277,52 +276,6 @@ def test_the_collector_option_must_name_a_rank() -> None:
         rank_on(BOTH_WAYS, 0, 2, gc_collector=2)
     other = rank_on(BOTH_WAYS, 0, 2, gc_collector=1)
     assert controls(commit_basic(other)) == {1: report((0, 1, {}, {}))}
-
-
-def distances(edges: frozenset[tuple[int, int]], start: int) -> dict[int, int]:
-    """Hops from ``start`` to every rank it reaches (breadth-first)."""
-    dist, frontier = {start: 0}, [start]
-    while frontier:
-        frontier = [
-            d
-            for s in frontier
-            for s2, d in sorted(edges)
-            if s2 == s and d not in dist and not dist.setdefault(d, dist[s] + 1) < 0
-        ]
-    return dist
-
-
-def test_collector_routes_are_shortest_and_agree_with_every_rank() -> None:
-    topo = Topology.parse("random:3", 40, seed=4)
-    edges = edges_option(topo.edges)
-    routes = collector_routes(edges, 5)
-    assert collector_routes(edges, 5) is routes  # cached per channel list
-    to_collector = distances(frozenset((d, s) for s, d in topo.edges), 5)
-    from_collector = distances(topo.edges, 5)
-    assert len(to_collector) == len(from_collector) == 40
-    for rank in range(40):
-        if rank == 5:
-            continue
-        hops, node = 0, rank
-        while node != 5:
-            assert (node, routes.up[node]) in topo.edges
-            node, hops = routes.up[node], hops + 1
-        assert hops == to_collector[rank]
-        assert len(routes.down[rank]) == from_collector[rank]
-        # Down: every rank on the path forwards to the next one, which ends at the rank.
-        node, path = 5, []
-        while node != rank:
-            nxt = routes.next_hop_down(node, rank)
-            assert nxt is not None and (node, nxt) in topo.edges
-            node = nxt
-            path.append(node)
-        assert tuple(path) == routes.down[rank]
-        # The tree's children lists hold every rank once, under the rank above it.
-        parent = path[-2] if len(path) > 1 else 5
-        assert rank in routes.children[parent]
-    assert sorted(d for below in routes.children.values() for d in below) == [
-        r for r in range(40) if r != 5
-    ]
 
 
 def test_reports_of_a_recovery_not_yet_heard_of_wait_for_it() -> None:

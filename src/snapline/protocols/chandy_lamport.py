@@ -94,7 +94,7 @@ from snapline.protocols.reachability import (
     INDEX_INCARNATION_SHIFT,
     CollectorRoutes,
     collector_routes,
-    reaches_all,
+    initiators,
 )
 
 SnapshotId: TypeAlias = tuple[int, int, int]
@@ -199,13 +199,14 @@ class ChandyLamport(Protocol):
                     "only ranks that reach everyone initiate"
                 )
             return True
-        edges = [(int(s), int(d)) for s, d in edges_option]
-        if not any(reaches_all(self.n, edges, r) for r in range(self.n)):
+        assert isinstance(edges_option, list | tuple)
+        may_initiate = initiators(self.n, edges_option)
+        if not may_initiate:
             raise ConfigError(
                 "chandy-lamport needs a rank whose markers reach every rank, and no rank of "
                 "this topology reaches all others; add channels"
             )
-        return reaches_all(self.n, edges, self.rank)
+        return self.rank in may_initiate
 
     def _collector_routes(self) -> CollectorRoutes | None:
         """Routes to and from the collector; without ``options["edges"]``, direct channels."""
