@@ -12,8 +12,9 @@ content-addressed chunks (``manifest.py``), written as ``writer.py`` describes a
   ``CorruptCheckpoint`` (missing chunk), never return wrong data.
 * **Async**: ``save_async`` encodes the tree and copies its arrays into the store's staging
   buffer on the caller's thread, then returns a ``PendingSave``; one background thread per
-  store writes it. At most one checkpoint is staged: a further ``save_async`` (or ``save``,
-  ``load``, ``delete``, ``gc``, ``wait``, ``close``) first waits for the pending one. A
+  store writes it, starting while the copy is still running (``staging.py``). At most one
+  checkpoint is staged: a further ``save_async`` (or ``save``, ``load``, ``delete``, ``gc``,
+  ``wait``, ``close``) first waits for the pending one. A
   background error is raised by ``PendingSave.result()``; if nobody has called ``result()``,
   the next of those calls raises it instead (each error is raised once).
 * **Damage**: ``load()`` without a step walks from the newest step down, skipping damaged
@@ -32,6 +33,7 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -45,7 +47,7 @@ from snapline.errors import (
     UnsupportedFormat,
 )
 from snapline.state.codec import EncodedTree, encode_tree
-from snapline.state.layout import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
+from snapline.state.layout import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES, ChunkSpec
 from snapline.store.backend import MARKER_KEY, Backend, MissingKey
 from snapline.store.manifest import (
     ChunkRef,
@@ -57,6 +59,7 @@ from snapline.store.manifest import (
 )
 from snapline.store.reader import load_state, read_chunk
 from snapline.store.retention import Retention, RetentionPolicy
+from snapline.store.staging import Staging
 from snapline.store.types import (
     CheckpointInfo,
     Damage,
@@ -64,7 +67,7 @@ from snapline.store.types import (
     ProgressCallback,
     VerifyReport,
 )
-from snapline.store.writer import Identity, Staging, reusable_chunks, write_checkpoint
+from snapline.store.writer import Identity, reusable_chunks, write_checkpoint
 
 log = logging.getLogger("snapline.store")
 
@@ -192,8 +195,17 @@ class Store:
         """
         self._settle()
         meta_ok = self._check_args(step, meta, overwrite)
-        staged = self._staging.capture(encode_tree(state, allow_pickle=allow_pickle))
-        future = self._bg.submit(self._write, staged, step, meta_ok, compress, progress)
+        capture = self._staging.capture(encode_tree(state, allow_pickle=allow_pickle))
+        # The write starts now and reads each chunk once the copy below has passed it.
+        future = self._bg.submit(
+            self._write, capture.staged, step, meta_ok, compress, progress, capture.wait_for
+        )
+        try:
+            capture.copy()
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                future.exception()  # the writer stops with an error and commits nothing
+            raise
         pending = PendingSave(step, future)
         self._pending = pending
         return pending
@@ -239,6 +251,7 @@ class Store:
         meta: dict[str, Any],
         compress: bool | None,
         progress: ProgressCallback | None,
+        ready: Callable[[ChunkSpec], None] | None = None,
     ) -> CheckpointInfo:
         with self.backend.writer_lock(self.lock_timeout_s):
             manifest, data = write_checkpoint(
@@ -252,6 +265,7 @@ class Store:
                 reusable=self._reusable(),
                 streams_max=self.io_threads,
                 progress=progress,
+                ready=ready,
             )
             self._remember(step, data, manifest)
         return self._info(manifest, self._previous(step))

@@ -21,11 +21,9 @@ commit leaves only unreferenced files (gc reclaims them); after it, a complete c
 Streams run on a thread pool: file writes and fsyncs release the GIL, so hashing one stream
 overlaps writing another, and the local backend starts writeback while a pack is written.
 
-``Staging`` backs ``save_async``: one preallocated byte buffer per store, grown when a state
-needs more and reused across saves. Capturing copies each array leaf with one ``memcpy``
-(``np.copyto``) into its 64-byte aligned slot, after which the caller may mutate its arrays;
-the background thread writes from the staging copy. The store keeps at most one staged
-checkpoint, so memory held is bounded by the largest state saved asynchronously.
+``save_async`` writes from a staging copy (``staging.py``) and passes ``ready``: a stream
+waits until the copy has reached a chunk before hashing it, so writing starts while the
+caller's thread is still copying.
 """
 
 from __future__ import annotations
@@ -33,15 +31,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
 import zstandard
 
-from snapline.state.codec import EncodedTree, Leaf
+from snapline.state.codec import EncodedTree
 from snapline.state.layout import ChunkSpec, chunk_bytes_of, chunk_id, plan_chunks
 from snapline.store.backend import Backend
 from snapline.store.manifest import (
@@ -69,41 +67,6 @@ _ZEROS = memoryview(bytes(_ALIGN))
 
 Identity: TypeAlias = tuple[str, str]
 """``(chunk id, codec)``: chunks with the same identity are interchangeable."""
-
-
-class Staging:
-    """Reusable capture memory for ``save_async`` (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self._buffer = np.empty(0, np.uint8)
-
-    @property
-    def capacity_bytes(self) -> int:
-        """Bytes currently held."""
-        return int(self._buffer.nbytes)
-
-    def capture(self, encoded: EncodedTree) -> EncodedTree:
-        """Copy every leaf that aliases caller memory into staging; return the staged tree."""
-        need = 0
-        for leaf in encoded.leaves:
-            if not leaf.owned:
-                need += leaf.nbytes + (-leaf.nbytes % _ALIGN)
-        if need > self._buffer.nbytes:
-            self._buffer = np.empty(need, np.uint8)
-        staged: list[Leaf] = []
-        pos = 0
-        for leaf in encoded.leaves:
-            if leaf.owned:
-                staged.append(leaf)
-                continue
-            n = leaf.nbytes
-            slot = self._buffer[pos : pos + n]
-            np.copyto(slot, leaf.data)
-            staged.append(replace(leaf, data=slot, owned=True))
-            pos += n + (-n % _ALIGN)
-        return EncodedTree(
-            skeleton=encoded.skeleton, leaves=staged, uses_pickle=encoded.uses_pickle
-        )
 
 
 def reusable_chunks(backend: Backend, manifest: Manifest) -> dict[Identity, ChunkRef]:
@@ -169,6 +132,7 @@ def _write_stream(
     *,
     compress: bool,
     pack_max_bytes: int,
+    ready: Callable[[ChunkSpec], None] | None,
 ) -> _StreamResult:
     """Hash one stream's chunks, then write the new ones into pack files (see module doc)."""
     codec = "zstd" if compress else "raw"
@@ -178,6 +142,8 @@ def _write_stream(
     for i in indexes:
         spec = specs[i]
         result.logical_bytes += spec.size
+        if ready is not None:
+            ready(spec)
         data = chunk_bytes_of(spec, leaf_data)
         cid = chunk_id(data)
         got = claims.claim((cid, codec), spec.size)
@@ -273,11 +239,13 @@ def write_checkpoint(
     reusable: Mapping[Identity, ChunkRef],
     streams_max: int,
     progress: ProgressCallback | None = None,
+    ready: Callable[[ChunkSpec], None] | None = None,
 ) -> tuple[Manifest, bytes]:
     """Write what the store lacks of ``encoded``, then commit its manifest (and return it).
 
-    ``reusable``: stored chunks the save may point at (see ``reusable_chunks``). Must be
-    called with the writer lock held. Returns the manifest and its committed bytes.
+    ``reusable``: stored chunks the save may point at (see ``reusable_chunks``). ``ready``:
+    called before a chunk's bytes are read; returns once they are there (raises to abort).
+    Must be called with the writer lock held. Returns the manifest and its committed bytes.
     """
     plan = plan_chunks(
         encoded.leaves,
@@ -301,6 +269,7 @@ def write_checkpoint(
             claims,
             compress=compress,
             pack_max_bytes=PACK_MAX_CHUNKS * chunk_bytes,
+            ready=ready,
         )
         for indexes in _split_streams(specs, streams_max)
     ]
