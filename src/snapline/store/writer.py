@@ -278,6 +278,17 @@ def write_checkpoint(
     written = 0
     done = 0
     try:
+        # The leaf table depends on the plan only: build it while the streams hash and write.
+        leaves = tuple(
+            LeafRef(
+                path=leaf.path,
+                kind=leaf.kind,
+                dtype=leaf.dtype,
+                shape=leaf.shape,
+                extents=tuple((e.chunk, e.offset, e.length) for e in extents),
+            )
+            for leaf, extents in zip(encoded.leaves, plan.leaf_extents, strict=True)
+        )
         for fut in as_completed(jobs):
             result = fut.result()
             for i, ref in result.refs.items():
@@ -305,16 +316,6 @@ def write_checkpoint(
 
     chunk_refs = (*(r for r in refs if r is not None), skeleton_ref)
     assert len(chunk_refs) == len(specs) + 1
-    leaves = tuple(
-        LeafRef(
-            path=leaf.path,
-            kind=leaf.kind,
-            dtype=leaf.dtype,
-            shape=leaf.shape,
-            extents=tuple((e.chunk, e.offset, e.length) for e in extents),
-        )
-        for leaf, extents in zip(encoded.leaves, plan.leaf_extents, strict=True)
-    )
     manifest = Manifest(
         step=step,
         created_unix_s=time.time(),
