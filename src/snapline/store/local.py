@@ -74,6 +74,17 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 _start_writeback = _load_sync_file_range()
 
 
+def _rest(views: list[memoryview], done: int) -> list[memoryview]:
+    """What is left of ``views`` after the first ``done`` bytes (one pass, no re-slicing)."""
+    i = 0
+    while i < len(views) and done >= views[i].nbytes:
+        done -= views[i].nbytes
+        i += 1
+    if i == len(views):
+        return []
+    return [views[i][done:], *views[i + 1 :]] if done else views[i:]
+
+
 def _write_all(fd: int, pieces: Iterable[memoryview]) -> None:
     """Write every piece in order: small ones batched into one ``writev``, with writeback."""
     batch: list[memoryview] = []
@@ -87,12 +98,7 @@ def _write_all(fd: int, pieces: Iterable[memoryview]) -> None:
         while views:
             n = os.writev(fd, views)
             written += n
-            # A short write leaves the rest of the batch to go again.
-            while views and n >= views[0].nbytes:
-                n -= views[0].nbytes
-                views = views[1:]
-            if views and n:
-                views = [views[0][n:], *views[1:]]
+            views = _rest(views, n)  # a short write leaves the rest to go again
         batch, batched = [], 0
         if _start_writeback is not None and written - kicked >= _WRITEBACK_EVERY_BYTES:
             _start_writeback(fd, kicked, written - kicked)
@@ -217,11 +223,7 @@ class LocalDirectory(Backend):
                 if not n:
                     break  # end of file: the size tells the caller it is short
                 pos += n
-                while views and n >= views[0].nbytes:
-                    n -= views[0].nbytes
-                    views = views[1:]
-                if views and n:
-                    views = [views[0][n:], *views[1:]]
+                views = _rest(views, n)
             return size
         except OSError as exc:
             raise _os_error(exc, f"reading {path}") from exc

@@ -167,7 +167,7 @@ class Manifest:
         return sum(c.stored_size for c in self.chunks)
 
     def body(self) -> dict[str, Any]:
-        """The JSON body without the checksum, in the manifest's format version."""
+        """The JSON body without the checksum, in the manifest's format version (to dump)."""
         packs: dict[str, int] = {}
         pack_list: list[dict[str, Any]] = []
         chunks: list[dict[str, Any]] = []
@@ -192,14 +192,15 @@ class Manifest:
             "created_unix_s": self.created_unix_s,
             "chunk_bytes": self.chunk_bytes,
             "chunks": chunks,
-            "skeleton": list(self.skeleton),
+            # Tuples dump as JSON arrays: no per-leaf list copies (thousands of leaves).
+            "skeleton": self.skeleton,
             "leaves": [
                 {
                     "path": leaf.path,
                     "kind": leaf.kind,
                     "dtype": leaf.dtype,
-                    "shape": list(leaf.shape),
-                    "extents": [list(e) for e in leaf.extents],
+                    "shape": leaf.shape,
+                    "extents": leaf.extents,
                 }
                 for leaf in self.leaves
             ],

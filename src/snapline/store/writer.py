@@ -28,6 +28,7 @@ caller's thread is still copying.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
@@ -64,6 +65,7 @@ used, so the cap bounds the space a partly used pack holds to a few chunks; ``ch
 stays the one knob for the granularity of incremental saves and of reclaiming space."""
 _ALIGN = 64
 _ZEROS = memoryview(bytes(_ALIGN))
+_EXTENT_FIELDS = operator.attrgetter("chunk", "offset", "length")
 
 Identity: TypeAlias = tuple[str, str]
 """``(chunk id, codec)``: chunks with the same identity are interchangeable."""
@@ -110,9 +112,9 @@ class _Claims:
 
     def place(self, refs: list[ChunkRef]) -> None:
         """Record where this save wrote chunks, for streams that found them claimed."""
+        placed = {(ref.id, ref.codec): ref for ref in refs}  # identity, without the property
         with self._mutex:
-            for ref in refs:
-                self.placed[ref.identity] = ref
+            self.placed.update(placed)
 
 
 @dataclass(slots=True)
@@ -285,7 +287,7 @@ def write_checkpoint(
                 kind=leaf.kind,
                 dtype=leaf.dtype,
                 shape=leaf.shape,
-                extents=tuple((e.chunk, e.offset, e.length) for e in extents),
+                extents=tuple(map(_EXTENT_FIELDS, extents)),
             )
             for leaf, extents in zip(encoded.leaves, plan.leaf_extents, strict=True)
         )
