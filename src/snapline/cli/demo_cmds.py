@@ -21,7 +21,6 @@ from rich.table import Table
 
 from snapline.errors import CheckpointDamagedWarning
 from snapline.store import open_store
-from snapline.store.manifest import chunk_key
 
 console = Console()
 DEFAULT_DEMO_DIR = "demo-out/store"
@@ -80,11 +79,11 @@ def store_demo(directory: Path) -> None:
         newest = store.manifest(4)
         older = {c.key for s in (1, 2, 3) for c in store.manifest(s).chunks}
         victim = next(c for c in newest.chunks if c.key not in older and c.size > 1024)
-        path = directory / chunk_key(victim.id, victim.codec)
+        path = directory / victim.key  # its pack file; the chunk starts at victim.offset
         with open(path, "r+b") as f:
-            f.seek(victim.size // 2)
+            f.seek(victim.offset + victim.size // 2)
             byte = f.read(1)[0]
-            f.seek(victim.size // 2)
+            f.seek(victim.offset + victim.size // 2)
             f.write(bytes([byte ^ 0x10]))
         console.print(f"[yellow]flipped one bit[/] in {path.relative_to(directory)} (step 4 only)")
 

@@ -193,13 +193,13 @@ def _previous(store: Store, step: int) -> Manifest | None:
 
 def _skeleton_tree(store: Store, manifest: Manifest) -> Any:
     previous = _previous(store, manifest.step)
-    before = {c.key for c in previous.chunks} if previous else set()
+    before = {c.identity for c in previous.chunks} if previous else set()
     c, off, length = manifest.skeleton
     raw = read_chunk(store.backend, manifest.chunks[c], step=manifest.step)[off : off + length]
 
     def resolve(index: int) -> object:
         leaf = manifest.leaves[index]
-        shared = sum(1 for ci, _, _ in leaf.extents if manifest.chunks[ci].key in before)
+        shared = sum(1 for ci, _, _ in leaf.extents if manifest.chunks[ci].identity in before)
         return _LeafMark(leaf, shared)
 
     return decode_tree(
@@ -365,11 +365,11 @@ def diff(
         ids_a = [ma.chunks[c].id for c, _, _ in la.extents]
         ids_b = [mb.chunks[c].id for c, _, _ in lb.extents]
         changed = sum(1 for x, y in zip(ids_a, ids_b, strict=True) if x != y)
-        # Small leaves share pack chunks, so a leaf packed with a changed one shows as changed.
+        # Tiny leaves share bundle chunks, so one bundled with a changed leaf shows as changed.
         if changed:
             detail = f"{changed}/{len(ids_a)} chunk(s) differ"
             if len(ids_a) == 1 and la.nbytes < ma.chunks[la.extents[0][0]].size:
-                detail = "its pack chunk differs (it or a small leaf packed with it changed)"
+                detail = "its bundle chunk differs (it or a tiny leaf bundled with it changed)"
             table.add_row(path, "[yellow]changed[/]", detail)
         else:
             same += 1

@@ -143,6 +143,9 @@ class _Encoder:
         self.leaves: list[Leaf] = []
         self.uses_pickle = False
         self._on_stack: set[int] = set()
+        # dtype -> (little-endian dtype, its JSON form): states often hold thousands of
+        # arrays of a few dtypes, and working these out is most of a small leaf's cost.
+        self._dtypes: dict[np.dtype[Any], tuple[np.dtype[Any], str | list[Any]]] = {}
 
     def _pickled(self, obj: object, parts: list[str], why: str) -> msgpack.ExtType:
         if not self.allow_pickle:
@@ -159,7 +162,11 @@ class _Encoder:
         return msgpack.ExtType(_EXT_PICKLE, blob)
 
     def _leaf(self, arr: np.ndarray[Any, Any], parts: list[str], kind: str) -> msgpack.ExtType:
-        dtype = _little_endian(arr.dtype)
+        known = self._dtypes.get(arr.dtype)
+        if known is None:
+            little = _little_endian(arr.dtype)
+            known = self._dtypes[arr.dtype] = (little, dtype_to_json(little))
+        dtype, dtype_json = known
         owned = kind == "bytes"
         if dtype != arr.dtype or not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr, dtype=dtype)
@@ -170,8 +177,8 @@ class _Encoder:
             Leaf(
                 path=path_str(parts),
                 kind=kind,
-                dtype=dtype_to_json(dtype),
-                shape=tuple(int(n) for n in arr.shape),
+                dtype=dtype_json,
+                shape=arr.shape,  # a tuple of ints already
                 data=data,
                 owned=owned,
             )

@@ -5,17 +5,19 @@ Theory of operation
 A save should write only what changed. Each leaf of at least ``small_leaf_bytes`` is cut on
 its own at fixed offsets ``0, C, 2C, ...`` (``C`` = the chunk size), so a change inside one
 array touches only the chunks covering the changed bytes, and changes elsewhere never shift
-them. Leaves smaller than that are packed together, each at a 64-byte aligned offset (so a
-loaded array view is aligned for any dtype), into pack chunks of at most ``C`` bytes; a
-change to a small leaf rewrites one pack.
+them. Leaves smaller than that are bundled together, each at a 64-byte aligned offset (so a
+loaded array view is aligned for any dtype), into bundle chunks of at most ``bundle_bytes``;
+a change to a small leaf rewrites one bundle.
 
 The default chunk size is 4 MiB: a contiguous 1% change of a 1 GiB state (10 MiB) then
-writes 12-16 MiB (about 1.2-1.6%), while keeping per-file costs (create, fsync, rename) to
-256 files per GiB, which keeps a full save near raw sequential write speed. Smaller chunks
-get closer to exactly 1% but pay more per-file overhead.
+writes 12-16 MiB (about 1.2-1.6%). The store keeps chunks in pack files (many chunks per
+file, see ``store/writer.py``), so a chunk costs a hash call and a manifest entry, not a file:
+the store therefore gives every leaf of 4 KiB or more its own chunk(s), and bundles only
+tinier leaves (into 64 KiB bundles), so re-saving after a change to a few of thousands of
+small arrays rewrites just those arrays.
 
-A chunk's id is the xxh3_128 hash (hex) of its uncompressed bytes; it names the chunk's file
-and is checked on every load. The hash runs at memory speed (about 15-20 GB/s on one core).
+A chunk's id is the xxh3_128 hash (hex) of its uncompressed bytes; it is checked on every
+load. The hash runs at memory speed (about 15-20 GB/s on one core).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class ChunkSpec:
     """One chunk to write: the pieces of leaf data (in order) that make up its bytes.
 
     ``pieces`` are ``(leaf_index, start, stop)`` byte ranges of leaf data; ``pad_after`` holds
-    the zero padding, in bytes, to place after each piece (for alignment inside packs).
+    the zero padding, in bytes, to place after each piece (for alignment inside bundles).
     """
 
     pieces: tuple[tuple[int, int, int], ...]
@@ -78,11 +80,17 @@ def plan_chunks(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     small_leaf_bytes: int | None = None,
+    bundle_bytes: int | None = None,
 ) -> ChunkPlan:
-    """Cut ``leaves`` into chunks of at most ``chunk_bytes`` (see the module docstring)."""
+    """Cut ``leaves`` into chunks of at most ``chunk_bytes`` (see the module docstring).
+
+    ``small_leaf_bytes`` (default ``chunk_bytes // 4``): leaves below it are bundled.
+    ``bundle_bytes`` (default ``chunk_bytes``): the most a bundle of small leaves holds.
+    """
     if chunk_bytes < MIN_CHUNK_BYTES:
         raise ConfigError(f"chunk size {chunk_bytes} is below the minimum {MIN_CHUNK_BYTES}")
     small = chunk_bytes // 4 if small_leaf_bytes is None else min(small_leaf_bytes, chunk_bytes)
+    bundle = chunk_bytes if bundle_bytes is None else min(max(bundle_bytes, 1), chunk_bytes)
     chunks: list[ChunkSpec] = []
     extents: list[list[Extent]] = [[] for _ in leaves]
     total = 0
@@ -99,12 +107,12 @@ def plan_chunks(
                 ChunkSpec(pieces=((index, start, stop),), pad_after=(0,), size=stop - start)
             )
 
-    # Packs come after every big leaf's chunks, so the open pack's index is len(chunks).
+    # Bundles come after every big leaf's chunks, so the open bundle's index is len(chunks).
     pieces: list[tuple[int, int, int]] = []
     pads: list[int] = []
     used = 0
 
-    def close_pack() -> None:
+    def close_bundle() -> None:
         nonlocal pieces, pads, used
         if pieces:
             # The last piece needs no padding after it.
@@ -116,14 +124,14 @@ def plan_chunks(
         n = leaf.nbytes
         if n >= small or n == 0:
             continue
-        if used + n > chunk_bytes:
-            close_pack()
+        if used + n > bundle:
+            close_bundle()
         pad = -(used + n) % ALIGN_BYTES
         extents[index].append(Extent(chunk=len(chunks), offset=used, length=n))
         pieces.append((index, 0, n))
         pads.append(pad)
         used += n + pad
-    close_pack()
+    close_bundle()
     return ChunkPlan(chunks=chunks, leaf_extents=extents, total_bytes=total)
 
 

@@ -4,7 +4,9 @@ Layout of a store (any backend)::
 
     snapline-store.json              marker: {"format": "snapline-store", "format_version": 1}
     manifests/<step:012d>.json       one committed checkpoint (see manifest.py)
-    chunks/<id[:2]>/<id>[.zst]       content-addressed chunk data, shared between checkpoints
+    chunks/packs/<pack id>.pack      pack files: many chunks each, shared between checkpoints
+    chunks/<id[:2]>/<id>[.zst]       a chunk in its own file (skeletons; every chunk of a
+                                     checkpoint written before pack files)
 
 ``open_store(where)`` picks the backend from ``where``: a plain path or ``file://`` URL gives
 ``LocalDirectory`` (a missing directory is created; a non-empty directory that is not a store

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A backend is a flat namespace of keys (``snapline-store.json``, ``chunks/ab/<id>``,
-``manifests/<step:012d>.json``) holding immutable blobs, plus a writer lock. The store above
+``chunks/packs/<id>.pack``, ``manifests/<step:012d>.json``) holding immutable blobs, plus a
+writer lock. The store above
 it never edits a blob in place: chunks are content-addressed and written once; a checkpoint
 becomes visible only when its finalizer commits the manifest. The finalizer is pluggable
 because "atomically visible" means different things on different media:
@@ -36,13 +37,14 @@ class Backend(ABC):
     Call order (the ``Store`` keeps to it; a new backend may rely on it):
 
     1. Open: ``is_initialized()``; if False, ``initialize()`` (creates the store marker).
-    2. Save: ``writer_lock(timeout_s)`` is entered; for each chunk ``size(key)`` and, when the
-       chunk is absent (or of the wrong size), ``write(key, pieces)``; then ``sync()`` so every
-       write is durable; then ``finalizer.commit(backend, manifest_key, data)``; the lock is
-       left. Nothing is visible to readers before the commit returns.
+    2. Save: ``writer_lock(timeout_s)`` is entered; ``size(key)`` checks that files the save
+       reuses (packs, the skeleton) are present; each new pack file and a changed skeleton are
+       written with ``write(key, pieces)`` (several at once, from a thread pool); then
+       ``sync()`` so every write is durable; then ``finalizer.commit(backend, manifest_key,
+       data)``; the lock is left. Nothing is visible to readers before the commit returns.
     3. Load / verify / list: ``finalizer.visible(backend)`` lists committed manifest keys;
-       ``read(key)`` reads a manifest or skeleton; ``read_into(key, buffer)`` reads a chunk.
-       Readers take no lock.
+       ``read(key)`` reads a manifest; ``read_range(key, offset, buffers)`` reads chunks (a
+       run of neighbouring chunks of a pack at once). Readers take no lock.
     4. Delete / gc: ``writer_lock`` entered; ``finalizer.retract`` hides manifests;
        ``list_keys("chunks/")`` and ``delete(key)`` remove unreferenced chunks;
        ``remove_partial_writes()`` clears what crashed writers left behind.
@@ -74,6 +76,21 @@ class Backend(ABC):
         When the blob is larger than ``buffer`` only ``len(buffer)`` bytes are read; callers
         compare the returned size with what they expect.
         """
+
+    def read_range(self, key: str, offset: int, buffers: Sequence[memoryview]) -> int:
+        """Fill ``buffers``, in order, from the blob's bytes starting at ``offset``.
+
+        Returns the blob's full size; when the blob is too short the buffers are only partly
+        filled and the returned size tells the caller so. This default slices ``read(key)``
+        (zero-copy for backends holding blobs in memory); file backends read just the range.
+        """
+        blob = memoryview(self.read(key))
+        pos = offset
+        for buffer in buffers:
+            piece = blob[pos : pos + buffer.nbytes]
+            buffer[: piece.nbytes] = piece
+            pos += buffer.nbytes
+        return blob.nbytes
 
     @abstractmethod
     def size(self, key: str) -> int | None:

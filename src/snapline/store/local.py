@@ -4,7 +4,11 @@ Theory of operation
 -------------------
 Every blob is written to ``.<name>.tmp-<pid>-<n>`` in its final directory, fsync'd, and
 renamed onto its final name with ``os.replace``; the directories that gained or lost names
-are fsync'd by ``sync()``, before the manifest is committed and after it. A ``kill -9`` at
+are fsync'd by ``sync()``, before the manifest is committed and after it. While a large blob
+(a pack file) is written, writeback of what is already written is started every few MiB
+(``sync_file_range`` on Linux): the disk then works while the rest is copied, instead of the
+whole blob waiting for the final fsync, which on the dev machine halves the time of
+write + fsync. Many small pieces are handed to the kernel in one ``writev``. A ``kill -9`` at
 any moment therefore leaves either no file or a complete, fsync'd file under each final name,
 plus perhaps a temporary file that ``remove_partial_writes`` (run by gc) deletes.
 
@@ -22,14 +26,16 @@ the temporary file is removed and nothing committed is touched.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import itertools
 import os
 import re
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +46,73 @@ _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _TMP = re.compile(r"^\..*\.tmp-\d+-\d+$")
 _LOCK_NAME = "lock"
 _LOCK_POLL_S = 0.02
+_WRITEBACK_EVERY_BYTES = 8 * 1024 * 1024
+_WRITEV_MAX_PIECES = 512
+_WRITEV_MAX_BYTES = 4 * 1024 * 1024
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` from libc, or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    write_flag = 2  # SYNC_FILE_RANGE_WRITE: start writeback, do not wait for it
+
+    def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+        # Only a hint: durability still comes from the fsync, so a failure is ignored.
+        fn(fd, offset, nbytes, write_flag)
+
+    return start_writeback
+
+
+_start_writeback = _load_sync_file_range()
+
+
+def _rest(views: list[memoryview], done: int) -> list[memoryview]:
+    """What is left of ``views`` after the first ``done`` bytes (one pass, no re-slicing)."""
+    i = 0
+    while i < len(views) and done >= views[i].nbytes:
+        done -= views[i].nbytes
+        i += 1
+    if i == len(views):
+        return []
+    return [views[i][done:], *views[i + 1 :]] if done else views[i:]
+
+
+def _write_all(fd: int, pieces: Iterable[memoryview]) -> None:
+    """Write every piece in order: small ones batched into one ``writev``, with writeback."""
+    batch: list[memoryview] = []
+    batched = 0
+    written = 0
+    kicked = 0
+
+    def flush() -> None:
+        nonlocal batch, batched, written, kicked
+        views = batch
+        while views:
+            n = os.writev(fd, views)
+            written += n
+            views = _rest(views, n)  # a short write leaves the rest to go again
+        batch, batched = [], 0
+        if _start_writeback is not None and written - kicked >= _WRITEBACK_EVERY_BYTES:
+            _start_writeback(fd, kicked, written - kicked)
+            kicked = written
+
+    for piece in pieces:
+        view = piece.cast("B") if piece.format != "B" or piece.ndim != 1 else piece
+        if not view.nbytes:
+            continue
+        batch.append(view)
+        batched += view.nbytes
+        if len(batch) >= _WRITEV_MAX_PIECES or batched >= _WRITEV_MAX_BYTES:
+            flush()
+    flush()
 
 
 def _check_key(key: str) -> None:
@@ -132,6 +205,31 @@ class LocalDirectory(Backend):
         except OSError as exc:
             raise _os_error(exc, f"reading {path}") from exc
 
+    def read_range(self, key: str, offset: int, buffers: Sequence[memoryview]) -> int:
+        """``preadv`` straight into the caller's buffers (one system call for a whole run)."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MissingKey(f"{path} is missing") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading {path}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            views = [b for b in buffers if b.nbytes]
+            pos = offset
+            while views:
+                n = os.preadv(fd, views[:_WRITEV_MAX_PIECES], pos)
+                if not n:
+                    break  # end of file: the size tells the caller it is short
+                pos += n
+                views = _rest(views, n)
+            return size
+        except OSError as exc:
+            raise _os_error(exc, f"reading {path}") from exc
+        finally:
+            os.close(fd)
+
     def size(self, key: str) -> int | None:
         """``st_size`` of the file, or None."""
         try:
@@ -169,11 +267,7 @@ class LocalDirectory(Backend):
             self._ensure_dir(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                for piece in pieces:
-                    view = piece.cast("B") if piece.format != "B" else piece
-                    done = 0
-                    while done < view.nbytes:
-                        done += os.write(fd, view[done:])
+                _write_all(fd, pieces)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -183,6 +277,10 @@ class LocalDirectory(Backend):
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise _os_error(exc, f"writing {path}") from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
         with self._mutex:
             self._dirty_dirs.add(path.parent)
 

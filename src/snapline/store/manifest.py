@@ -1,27 +1,47 @@
-"""The checkpoint manifest: a versioned, human-readable JSON file that names chunks.
+"""The checkpoint manifest: a versioned JSON file that names chunks.
 
 Theory of operation
 -------------------
 A checkpoint exists exactly when its manifest ``manifests/<step:012d>.json`` is committed
 (see ``backend.py``). The manifest lists the chunks the checkpoint uses (content address,
-size, stored size, codec), the skeleton's place and, per array leaf, its path in the tree,
-dtype, shape and the chunk byte ranges (extents) holding its data. Chunks are shared between
-checkpoints through their content address ``chunks/<id[:2]>/<id>[.zst]``.
+size, stored size, codec, and where the stored bytes live), the skeleton's place and, per
+array leaf, its path in the tree, dtype, shape and the chunk byte ranges (extents) holding
+its data. Chunks are shared between checkpoints through their content address.
 
-Integrity: the file is written as ``json.dumps(body, indent=1, sort_keys=True)`` with a
+Where a chunk lives depends on the format version:
+
+* **version 1**: every chunk is its own file ``chunks/<id[:2]>/<id>[.zst]``. Version 2
+  still uses such files for the skeleton (so an unchanged skeleton is never rewritten), and
+  reads version 1 checkpoints, whose chunks stay where they are.
+* **version 2**: data chunks live in **pack files** ``chunks/packs/<pack id>.pack`` at a byte
+  offset (a chunk entry's ``pack`` indexes the ``packs`` list, ``offset`` is where its stored
+  bytes start); ``packs`` gives each pack's size, so a truncated pack is damage. One
+  file holds many chunks, so a save pays one create, fsync and rename per pack, not per
+  chunk.
+
+A manifest is written in the oldest version that can express it (a checkpoint without pack
+files is version 1), so an older snapline reads whatever it could represent.
+
+Integrity, version 1: the file is ``json.dumps(body, indent=1, sort_keys=True)`` with a
 ``checksum`` field equal to ``xxh3_128`` of the same dump of the body without that field.
 Reading re-dumps what it parsed and requires the bytes to match exactly, so *any* flipped
 bit or truncation is detected (a change to the content fails the checksum; a change to
-formatting fails the byte comparison). Everything read is validated before use: the format
-version (``UnsupportedFormat`` when newer than this code), chunk ids (32 hex digits, so a
-manifest can never name a path outside the store) and extents (inside their chunk).
+formatting fails the byte comparison). Version 2 is compact JSON whose first member is the
+checksum: ``{"checksum":"xxh3_128:<hex>",`` followed by the compact dump of the body without
+its opening brace; the checksum is ``xxh3_128`` of that dump. Reading hashes the
+bytes as they are instead of re-dumping them, and the compact dump runs in json's C encoder
+(an indented one does not): for a manifest of 5,000 small arrays that is about 20 ms instead
+of 300 ms per save, more than writing the arrays takes. Everything read is validated before
+use: the format version (``UnsupportedFormat`` when newer than this code), chunk and pack ids
+(32 hex digits, so a manifest can never name a path outside the store), extents and pack
+offsets (inside their chunk and pack).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import xxhash
@@ -29,12 +49,14 @@ import xxhash
 from snapline.errors import CorruptCheckpoint, UnsupportedFormat
 
 FORMAT_NAME = "snapline-checkpoint"
-FORMAT_VERSION = 1
-"""Version of the manifest format this code writes; it reads versions up to this one."""
+FORMAT_VERSION = 2
+"""Newest manifest format version this code writes; it reads versions up to this one."""
 
 CODECS = ("raw", "zstd")
 _CHUNK_ID = re.compile(r"^[0-9a-f]{32}$")
 _MANIFEST_NAME = re.compile(r"^(\d{12})\.json$")
+_ANY_ID = re.compile(rb"[0-9a-f]{32}")
+_V2_HEAD = re.compile(rb'^\{"checksum":"xxh3_128:([0-9a-f]{32})",')
 
 
 def manifest_key(step: int) -> str:
@@ -60,19 +82,47 @@ def chunk_key(chunk_id: str, codec: str) -> str:
     return f"chunks/{chunk_id[:2]}/{chunk_id}{suffix}"
 
 
+def pack_key(pack_id: str) -> str:
+    """The backend key of a pack file (validated: never a path outside ``chunks/``)."""
+    if not _CHUNK_ID.match(pack_id):
+        raise CorruptCheckpoint(
+            f"manifest names pack {pack_id!r}, which is not a valid pack id; refusing to read a "
+            "path outside the store"
+        )
+    return f"chunks/packs/{pack_id}.pack"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkRef:
-    """A chunk a checkpoint uses: content address, raw size, stored size and codec."""
+    """A chunk a checkpoint uses: content address, raw size, stored size, codec and place.
+
+    ``pack`` is None for a chunk in its own file (version 1, and skeletons); otherwise the
+    chunk's stored bytes are ``[offset, offset + stored_size)`` of that pack file, whose full
+    size is ``pack_size``.
+    """
 
     id: str
     size: int
     stored_size: int
     codec: str
+    pack: str | None = None
+    offset: int = 0
+    pack_size: int = 0
 
     @property
     def key(self) -> str:
-        """The backend key of this chunk."""
-        return chunk_key(self.id, self.codec)
+        """The backend key of the file holding this chunk (its pack, or its own file)."""
+        return chunk_key(self.id, self.codec) if self.pack is None else pack_key(self.pack)
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What makes two chunks interchangeable: the same content stored the same way."""
+        return (self.id, self.codec)
+
+    @property
+    def file_size(self) -> int:
+        """The size the chunk's file must have (anything else means it was damaged)."""
+        return self.stored_size if self.pack is None else self.pack_size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,7 +155,11 @@ class Manifest:
     uses_pickle: bool = False
     total_bytes: int = 0
     written_bytes: int = 0
-    format_version: int = FORMAT_VERSION
+
+    @property
+    def format_version(self) -> int:
+        """The oldest format version that can express this manifest (2 once packs are used)."""
+        return 2 if any(c.pack is not None for c in self.chunks) else 1
 
     @property
     def stored_bytes(self) -> int:
@@ -113,25 +167,40 @@ class Manifest:
         return sum(c.stored_size for c in self.chunks)
 
     def body(self) -> dict[str, Any]:
-        """The JSON body without the checksum."""
-        return {
+        """The JSON body without the checksum, in the manifest's format version (to dump)."""
+        packs: dict[str, int] = {}
+        pack_list: list[dict[str, Any]] = []
+        chunks: list[dict[str, Any]] = []
+        for c in self.chunks:
+            entry: dict[str, Any] = {
+                "id": c.id,
+                "size": c.size,
+                "stored_size": c.stored_size,
+                "codec": c.codec,
+            }
+            if c.pack is not None:
+                if c.pack not in packs:
+                    packs[c.pack] = len(pack_list)
+                    pack_list.append({"id": c.pack, "size": c.pack_size})
+                entry["pack"] = packs[c.pack]
+                entry["offset"] = c.offset
+            chunks.append(entry)
+        body: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "format_version": self.format_version,
+            "format_version": 2 if pack_list else 1,
             "step": self.step,
             "created_unix_s": self.created_unix_s,
             "chunk_bytes": self.chunk_bytes,
-            "chunks": [
-                {"id": c.id, "size": c.size, "stored_size": c.stored_size, "codec": c.codec}
-                for c in self.chunks
-            ],
-            "skeleton": list(self.skeleton),
+            "chunks": chunks,
+            # Tuples dump as JSON arrays: no per-leaf list copies (thousands of leaves).
+            "skeleton": self.skeleton,
             "leaves": [
                 {
                     "path": leaf.path,
                     "kind": leaf.kind,
                     "dtype": leaf.dtype,
-                    "shape": list(leaf.shape),
-                    "extents": [list(e) for e in leaf.extents],
+                    "shape": leaf.shape,
+                    "extents": leaf.extents,
                 }
                 for leaf in self.leaves
             ],
@@ -140,16 +209,29 @@ class Manifest:
             "total_bytes": self.total_bytes,
             "written_bytes": self.written_bytes,
         }
+        if pack_list:
+            body["packs"] = pack_list
+        return body
 
     def to_bytes(self) -> bytes:
-        """The manifest file's bytes, checksum included."""
+        """The manifest file's bytes, checksum included (see the module docstring)."""
         body = self.body()
-        checksum = "xxh3_128:" + xxhash.xxh3_128_hexdigest(_dump(body))
-        return _dump({**body, "checksum": checksum})
+        if self.format_version == 1:
+            checksum = "xxh3_128:" + xxhash.xxh3_128_hexdigest(_dump(body))
+            return _dump({**body, "checksum": checksum})
+        dumped = _dump_compact(body)
+        head = b'{"checksum":"xxh3_128:' + xxhash.xxh3_128_hexdigest(dumped).encode() + b'",'
+        return head + dumped[1:]
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode("ascii")
+
+
+def _dump_compact(obj: dict[str, Any]) -> bytes:
+    # Unsorted: the checksum covers the bytes as written, so no reader re-creates this order,
+    # and sorting thousands of small objects is a third of the dump's time.
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def parse_manifest(data: bytes, *, where: str) -> Manifest:
@@ -158,21 +240,10 @@ def parse_manifest(data: bytes, *, where: str) -> Manifest:
     Raises ``CorruptCheckpoint`` for any damage or malformed content and
     ``UnsupportedFormat`` for a format version newer than ``FORMAT_VERSION``.
     """
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpoint(f"manifest {where} is damaged (not valid JSON: {exc})") from exc
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
-        raise CorruptCheckpoint(f"manifest {where} is damaged or not a snapline manifest")
-    # The envelope (format name, checksum field and scheme) is the same in every version, so
-    # the checksum is checked first: a flipped bit in "format_version" is damage, not news.
+    head = _V2_HEAD.match(data)
+    obj = _checked_v2(data, head, where) if head else _checked_v1(data, where)
+    # The envelope is checked first: a flipped bit in "format_version" is damage, not news.
     version = obj.get("format_version")
-    checksum = obj.pop("checksum", None)
-    expected = "xxh3_128:" + xxhash.xxh3_128_hexdigest(_dump(obj))
-    if checksum != expected:
-        raise CorruptCheckpoint(f"manifest {where} is damaged (checksum mismatch)")
-    if _dump({**obj, "checksum": checksum}) != data:
-        raise CorruptCheckpoint(f"manifest {where} is damaged (bytes differ from its content)")
     if type(version) is not int or version < 1:
         raise CorruptCheckpoint(f"manifest {where} has no valid format_version")
     if version > FORMAT_VERSION:
@@ -181,18 +252,51 @@ def parse_manifest(data: bytes, *, where: str) -> Manifest:
             f"1..{FORMAT_VERSION}. Upgrade snapline to read it"
         )
     try:
-        return _from_body(obj)
-    except (KeyError, TypeError, ValueError) as exc:
+        return _from_body(obj, version)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CorruptCheckpoint(f"manifest {where} is malformed: {exc!r}") from exc
 
 
-def chunk_ids_anyway(data: bytes) -> set[str]:
-    """Chunk ids a possibly damaged manifest still names (for a conservative gc); may be empty."""
+def _checked_v1(data: bytes, where: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-        return {c["id"] for c in obj["chunks"] if isinstance(c.get("id"), str)}
-    except Exception:
-        return set()
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpoint(f"manifest {where} is damaged (not valid JSON: {exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
+        raise CorruptCheckpoint(f"manifest {where} is damaged or not a snapline manifest")
+    checksum = obj.pop("checksum", None)
+    expected = "xxh3_128:" + xxhash.xxh3_128_hexdigest(_dump(obj))
+    if checksum != expected:
+        raise CorruptCheckpoint(f"manifest {where} is damaged (checksum mismatch)")
+    if _dump({**obj, "checksum": checksum}) != data:
+        raise CorruptCheckpoint(f"manifest {where} is damaged (bytes differ from its content)")
+    return obj
+
+
+def _checked_v2(data: bytes, head: re.Match[bytes], where: str) -> dict[str, Any]:
+    body = b"{" + data[head.end() :]
+    if xxhash.xxh3_128_hexdigest(body).encode() != head.group(1):
+        raise CorruptCheckpoint(f"manifest {where} is damaged (checksum mismatch)")
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpoint(f"manifest {where} is damaged (not valid JSON: {exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
+        raise CorruptCheckpoint(f"manifest {where} is damaged or not a snapline manifest")
+    return obj
+
+
+def referenced_keys_anyway(data: bytes) -> set[str]:
+    """Keys a possibly damaged manifest may still name (for a conservative gc); may be empty.
+
+    Every run of 32 hex digits is taken as a chunk or pack id, whatever JSON is left around
+    it: keeping a few unreferenced files is harmless, deleting a referenced one is not.
+    """
+    keys: set[str] = set()
+    for match in _ANY_ID.finditer(data):
+        ident = match.group().decode("ascii")
+        keys.update((chunk_key(ident, "raw"), chunk_key(ident, "zstd"), pack_key(ident)))
+    return keys
 
 
 def _int(value: Any, what: str, *, minimum: int = 0) -> int:
@@ -210,7 +314,14 @@ def _extent(value: Any, chunks: tuple[ChunkRef, ...]) -> tuple[int, int, int]:
     return c, off, length
 
 
-def _from_body(obj: dict[str, Any]) -> Manifest:
+def _from_body(obj: dict[str, Any], version: int) -> Manifest:
+    packs: list[tuple[str, int]] = []
+    if version >= 2:
+        for p in obj["packs"]:
+            pack_key(str(p["id"]))  # validates the id
+            packs.append((str(p["id"]), _int(p["size"], "pack size")))
+    elif "packs" in obj:
+        raise ValueError("a version 1 manifest has no packs")
     chunks = []
     for c in obj["chunks"]:
         ref = ChunkRef(
@@ -220,6 +331,12 @@ def _from_body(obj: dict[str, Any]) -> Manifest:
             codec=str(c["codec"]),
         )
         chunk_key(ref.id, ref.codec)  # validates id and codec
+        if "pack" in c:
+            pack_id, pack_size = packs[_int(c["pack"], "pack index")]
+            offset = _int(c["offset"], "pack offset")
+            if offset + ref.stored_size > pack_size:
+                raise ValueError(f"chunk {ref.id} lies outside its pack")
+            ref = replace(ref, pack=pack_id, offset=offset, pack_size=pack_size)
         chunks.append(ref)
     chunk_refs = tuple(chunks)
     leaves = []
@@ -256,5 +373,4 @@ def _from_body(obj: dict[str, Any]) -> Manifest:
         uses_pickle=bool(obj["pickle"]),
         total_bytes=_int(obj["total_bytes"], "total_bytes"),
         written_bytes=_int(obj["written_bytes"], "written_bytes"),
-        format_version=obj["format_version"],
     )

@@ -12,8 +12,9 @@ content-addressed chunks (``manifest.py``), written as ``writer.py`` describes a
   ``CorruptCheckpoint`` (missing chunk), never return wrong data.
 * **Async**: ``save_async`` encodes the tree and copies its arrays into the store's staging
   buffer on the caller's thread, then returns a ``PendingSave``; one background thread per
-  store writes it. At most one checkpoint is staged: a further ``save_async`` (or ``save``,
-  ``load``, ``delete``, ``gc``, ``wait``, ``close``) first waits for the pending one. A
+  store writes it, starting while the copy is still running (``staging.py``). At most one
+  checkpoint is staged: a further ``save_async`` (or ``save``, ``load``, ``delete``, ``gc``,
+  ``wait``, ``close``) first waits for the pending one. A
   background error is raised by ``PendingSave.result()``; if nobody has called ``result()``,
   the next of those calls raises it instead (each error is raised once).
 * **Damage**: ``load()`` without a step walks from the newest step down, skipping damaged
@@ -32,6 +33,7 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -45,18 +47,19 @@ from snapline.errors import (
     UnsupportedFormat,
 )
 from snapline.state.codec import EncodedTree, encode_tree
-from snapline.state.layout import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
+from snapline.state.layout import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES, ChunkSpec
 from snapline.store.backend import MARKER_KEY, Backend, MissingKey
 from snapline.store.manifest import (
+    ChunkRef,
     Manifest,
-    chunk_ids_anyway,
-    chunk_key,
     manifest_key,
     parse_manifest,
+    referenced_keys_anyway,
     step_of_manifest_key,
 )
 from snapline.store.reader import load_state, read_chunk
 from snapline.store.retention import Retention, RetentionPolicy
+from snapline.store.staging import Staging
 from snapline.store.types import (
     CheckpointInfo,
     Damage,
@@ -64,13 +67,14 @@ from snapline.store.types import (
     ProgressCallback,
     VerifyReport,
 )
-from snapline.store.writer import Staging, write_checkpoint
+from snapline.store.writer import Identity, reusable_chunks, write_checkpoint
 
 log = logging.getLogger("snapline.store")
 
 STORE_FORMAT = "snapline-store"
 STORE_FORMAT_VERSION = 1
 MAX_STEP = 10**12 - 1
+_MANIFEST_CACHE_SIZE = 4
 
 
 class PendingSave:
@@ -122,12 +126,16 @@ class Store:
         self.lock_timeout_s = lock_timeout_s
         self.chunk_bytes = chunk_bytes
         self.compress = compress
+        self.io_threads = io_threads
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="snapline-io")
         self._bg = ThreadPoolExecutor(1, thread_name_prefix="snapline-save")
         self._staging = Staging()
         self._pending: PendingSave | None = None
         self._mutex = threading.Lock()
         self._closed = False
+        # Parsed manifests by step, with the bytes they were parsed from: a manifest re-read
+        # with the same bytes is not parsed again (saves read the newest one every time).
+        self._manifests: dict[int, tuple[bytes, Manifest]] = {}
 
     @property
     def url(self) -> str:
@@ -187,8 +195,17 @@ class Store:
         """
         self._settle()
         meta_ok = self._check_args(step, meta, overwrite)
-        staged = self._staging.capture(encode_tree(state, allow_pickle=allow_pickle))
-        future = self._bg.submit(self._write, staged, step, meta_ok, compress, progress)
+        capture = self._staging.capture(encode_tree(state, allow_pickle=allow_pickle))
+        # The write starts now and reads each chunk once the copy below has passed it.
+        future = self._bg.submit(
+            self._write, capture.staged, step, meta_ok, compress, progress, capture.wait_for
+        )
+        try:
+            capture.copy()
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                future.exception()  # the writer stops with an error and commits nothing
+            raise
         pending = PendingSave(step, future)
         self._pending = pending
         return pending
@@ -234,9 +251,10 @@ class Store:
         meta: dict[str, Any],
         compress: bool | None,
         progress: ProgressCallback | None,
+        ready: Callable[[ChunkSpec], None] | None = None,
     ) -> CheckpointInfo:
         with self.backend.writer_lock(self.lock_timeout_s):
-            manifest = write_checkpoint(
+            manifest, data = write_checkpoint(
                 self.backend,
                 self._io,
                 encoded,
@@ -244,9 +262,26 @@ class Store:
                 meta=meta,
                 chunk_bytes=self.chunk_bytes,
                 compress=self.compress if compress is None else compress,
+                reusable=self._reusable(),
+                streams_max=self.io_threads,
                 progress=progress,
+                ready=ready,
             )
+            self._remember(step, data, manifest)
         return self._info(manifest, self._previous(step))
+
+    def _reusable(self) -> dict[Identity, ChunkRef]:
+        """Chunks a save may point at instead of writing: those of the newest readable step.
+
+        Call under the writer lock (so gc cannot remove them meanwhile). Saves usually follow
+        each other, so the newest step shares the most; older steps are not searched.
+        """
+        for step in reversed(self.steps()):
+            try:
+                return reusable_chunks(self.backend, self.manifest(step))
+            except (CorruptCheckpoint, UnsupportedFormat, CheckpointNotFound):
+                continue
+        return {}
 
     # -- reading --------------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -267,10 +302,22 @@ class Store:
             raise CheckpointNotFound(
                 f"no checkpoint at step {step} in {self.url} (steps: {_fmt_steps(self.steps())})"
             ) from None
+        with self._mutex:
+            cached = self._manifests.get(step)
+        if cached is not None and cached[0] == data:
+            return cached[1]
         manifest = parse_manifest(data, where=f"{key} of {self.url}")
         if manifest.step != step:
             raise CorruptCheckpoint(f"manifest {key} names step {manifest.step}, not {step}")
+        self._remember(step, data, manifest)
         return manifest
+
+    def _remember(self, step: int, data: bytes, manifest: Manifest) -> None:
+        with self._mutex:
+            self._manifests.pop(step, None)
+            self._manifests[step] = (data, manifest)
+            while len(self._manifests) > _MANIFEST_CACHE_SIZE:
+                del self._manifests[next(iter(self._manifests))]
 
     def load(
         self,
@@ -339,14 +386,14 @@ class Store:
 
     @staticmethod
     def _info(manifest: Manifest, previous: Manifest | None) -> CheckpointInfo:
-        before = {c.key for c in previous.chunks} if previous is not None else set()
-        seen: set[str] = set()
+        before = {c.identity for c in previous.chunks} if previous is not None else set()
+        seen: set[Identity] = set()
         new = shared = 0
         for c in manifest.chunks:
-            if c.key in seen:
+            if c.identity in seen:
                 continue
-            seen.add(c.key)
-            if c.key in before:
+            seen.add(c.identity)
+            if c.identity in before:
                 shared += c.stored_size
             else:
                 new += c.stored_size
@@ -374,7 +421,8 @@ class Store:
                 f"no checkpoint at step {step} in {self.url} (steps: {_fmt_steps(self.steps())})"
             )
         damage: list[Damage] = []
-        work: dict[str, tuple[Any, list[int]]] = {}
+        # By chunk, not by file: one pack file holds many chunks, each checked on its own.
+        work: dict[ChunkRef, tuple[ChunkRef, list[int]]] = {}
         for s in steps:
             try:
                 manifest = self.manifest(s)
@@ -382,10 +430,10 @@ class Store:
                 damage.append(Damage(step=s, key=manifest_key(s), reason=str(exc)))
                 continue
             for ref in manifest.chunks:
-                work.setdefault(ref.key, (ref, []))[1].append(s)
+                work.setdefault(ref, (ref, []))[1].append(s)
         total = sum(ref.size for ref, _ in work.values())
 
-        def check(item: tuple[Any, list[int]]) -> tuple[int, str | None]:
+        def check(item: tuple[ChunkRef, list[int]]) -> tuple[int, str | None]:
             ref, users = item
             try:
                 read_chunk(self.backend, ref, step=users[0])
@@ -442,7 +490,7 @@ class Store:
         with self.backend.writer_lock(self.lock_timeout_s):
             steps = self.steps()
             verdicts: dict[int, bool] = {}
-            chunk_ok: dict[str, bool] = {}
+            chunk_ok: dict[ChunkRef, bool] = {}
 
             def intact(step: int) -> bool:
                 if step not in verdicts:
@@ -459,15 +507,8 @@ class Store:
                 except UnsupportedFormat as exc:
                     raise UnsupportedFormat(f"gc refused: {exc}") from exc
                 except (CorruptCheckpoint, CheckpointNotFound):
-                    try:
-                        ids = chunk_ids_anyway(self.backend.read(key))
-                    except MissingKey:
-                        ids = set()
-                    for cid in ids:
-                        for codec in ("raw", "zstd"):
-                            # A bad id cannot name a file we own.
-                            with contextlib.suppress(CorruptCheckpoint):
-                                referenced.add(chunk_key(cid, codec))
+                    with contextlib.suppress(MissingKey):
+                        referenced.update(referenced_keys_anyway(self.backend.read(key)))
             for s in doomed:
                 self.backend.finalizer.retract(self.backend, manifest_key(s))
             for key in self.backend.finalizer.abandoned(self.backend):
@@ -491,10 +532,10 @@ class Store:
             kept_damaged_steps=tuple(s for s in sorted(kept) if verdicts.get(s) is False),
         )
 
-    def _intact(self, step: int, chunk_ok: dict[str, bool]) -> bool:
+    def _intact(self, step: int, chunk_ok: dict[ChunkRef, bool]) -> bool:
         """Whether ``step``'s manifest parses and all its chunks read back with the right hash.
 
-        ``chunk_ok`` caches verdicts by chunk key: consecutive steps share most chunks.
+        ``chunk_ok`` caches verdicts by chunk: consecutive steps share most chunks.
         """
         try:
             manifest = self.manifest(step)
@@ -503,13 +544,13 @@ class Store:
         except (CorruptCheckpoint, CheckpointNotFound):
             return False
         for ref in manifest.chunks:
-            if ref.key not in chunk_ok:
+            if ref not in chunk_ok:
                 try:
                     read_chunk(self.backend, ref, step=step)
-                    chunk_ok[ref.key] = True
+                    chunk_ok[ref] = True
                 except CorruptCheckpoint:
-                    chunk_ok[ref.key] = False
-            if not chunk_ok[ref.key]:
+                    chunk_ok[ref] = False
+            if not chunk_ok[ref]:
                 return False
         return True
 

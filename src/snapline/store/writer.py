@@ -1,77 +1,232 @@
-"""Writing one checkpoint: chunks in parallel, then the manifest; and async staging.
+"""Writing one checkpoint: chunks hashed and packed into pack files in parallel, then the manifest.
 
 Theory of operation
 -------------------
-``write_checkpoint`` runs under the writer lock. It plans chunks (``state.layout``), hashes
-each one (xxh3_128, at memory speed) and writes it only when no blob of that address and
-size is already in the store -- that is what makes a save incremental. Writes run on a small
-thread pool because file writes and fsyncs release the GIL and a disk has several queues; a
-chunk's bytes are zero-copy views of the arrays whenever the array is contiguous. When every
-chunk is written, ``backend.sync()`` makes them durable and only then the finalizer commits
-the manifest. A crash at any point before the commit leaves only unreferenced chunks (gc
-reclaims them); after it, a complete checkpoint.
+``write_checkpoint`` runs under the writer lock. It plans chunks (``state.layout``; every leaf
+of 4 KiB or more gets its own chunks, tinier leaves share 64 KiB bundles) and splits them, in
+order, into a few **streams** of similar size, one per I/O thread. Each stream hashes its
+chunks (xxh3_128, at memory speed) and keeps those the store lacks: a chunk is reused when
+the newest committed checkpoint already has it (its pack file checked present and whole) or
+another stream of this save writes it. The kept chunks are laid out back to back, each at a
+64-byte aligned offset, into pack files of at most ``PACK_MAX_CHUNKS`` chunk sizes (16 MiB
+with the default 4 MiB chunks); each pack is written
+with one ``backend.write`` (temporary name, one fsync, rename). So a save pays one file, one
+fsync and a few system calls per pack, not per chunk: thousands of small arrays cost a hash
+call and a manifest entry each, and a save that changed 1% of them writes about 1%.
 
-``Staging`` backs ``save_async``: one preallocated byte buffer per store, grown when a state
-needs more and reused across saves. Capturing copies each array leaf with one ``memcpy``
-(``np.copyto``) into its 64-byte aligned slot, after which the caller may mutate its arrays;
-the background thread writes from the staging copy. The store keeps at most one staged
-checkpoint, so memory held is bounded by the largest state saved asynchronously.
+The skeleton is its own content-addressed file (``chunks/<id[:2]>/<id>``) so an unchanged
+one is never rewritten. When every write is done, ``backend.sync()`` makes the new names
+durable and only then the finalizer commits the manifest. A crash at any point before the
+commit leaves only unreferenced files (gc reclaims them); after it, a complete checkpoint.
+Streams run on a thread pool: file writes and fsyncs release the GIL, so hashing one stream
+overlaps writing another, and the local backend starts writeback while a pack is written.
+
+``save_async`` writes from a staging copy (``staging.py``) and passes ``ready``: a stream
+waits until the copy has reached a chunk before hashing it, so writing starts while the
+caller's thread is still copying.
 """
 
 from __future__ import annotations
 
+import operator
+import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
 import zstandard
 
-from snapline.state.codec import EncodedTree, Leaf
+from snapline.state.codec import EncodedTree
 from snapline.state.layout import ChunkSpec, chunk_bytes_of, chunk_id, plan_chunks
 from snapline.store.backend import Backend
-from snapline.store.manifest import ChunkRef, LeafRef, Manifest, chunk_key, manifest_key
+from snapline.store.manifest import (
+    ChunkRef,
+    LeafRef,
+    Manifest,
+    chunk_key,
+    manifest_key,
+    pack_key,
+)
 from snapline.store.types import ProgressCallback
 
 ZSTD_LEVEL = 3
+SMALL_LEAF_BYTES = 4096
+"""Leaves below this share bundle chunks; larger ones get chunks of their own."""
+BUNDLE_BYTES = 64 * 1024
+PACK_STREAM_MIN_BYTES = 32 * 1024 * 1024
+"""Below this many bytes per stream, another stream would add a file and an fsync for little."""
+PACK_MAX_CHUNKS = 4
+"""A pack holds at most this many chunk sizes of data. gc keeps a pack while any chunk in it is
+used, so the cap bounds the space a partly used pack holds to a few chunks; ``chunk_bytes``
+stays the one knob for the granularity of incremental saves and of reclaiming space."""
 _ALIGN = 64
+_ZEROS = memoryview(bytes(_ALIGN))
+_EXTENT_FIELDS = operator.attrgetter("chunk", "offset", "length")
+
+Identity: TypeAlias = tuple[str, str]
+"""``(chunk id, codec)``: chunks with the same identity are interchangeable."""
 
 
-class Staging:
-    """Reusable capture memory for ``save_async`` (see the module docstring)."""
+def reusable_chunks(backend: Backend, manifest: Manifest) -> dict[Identity, ChunkRef]:
+    """The chunks of ``manifest`` a new save may point at: those whose file is there, whole.
 
-    def __init__(self) -> None:
-        self._buffer = np.empty(0, np.uint8)
+    One size check per file (a pack holds many chunks); a missing or truncated file is left
+    out, so the new save writes those chunks again.
+    """
+    by_key: dict[str, list[ChunkRef]] = {}
+    for ref in manifest.chunks:
+        by_key.setdefault(ref.key, []).append(ref)
+    out: dict[Identity, ChunkRef] = {}
+    for key, refs in by_key.items():
+        size = backend.size(key)
+        for ref in refs:
+            if size == ref.file_size:
+                out[ref.identity] = ref
+    return out
 
-    @property
-    def capacity_bytes(self) -> int:
-        """Bytes currently held."""
-        return int(self._buffer.nbytes)
 
-    def capture(self, encoded: EncodedTree) -> EncodedTree:
-        """Copy every leaf that aliases caller memory into staging; return the staged tree."""
-        need = 0
-        for leaf in encoded.leaves:
-            if not leaf.owned:
-                need += leaf.nbytes + (-leaf.nbytes % _ALIGN)
-        if need > self._buffer.nbytes:
-            self._buffer = np.empty(need, np.uint8)
-        staged: list[Leaf] = []
+class _Claims:
+    """Decides, across streams, whether each chunk is reused, written here, or written elsewhere."""
+
+    def __init__(self, reusable: Mapping[Identity, ChunkRef]) -> None:
+        self._reusable = reusable
+        self._mutex = threading.Lock()
+        self._claimed: set[Identity] = set()
+        self.placed: dict[Identity, ChunkRef] = {}
+        """Chunks written by this save, by identity (filled as packs are laid out)."""
+
+    def claim(self, ident: Identity, size: int) -> ChunkRef | bool:
+        """A stored chunk to point at; True: the caller writes it; False: another stream does."""
+        ref = self._reusable.get(ident)
+        if ref is not None and ref.size == size:
+            return ref
+        with self._mutex:
+            if ident in self._claimed:
+                return False
+            self._claimed.add(ident)
+            return True
+
+    def place(self, refs: list[ChunkRef]) -> None:
+        """Record where this save wrote chunks, for streams that found them claimed."""
+        placed = {(ref.id, ref.codec): ref for ref in refs}  # identity, without the property
+        with self._mutex:
+            self.placed.update(placed)
+
+
+@dataclass(slots=True)
+class _StreamResult:
+    refs: dict[int, ChunkRef]  # spec index -> where its chunk is
+    elsewhere: list[tuple[int, Identity]]  # chunks another stream of this save writes
+    logical_bytes: int
+    written_bytes: int
+
+
+def _write_stream(
+    backend: Backend,
+    indexes: list[int],
+    specs: list[ChunkSpec],
+    leaf_data: list[np.ndarray[Any, np.dtype[np.uint8]]],
+    claims: _Claims,
+    *,
+    compress: bool,
+    pack_max_bytes: int,
+    ready: Callable[[ChunkSpec], None] | None,
+) -> _StreamResult:
+    """Hash one stream's chunks, then write the new ones into pack files (see module doc)."""
+    codec = "zstd" if compress else "raw"
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if compress else None
+    result = _StreamResult(refs={}, elsewhere=[], logical_bytes=0, written_bytes=0)
+    new: list[tuple[int, str, memoryview]] = []
+    for i in indexes:
+        spec = specs[i]
+        result.logical_bytes += spec.size
+        if ready is not None:
+            ready(spec)
+        data = chunk_bytes_of(spec, leaf_data)
+        cid = chunk_id(data)
+        got = claims.claim((cid, codec), spec.size)
+        if isinstance(got, ChunkRef):
+            result.refs[i] = got
+        elif got:
+            stored = memoryview(compressor.compress(data)) if compressor is not None else data
+            new.append((i, cid, stored))
+        else:
+            result.elsewhere.append((i, (cid, codec)))
+
+    start = 0
+    while start < len(new):
+        # Lay out one pack: chunks back to back at aligned offsets, up to pack_max_bytes.
+        pieces: list[memoryview] = []
+        offsets: list[int] = []
         pos = 0
-        for leaf in encoded.leaves:
-            if leaf.owned:
-                staged.append(leaf)
-                continue
-            n = leaf.nbytes
-            slot = self._buffer[pos : pos + n]
-            np.copyto(slot, leaf.data)
-            staged.append(replace(leaf, data=slot, owned=True))
-            pos += n + (-n % _ALIGN)
-        return EncodedTree(
-            skeleton=encoded.skeleton, leaves=staged, uses_pickle=encoded.uses_pickle
+        stop = start
+        while stop < len(new):
+            stored = new[stop][2]
+            pad = -pos % _ALIGN
+            if stop > start and pos + pad + stored.nbytes > pack_max_bytes:
+                break
+            if pad:
+                pieces.append(_ZEROS[:pad])
+            pieces.append(stored)
+            offsets.append(pos + pad)
+            pos += pad + stored.nbytes
+            stop += 1
+        pack_id = os.urandom(16).hex()
+        refs = [
+            ChunkRef(
+                id=cid,
+                size=specs[i].size,
+                stored_size=stored.nbytes,
+                codec=codec,
+                pack=pack_id,
+                offset=offset,
+                pack_size=pos,
+            )
+            for (i, cid, stored), offset in zip(new[start:stop], offsets, strict=True)
+        ]
+        backend.write(pack_key(pack_id), pieces)
+        result.written_bytes += sum(ref.stored_size for ref in refs)
+        for (i, _, _), ref in zip(new[start:stop], refs, strict=True):
+            result.refs[i] = ref
+        claims.place(refs)
+        start = stop
+    return result
+
+
+def _split_streams(specs: list[ChunkSpec], streams_max: int) -> list[list[int]]:
+    """Cut the chunk list, in order, into at most ``streams_max`` runs of similar size."""
+    total = sum(spec.size for spec in specs)
+    count = max(1, min(streams_max, -(-total // PACK_STREAM_MIN_BYTES)))
+    out: list[list[int]] = [[] for _ in range(count)]
+    acc = 0
+    for i, spec in enumerate(specs):
+        out[min(count - 1, acc * count // max(total, 1))].append(i)
+        acc += spec.size
+    return [s for s in out if s]
+
+
+def _write_skeleton(backend: Backend, skeleton: bytes, *, compress: bool) -> tuple[ChunkRef, int]:
+    """The skeleton as its own content-addressed file, written only when not already there."""
+    cid = chunk_id(skeleton)
+    if compress:
+        key = chunk_key(cid, "zstd")
+        existing = backend.size(key)
+        if existing:
+            return ChunkRef(id=cid, size=len(skeleton), stored_size=existing, codec="zstd"), 0
+        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(skeleton)
+        backend.write(key, [memoryview(packed)])
+        return ChunkRef(id=cid, size=len(skeleton), stored_size=len(packed), codec="zstd"), len(
+            packed
         )
+    ref = ChunkRef(id=cid, size=len(skeleton), stored_size=len(skeleton), codec="raw")
+    if backend.size(ref.key) == len(skeleton):
+        return ref, 0
+    backend.write(ref.key, [memoryview(skeleton)])
+    return ref, len(skeleton)
 
 
 def write_checkpoint(
@@ -83,110 +238,98 @@ def write_checkpoint(
     meta: dict[str, Any],
     chunk_bytes: int,
     compress: bool,
+    reusable: Mapping[Identity, ChunkRef],
+    streams_max: int,
     progress: ProgressCallback | None = None,
-) -> Manifest:
-    """Write the chunks of ``encoded`` that the store lacks, then commit its manifest.
+    ready: Callable[[ChunkSpec], None] | None = None,
+) -> tuple[Manifest, bytes]:
+    """Write what the store lacks of ``encoded``, then commit its manifest (and return it).
 
-    Must be called with the writer lock held.
+    ``reusable``: stored chunks the save may point at (see ``reusable_chunks``). ``ready``:
+    called before a chunk's bytes are read; returns once they are there (raises to abort).
+    Must be called with the writer lock held. Returns the manifest and its committed bytes.
     """
-    plan = plan_chunks(encoded.leaves, chunk_bytes=chunk_bytes)
+    plan = plan_chunks(
+        encoded.leaves,
+        chunk_bytes=chunk_bytes,
+        small_leaf_bytes=SMALL_LEAF_BYTES,
+        bundle_bytes=BUNDLE_BYTES,
+    )
+    specs = plan.chunks
     leaf_data = [leaf.data for leaf in encoded.leaves]
-    skeleton = np.frombuffer(encoded.skeleton, np.uint8)
-    specs = [
-        *plan.chunks,
-        ChunkSpec(
-            pieces=((len(leaf_data), 0, skeleton.nbytes),), pad_after=(0,), size=skeleton.nbytes
-        ),
+    claims = _Claims(reusable)
+    total = sum(spec.size for spec in specs) + len(encoded.skeleton)
+
+    skeleton_job = pool.submit(_write_skeleton, backend, encoded.skeleton, compress=compress)
+    jobs: list[Future[_StreamResult]] = [
+        pool.submit(
+            _write_stream,
+            backend,
+            indexes,
+            specs,
+            leaf_data,
+            claims,
+            compress=compress,
+            pack_max_bytes=PACK_MAX_CHUNKS * chunk_bytes,
+            ready=ready,
+        )
+        for indexes in _split_streams(specs, streams_max)
     ]
-    leaf_data.append(skeleton)
-    total = sum(spec.size for spec in specs)
-
-    claimed: set[str] = set()
-    claim_mutex = threading.Lock()
-
-    def first_claim(cid: str) -> bool:
-        # Identical chunks within one save (e.g. zero-filled arrays) are written once.
-        with claim_mutex:
-            if cid in claimed:
-                return False
-            claimed.add(cid)
-            return True
-
-    def write_one(spec: ChunkSpec) -> tuple[ChunkRef, int]:
-        data = chunk_bytes_of(spec, leaf_data)
-        cid = chunk_id(data)
-        if not first_claim(cid):
-            # The stored size is filled in from the first copy once every write is done.
-            codec = "zstd" if compress else "raw"
-            return ChunkRef(id=cid, size=spec.size, stored_size=-1, codec=codec), 0
-        if compress:
-            key = chunk_key(cid, "zstd")
-            existing = backend.size(key)
-            if existing:
-                return ChunkRef(id=cid, size=spec.size, stored_size=existing, codec="zstd"), 0
-            packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
-            backend.write(key, [memoryview(packed)])
-            ref = ChunkRef(id=cid, size=spec.size, stored_size=len(packed), codec="zstd")
-            return ref, len(packed)
-        key = chunk_key(cid, "raw")
-        ref = ChunkRef(id=cid, size=spec.size, stored_size=spec.size, codec="raw")
-        if backend.size(key) == spec.size:
-            return ref, 0
-        backend.write(key, [data])
-        return ref, spec.size
-
-    futures: dict[Future[tuple[ChunkRef, int]], int] = {
-        pool.submit(write_one, spec): i for i, spec in enumerate(specs)
-    }
     refs: list[ChunkRef | None] = [None] * len(specs)
+    elsewhere: list[tuple[int, Identity]] = []
     written = 0
     done = 0
     try:
-        for fut in as_completed(futures):
-            ref, wrote = fut.result()
-            index = futures[fut]
-            refs[index] = ref
-            written += wrote
-            done += specs[index].size
+        # The leaf table depends on the plan only: build it while the streams hash and write.
+        leaves = tuple(
+            LeafRef(
+                path=leaf.path,
+                kind=leaf.kind,
+                dtype=leaf.dtype,
+                shape=leaf.shape,
+                extents=tuple(map(_EXTENT_FIELDS, extents)),
+            )
+            for leaf, extents in zip(encoded.leaves, plan.leaf_extents, strict=True)
+        )
+        for fut in as_completed(jobs):
+            result = fut.result()
+            for i, ref in result.refs.items():
+                refs[i] = ref
+            elsewhere.extend(result.elsewhere)
+            written += result.written_bytes
+            done += result.logical_bytes
             if progress is not None:
                 progress(done, total)
+        skeleton_ref, skeleton_written = skeleton_job.result()
     finally:
         # On error, let in-flight writes finish before the caller releases the lock.
-        for fut in futures:
-            fut.cancel()
-        for fut in futures:
-            if not fut.cancelled():
-                fut.exception()
+        every: list[Future[Any]] = [skeleton_job, *jobs]
+        for job in every:
+            job.cancel()
+        for job in every:
+            if not job.cancelled():
+                job.exception()
+    for i, ident in elsewhere:
+        refs[i] = claims.placed[ident]
+    written += skeleton_written
+    if progress is not None:
+        progress(total, total)
     backend.sync()
 
-    stored = {r.id: r.stored_size for r in refs if r is not None and r.stored_size >= 0}
-    chunk_refs = tuple(
-        replace(r, stored_size=stored[r.id]) if r.stored_size < 0 else r
-        for r in refs
-        if r is not None
-    )
-    assert len(chunk_refs) == len(specs)
-    leaves = tuple(
-        LeafRef(
-            path=leaf.path,
-            kind=leaf.kind,
-            dtype=leaf.dtype,
-            shape=leaf.shape,
-            extents=tuple((e.chunk, e.offset, e.length) for e in extents),
-        )
-        for leaf, extents in zip(encoded.leaves, plan.leaf_extents, strict=True)
-    )
+    chunk_refs = (*(r for r in refs if r is not None), skeleton_ref)
+    assert len(chunk_refs) == len(specs) + 1
     manifest = Manifest(
         step=step,
         created_unix_s=time.time(),
         chunk_bytes=chunk_bytes,
         chunks=chunk_refs,
-        skeleton=(len(specs) - 1, 0, skeleton.nbytes),
+        skeleton=(len(specs), 0, len(encoded.skeleton)),
         leaves=leaves,
         meta=meta,
         uses_pickle=encoded.uses_pickle,
         total_bytes=total,
         written_bytes=written,
     )
-    backend.finalizer.commit(backend, manifest_key(step), manifest.to_bytes())
-    return manifest
+    data = manifest.to_bytes()
+    backend.finalizer.commit(backend, manifest_key(step), data)
+    return manifest, data

@@ -1,0 +1,91 @@
+"""Writing checkpoints into pack files: few files, one copy of each chunk, cheap re-saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from snapline.store import open_store
+from snapline.store.manifest import pack_key
+from snapline.store.writer import PACK_MAX_CHUNKS, reusable_chunks
+
+
+def small_arrays(count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"a{i}": rng.random(1024) for i in range(count)}  # 8 KiB each
+
+
+def data_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "chunks").rglob("*") if p.is_file())
+
+
+def test_thousands_of_small_arrays_take_a_few_files(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s") as store:
+        state = small_arrays(2000)  # 16 MB
+        info = store.save(state, step=1)
+        packs = {c.pack for c in store.manifest(1).chunks if c.pack is not None}
+        # One pack per 4 chunk sizes (4 MiB chunks by default), plus the skeleton's file.
+        assert 1 <= len(packs) <= 16 * 2**20 // (PACK_MAX_CHUNKS * 4 * 2**20) + 4
+        assert len(data_files(tmp_path / "s")) == len(packs) + 1
+        assert info.chunk_count == 2001 and info.written_bytes >= 16_000_000
+        loaded = store.load()
+        for k, v in state.items():
+            np.testing.assert_array_equal(loaded[k], v)
+            assert loaded[k].flags.aligned and loaded[k].flags.writeable
+
+
+def test_resave_after_changing_one_percent_writes_about_one_percent(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s") as store:
+        state = small_arrays(2000)
+        store.save(state, step=1)
+        for a in list(state.values())[::100]:
+            a[3] = -1.0
+        info = store.save(state, step=2)
+        assert info.written_bytes <= 20 * 8192 + 4096  # 20 arrays and the skeleton
+        assert info.shared_bytes >= 1980 * 8192
+        loaded = store.load(step=2)
+        for k, v in state.items():
+            np.testing.assert_array_equal(loaded[k], v)
+        assert store.verify().ok
+
+
+def test_a_big_state_is_split_into_streams_and_capped_packs(tmp_path: Path) -> None:
+    chunk = 64 * 1024
+    with open_store(tmp_path / "s", chunk_bytes=chunk, io_threads=3) as store:
+        state = {"w": np.random.default_rng(0).random(200_000)}  # 1.6 MB: 25 chunks
+        store.save(state, step=1)
+        manifest = store.manifest(1)
+        sizes = {c.pack: c.pack_size for c in manifest.chunks if c.pack is not None}
+        assert all(size <= PACK_MAX_CHUNKS * chunk for size in sizes.values())
+        assert len(sizes) >= 200_000 * 8 // (PACK_MAX_CHUNKS * chunk)
+        np.testing.assert_array_equal(store.load()["w"], state["w"])
+
+
+def test_reusable_chunks_leave_out_missing_and_truncated_packs(tmp_path: Path) -> None:
+    chunk = 64 * 1024
+    with open_store(tmp_path / "s", chunk_bytes=chunk) as store:
+        state = {"w": np.random.default_rng(0).random(100_000)}  # 800 kB, 4 packs
+        store.save(state, step=1)
+        manifest = store.manifest(1)
+        packs = sorted({c.pack for c in manifest.chunks if c.pack is not None})
+        assert len(packs) >= 2
+        truncated = tmp_path / "s" / pack_key(packs[0])
+        truncated.write_bytes(truncated.read_bytes()[:-1])
+        (tmp_path / "s" / pack_key(packs[1])).unlink()
+        reusable = reusable_chunks(store.backend, manifest)
+        assert {r.pack for r in reusable.values()}.isdisjoint(packs[:2])
+        assert len(reusable) < len(manifest.chunks)
+        # A new save writes what it cannot reuse again, so it is whole.
+        info = store.save(state, step=2)
+        assert info.written_bytes > 0
+        np.testing.assert_array_equal(store.load(step=2)["w"], state["w"])
+        assert store.verify(step=2).ok
+
+
+def test_identical_small_arrays_are_stored_once(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s") as store:
+        info = store.save({f"z{i}": np.zeros(2048) for i in range(300)}, step=1)
+        assert info.chunk_count == 2  # one zero array, one skeleton
+        assert info.written_bytes < 2 * 16384
+        assert all((v == 0).all() for v in store.load().values())
