@@ -75,10 +75,35 @@ class CollectorRoutes:
         return path[depth]
 
 
-#: The last few routes computed, with the edge list object they were computed from (kept
-#: referenced, so its id cannot be reused): every rank of a simulated job shares one list.
-_ROUTES_CACHE: list[tuple[object, int, CollectorRoutes]] = []
-_ROUTES_CACHE_SIZE = 4
+#: The last few answers computed per channel list: (the list object, what was asked, the
+#: answer). The list is kept referenced, so its id cannot be reused while it is here; every
+#: rank of a simulated job, and every restored protocol object, shares one list.
+_CACHE: list[tuple[object, tuple[str, int], object]] = []
+_CACHE_SIZE = 8
+
+
+def _cached(edges: object, question: tuple[str, int]) -> object | None:
+    for cached_edges, cached_question, answer in _CACHE:
+        if cached_edges is edges and cached_question == question:
+            return answer
+    return None
+
+
+def _remember(edges: object, question: tuple[str, int], answer: object) -> None:
+    _CACHE.append((edges, question, answer))
+    del _CACHE[:-_CACHE_SIZE]
+
+
+def _adjacency(
+    edges: Sequence[Sequence[int]],
+) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Successors and predecessors of each rank along ``edges``."""
+    successors: dict[int, list[int]] = {}
+    predecessors: dict[int, list[int]] = {}
+    for src, dst in edges:
+        successors.setdefault(int(src), []).append(int(dst))
+        predecessors.setdefault(int(dst), []).append(int(src))
+    return successors, predecessors
 
 
 def collector_routes(edges: Sequence[Sequence[int]], collector: int) -> CollectorRoutes:
@@ -87,14 +112,10 @@ def collector_routes(edges: Sequence[Sequence[int]], collector: int) -> Collecto
     Two breadth-first searches, smaller ranks first so every rank computes the same paths: one
     along reversed edges for the way up, one along the edges for the way down.
     """
-    for cached_edges, cached_collector, routes in _ROUTES_CACHE:
-        if cached_edges is edges and cached_collector == collector:
-            return routes
-    successors: dict[int, list[int]] = {}
-    predecessors: dict[int, list[int]] = {}
-    for src, dst in edges:
-        successors.setdefault(int(src), []).append(int(dst))
-        predecessors.setdefault(int(dst), []).append(int(src))
+    cached = _cached(edges, ("routes", collector))
+    if isinstance(cached, CollectorRoutes):
+        return cached
+    successors, predecessors = _adjacency(edges)
     up: dict[int, int] = {}
     frontier: deque[int] = deque([collector])
     while frontier:
@@ -121,13 +142,8 @@ def collector_routes(edges: Sequence[Sequence[int]], collector: int) -> Collecto
         down=down,
         children={rank: tuple(sorted(below)) for rank, below in children.items()},
     )
-    _ROUTES_CACHE.append((edges, collector, routes))
-    del _ROUTES_CACHE[:-_ROUTES_CACHE_SIZE]
+    _remember(edges, ("routes", collector), routes)
     return routes
-
-
-#: The last few ``initiators`` answers, with the edge list object they were computed from.
-_INITIATORS_CACHE: list[tuple[object, int, frozenset[int]]] = []
 
 
 def initiators(n: int, edges: Sequence[Sequence[int]]) -> frozenset[int]:
@@ -137,14 +153,10 @@ def initiators(n: int, edges: Sequence[Sequence[int]]) -> frozenset[int]:
     source component of the graph, so if any rank reaches all, that one does; and then a rank
     reaches all iff it reaches that one (a search along reversed edges).
     """
-    for cached_edges, cached_n, cached in _INITIATORS_CACHE:
-        if cached_edges is edges and cached_n == n:
-            return cached
-    successors: dict[int, list[int]] = {}
-    predecessors: dict[int, list[int]] = {}
-    for src, dst in edges:
-        successors.setdefault(int(src), []).append(int(dst))
-        predecessors.setdefault(int(dst), []).append(int(src))
+    cached = _cached(edges, ("initiators", n))
+    if isinstance(cached, frozenset):
+        return cached
+    successors, predecessors = _adjacency(edges)
     seen: set[int] = set()
     last = 0
     for root in range(n):
@@ -168,6 +180,5 @@ def initiators(n: int, edges: Sequence[Sequence[int]]) -> frozenset[int]:
         answer = frozenset({last, *reversed_hops})
     elif n == 1:
         answer = frozenset({0})
-    _INITIATORS_CACHE.append((edges, n, answer))
-    del _INITIATORS_CACHE[:-_ROUTES_CACHE_SIZE]
+    _remember(edges, ("initiators", n), answer)
     return answer
