@@ -160,3 +160,12 @@ def test_a_closed_checkpointer_says_so(tmp_path: Path) -> None:
     ckpt.close()
     with pytest.raises(ConfigError, match="closed"):
         ckpt.checkpoint(_state(1), step=1)
+
+
+def test_unreadable_commit_records_fail_restore_with_the_cause(tmp_path: Path) -> None:
+    root = tmp_path / "ckpts"
+    root.mkdir()
+    (root / "commits").write_text("a file where the records' directory should be")
+    ckpt = Checkpointer(OneRank(), store=root, every=10)
+    with pytest.raises(CheckpointFailed, match="rank 0 could not read the commit records"):
+        ckpt.restore()

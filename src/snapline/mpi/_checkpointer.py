@@ -120,14 +120,10 @@ class Checkpointer:
         self._require_open("restore()")
         if self._pending is not None:
             raise ConfigError("call restore() before the first checkpoint(), not after")
-        listing = None
-        if self.rank == 0:
-            records, problems = read_records(self.root)
-            for problem in problems:
-                log.warning("ignoring a damaged commit record: %s", problem)
-            listing = [(r.step, r.ranks) for r in records]
-        listing = self._collective.bcast(listing)
+        listing = self._collective.bcast(self._read_listing() if self.rank == 0 else None)
         assert listing is not None
+        if isinstance(listing, str):  # rank 0 could not read the records: fail everywhere
+            raise CheckpointFailed(listing)
         committed = sorted(step for step, ranks in listing if ranks == self.size)
         if listing and not committed:
             raise ConfigError(
@@ -165,6 +161,19 @@ class Checkpointer:
             self._counting.reset()
         self._last_checkpoint_s = time.monotonic()
         return state
+
+    def _read_listing(self) -> list[tuple[int, int]] | str:
+        """Rank 0: (step, ranks) of every commit record, or what went wrong reading them."""
+        try:
+            records, problems = read_records(self.root)
+        except OSError as exc:
+            return (
+                f"rank 0 could not read the commit records in {self.root / 'commits'} "
+                f"({exc.strerror or exc}); check that the directory is readable on every rank"
+            )
+        for problem in problems:
+            log.warning("ignoring a damaged commit record: %s", problem)
+        return [(r.step, r.ranks) for r in records]
 
     def _load_part(self, step: int) -> Any:
         meta = self.store.manifest(step).meta
