@@ -55,6 +55,8 @@ def main() -> None:
     with smpi.Checkpointer(world, store=args.store, every=args.every, debug=args.debug) as ckpt:
         comm = ckpt.comm  # counts messages in debug mode; the world communicator otherwise
         state = ckpt.restore() or {"step": 0, "u": initial_grid(args.cells, rank, ranks)}
+        if state["step"] and rank == 0:
+            print(f"heat: resumed at step {state['step']}", flush=True)
         u = np.empty(len(state["u"]) + 2)
         u[1:-1] = state["u"]
         u[0] = u[-1] = 0.0  # the rod's ends are held at 0; neighbours overwrite inner ghosts

@@ -84,7 +84,9 @@ def test_a_rank_killed_mid_run_is_relaunched_and_the_final_grid_is_the_failure_f
     assert job.returncode == 0, output
     assert "relaunch 1 of 2" in output, output
     assert "finished after 1 relaunch(es)" in output, output
-    # It resumed from a checkpoint rather than starting over: the restore ran at step > 0.
+    # It resumed rather than starting over: from 250, since the checkpoint at 300 (where the
+    # rank was killed) was being written and is committed only at the next checkpoint call.
+    assert "heat: resumed at step 250" in output, output
     assert (progress / "rank-1").read_text().split()[1] == "600"
     final, clean = np.load(out), np.load(clean_out)
     assert final.tobytes() == clean.tobytes()
