@@ -90,6 +90,7 @@ class Checkpointer:
                 "every rank can reach (URLs are not supported)"
             )
         self._committed: list[int] = []
+        self._deleted_since_gc = 0
         self.policy = policy
         self.keep_last = keep_last
         self.root = root
@@ -292,10 +293,16 @@ class Checkpointer:
         if self.rank == 0:
             for step in doomed:
                 remove_record(self.root, step)
+        held = set(self.store.steps())
         for step in doomed:
-            if step in self.store.steps():
+            if step in held:
                 self.store.delete(step)
-        self.store.gc()
+        # gc (walking and unlinking chunks) is most of the time checkpoint() blocks: run it once
+        # keep_last checkpoints' chunks are garbage, so at most that much disk waits for it.
+        self._deleted_since_gc += len(doomed)
+        if self._deleted_since_gc >= self.keep_last:
+            self.store.gc()
+            self._deleted_since_gc = 0
 
     def _newest(self) -> str:
         return f"step {self._committed[-1]}" if self._committed else "none (a rerun starts over)"
