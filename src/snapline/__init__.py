@@ -35,6 +35,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "open_store": ("snapline.store", "open_store"),
     "Store": ("snapline.store", "Store"),
     "journal": ("snapline", "journal"),
+    "mpi": ("snapline", "mpi"),
     "testing": ("snapline", "testing"),
     "run": ("snapline.runtime.local", "run"),
 }
@@ -71,6 +72,7 @@ __all__ = [
     "UnsupportedFormat",
     "__version__",
     "journal",
+    "mpi",
     "open_store",
     "protocol_class",
     "protocol_names",

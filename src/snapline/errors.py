@@ -85,3 +85,15 @@ class SnaplineWarning(UserWarning):
 
 class CheckpointDamagedWarning(SnaplineWarning):
     """A damaged checkpoint was skipped (``load()`` fell back to an older intact one)."""
+
+
+class CheckpointFailed(SnaplineError):
+    """A collective checkpoint, commit or restore failed on at least one rank (``snapline.mpi``).
+
+    Raised on every rank alike, so that no rank waits forever in the next collective call. The
+    newest complete checkpoint is left as it was.
+    """
+
+
+class SafePointViolation(SnaplineError):
+    """A checkpoint was taken while a message was in flight (``snapline.mpi`` debug mode)."""

@@ -17,6 +17,7 @@ from snapline.cli import (
     chaos_cmds,
     demo_cmds,
     journal_cmds,
+    mpi_cmds,
     run_cmds,
     sim_cmds,
     store_cmds,
@@ -67,6 +68,7 @@ for _module in (
     journal_cmds,
     sim_cmds,
     run_cmds,
+    mpi_cmds,
     chaos_cmds,
     analysis_cmds,
 ):
