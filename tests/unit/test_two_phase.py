@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from snapline.errors import ConfigError, RecoveryError
+from snapline.errors import ConfigError, ProtocolError, RecoveryError
 from snapline.protocols.base import (
     Commit,
+    ControlArrived,
     DiscardCheckpoint,
     PeerFailed,
     RecoveryCompleted,
@@ -452,3 +453,20 @@ def test_a_second_failure_while_recovering_changes_nothing(
     assert proto.handle(PeerFailed(rank=1 - rank)) == []  # another rank dies meanwhile
     assert vars(proto) == state
     assert lk.volatile_record(rank) == volatile
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"k": 1, "to": 1, "b": {"t": "req"}},  # no origin
+        {"o": "x", "k": 1, "to": 1, "b": {"t": "req"}},
+        {"o": 0, "k": 1, "to": 1},  # no body
+        {"o": 0, "k": 2, "to": 1, "b": ["req"]},
+        {"o": 0, "k": 3, "to": 1, "b": {}},
+    ],
+)
+def test_a_wrongly_shaped_envelope_is_a_protocol_error(envelope: dict[str, object]) -> None:
+    """A buggy peer's control fails with a clear ProtocolError, not a bare KeyError."""
+    proto = tp(link(Topology.complete(2)), 1)
+    with pytest.raises(ProtocolError, match="malformed control envelope"):
+        proto.handle(ControlArrived(src=0, control=envelope))

@@ -538,6 +538,13 @@ class TwoPhaseCoordinated(Protocol):
     def _on_envelope(self, event: ControlArrived, envelope: PlainData) -> list[Action]:
         if event.src not in self.inbound or not isinstance(envelope, dict):
             raise self.error(self.phase, event, "control from a non-inbound rank or malformed")
+        try:
+            return self._open_envelope(event, envelope)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            # A wrongly shaped envelope from a buggy peer: say so, rather than a bare KeyError.
+            raise self.error(self.phase, event, f"malformed control envelope ({exc!r})") from None
+
+    def _open_envelope(self, event: ControlArrived, envelope: dict[str, PlainData]) -> list[Action]:
         origin, serial = int(envelope["o"]), int(envelope["k"])
         seen = self.seen.setdefault(origin, set())
         if serial in seen:
