@@ -32,8 +32,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from snapline._durable import fsync_dir
 from snapline.journal._image import ImageInfo, write_image
-from snapline.journal._layout import fsync_dir, list_directory
+from snapline.journal._layout import list_directory
 from snapline.journal._machines import StateMachine
 from snapline.journal._recovery import load_newest_image, replay
 

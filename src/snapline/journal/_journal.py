@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from snapline._durable import fsync_dir
 from snapline.errors import ConfigError, JournalError
 from snapline.journal._checkpointer import Checkpointer, apply_retention, merge_checkpoint
 from snapline.journal._format import (
@@ -51,7 +52,6 @@ from snapline.journal._layout import (
     WriterLock,
     check_positive,
     create_marker,
-    fsync_dir,
     list_directory,
     read_marker,
 )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from snapline import _durable
 from snapline.errors import ConfigError, JournalError
 from snapline.journal._format import (
     FORMAT_VERSION,
@@ -34,25 +35,10 @@ MARKER_FORMAT = "snapline-journal"
 JournalMode = Literal["state", "log"]
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make renames, creations and deletions in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via tmp + fsync + rename + directory fsync."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        _durable.write_atomic(path, data)
     except OSError as exc:
         raise JournalError(f"cannot write {path}: {exc}") from exc
 

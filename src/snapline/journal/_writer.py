@@ -32,9 +32,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from snapline._durable import fsync_dir
 from snapline.errors import JournalError
 from snapline.journal._format import finalized_name, frame_record, inprogress_name, segment_header
-from snapline.journal._layout import fsync_dir
 
 _fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 

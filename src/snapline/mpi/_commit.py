@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from snapline._durable import fsync_dir, write_atomic
 from snapline.errors import CorruptCheckpoint, StoreError
 
 RECORD_FORMAT = "snapline-mpi-commit"
@@ -89,12 +90,7 @@ def write_record(root: Path, record: CommitRecord) -> Path:
     temp = directory / f".{final.name}.tmp-{os.getpid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(temp, "wb") as out:
-            out.write(encode_record(record))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, final)
-        _fsync_dir(directory)
+        write_atomic(final, encode_record(record), temp=temp)
     except OSError as exc:
         raise StoreError(
             f"could not write the commit record {final} ({exc.strerror or exc}); the previous "
@@ -110,7 +106,7 @@ def remove_record(root: Path, step: int) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_records(root: Path) -> tuple[list[CommitRecord], list[str]]:
@@ -144,12 +140,3 @@ def read_records(root: Path) -> tuple[list[CommitRecord], list[str]]:
 def new_record(step: int, ranks: int) -> CommitRecord:
     """A record of step ``step`` stamped with the current time."""
     return CommitRecord(step=step, ranks=ranks, created_unix_s=time.time())
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is: fsync the directory itself.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
