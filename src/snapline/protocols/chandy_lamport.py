@@ -92,9 +92,8 @@ from snapline.protocols.base import (
 )
 from snapline.protocols.reachability import (
     INDEX_INCARNATION_SHIFT,
-    CollectorRoutes,
-    collector_routes,
     initiators,
+    routes_to_collector,
 )
 
 SnapshotId: TypeAlias = tuple[int, int, int]
@@ -160,11 +159,11 @@ class ChandyLamport(Protocol):
         self.parts_by_index: dict[int, _Part] = {}
         #: Committed parts not yet collected: id -> (index, last output id before it).
         self.committed_parts: dict[SnapshotId, tuple[int, int]] = {}
-        #: The rank that learns which snapshots are committed everywhere and announces them.
-        self.collector = int(self.options.get("gc_collector", 0))
-        if not 0 <= self.collector < n:
-            raise ConfigError(f"gc_collector must be a rank in 0..{n - 1}, not {self.collector}")
-        self.routes = self._collector_routes()
+        #: The rank that learns which snapshots are committed everywhere and announces them,
+        #: and the routes to and from it.
+        self.collector, self.routes = routes_to_collector(n=n, options=self.options)
+        if self.routes is None:
+            self._check_direct_routes()
         #: At the collector: what each rank has reported committed (ids newer than
         #: ``known_complete``).
         self.committed_by: dict[int, set[SnapshotId]] = {r: set() for r in range(n)}
@@ -208,18 +207,14 @@ class ChandyLamport(Protocol):
             )
         return self.rank in may_initiate
 
-    def _collector_routes(self) -> CollectorRoutes | None:
-        """Routes to and from the collector; without ``options["edges"]``, direct channels."""
-        edges_option = self.options.get("edges")
-        if edges_option is not None:
-            assert isinstance(edges_option, list | tuple)
-            return collector_routes(edges_option, self.collector)
-        needs = (
+    def _check_direct_routes(self) -> None:
+        """Without a channel list, reports and announcements go directly: check they can."""
+        direct = (
             set(range(self.n)) - {self.rank} <= self.outbound
             if self.rank == self.collector
             else self.collector in self.outbound
         )
-        if self.n > 1 and not needs:
+        if self.n > 1 and not direct:
             where = (
                 "has no channel to every rank"
                 if self.rank == self.collector
@@ -229,7 +224,6 @@ class ChandyLamport(Protocol):
                 f"chandy-lamport routes commit reports and announcements, and rank {self.rank} "
                 f"{where}; pass options edges=[[src, dst], ...] (the drivers do)"
             )
-        return None
 
     @property
     def phase(self) -> Phase:

@@ -69,7 +69,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
-from snapline.errors import ConfigError, RecoveryError
+from snapline.errors import RecoveryError
 from snapline.protocols.base import (
     Action,
     AppTimerDue,
@@ -102,7 +102,7 @@ from snapline.protocols.base import (
     Transmit,
     initial_record,
 )
-from snapline.protocols.reachability import CollectorRoutes, collector_routes
+from snapline.protocols.reachability import routes_to_collector
 from snapline.protocols.recovery_line import (
     advance_garbage_line,
     check_candidates,
@@ -225,11 +225,9 @@ class IndependentCheckpointing(Protocol):
         #: Taken, not yet persisted: index -> the counters it holds (for the gc summary), or
         #: None where the checkpoint is not summarized (``gc_summarizes``).
         self.pending: dict[int, tuple[dict[int, int], dict[int, int]] | None] = {}
-        #: The rank that keeps the gc knowledge and computes the garbage line.
-        self.collector = int(self.options.get("gc_collector", 0))
-        if not 0 <= self.collector < n:
-            raise ConfigError(f"gc_collector must be a rank in 0..{n - 1}, not {self.collector}")
-        self.routes = _routes(self.options.get("edges"), self.collector)
+        #: The rank that keeps the gc knowledge and computes the garbage line, and the routes
+        #: to and from it.
+        self.collector, self.routes = routes_to_collector(n=n, options=self.options)
         #: Own summaries (as plain entries) not yet reported to the collector.
         self.reports: list[PlainData] = []
         #: The restored checkpoint's summary, reported again once the recovery completes.
@@ -790,16 +788,3 @@ def _logged(
         )
     window = slice(seqs.start - first, seqs.stop - first)
     return payloads[window], piggybacks[window]
-
-
-def _routes(edges_option: object, collector: int) -> CollectorRoutes | None:
-    """Routes to and from the collector over the job's channel list (``options["edges"]``).
-
-    Without a channel list every rank is taken to have a channel to and from the collector
-    (a complete topology); a report or update with no such channel is then not sent.
-    """
-    if edges_option is None:
-        return None
-    if not isinstance(edges_option, list | tuple):
-        raise ConfigError(f"options edges must be a list of [src, dst] pairs, not {edges_option!r}")
-    return collector_routes(edges_option, collector)

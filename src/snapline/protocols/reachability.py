@@ -9,8 +9,10 @@ come back? -- live here.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from snapline.errors import ConfigError
 
 #: Checkpoint indices of incarnation k start at ``k << INDEX_INCARNATION_SHIFT``, so a restored
 #: rank never reuses an index its previous incarnation wrote.
@@ -182,3 +184,22 @@ def initiators(n: int, edges: Sequence[Sequence[int]]) -> frozenset[int]:
         answer = frozenset({0})
     _remember(edges, ("initiators", n), answer)
     return answer
+
+
+def routes_to_collector(
+    *, n: int, options: Mapping[str, object]
+) -> tuple[int, CollectorRoutes | None]:
+    """The collector rank (option ``gc_collector``, default 0) and the routes to and from it.
+
+    Routes come from ``options["edges"]``, the job's channel list (both drivers pass it);
+    without one, None: send directly, over whatever channels the rank has to the collector.
+    """
+    collector = int(options.get("gc_collector", 0))  # type: ignore[call-overload]
+    if not 0 <= collector < n:
+        raise ConfigError(f"gc_collector must be a rank in 0..{n - 1}, not {collector}")
+    edges = options.get("edges")
+    if edges is None:
+        return collector, None
+    if not isinstance(edges, list | tuple):
+        raise ConfigError(f"options edges must be a list of [src, dst] pairs, not {edges!r}")
+    return collector, collector_routes(edges, collector)
