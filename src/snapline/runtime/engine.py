@@ -893,53 +893,46 @@ class RankEngine:
 _MISSING: Any = object()
 
 
-def declared_pass_through(cls: type[CheckpointProtocol]) -> frozenset[str]:
-    """The per-message events ``cls`` may take the engine's fast path for (``passes_through``).
+def _declared(
+    cls: type[CheckpointProtocol], attribute: str, known: frozenset[str]
+) -> frozenset[str]:
+    """What the class that supplies ``handle`` declares in ``attribute`` (a set of events).
 
-    The declaration counts only when the class that supplies ``handle`` makes it itself: a
-    subclass that overrides ``handle`` (to hold or count messages, say) without declaring
-    again keeps the full event contract.
+    The declaration counts only when that class makes it itself: a subclass that overrides
+    ``handle`` (to hold or count messages, say) without declaring again keeps the full event
+    contract.
     """
     for klass in cls.__mro__:
         if "handle" in vars(klass):
-            declared = vars(klass).get("passes_through", frozenset())
-            unknown = set(declared) - _PASS_THROUGH_EVENTS
+            declared = frozenset(vars(klass).get(attribute, frozenset()))
+            unknown = declared - known
             if unknown:
                 raise ConfigError(
-                    f"{cls.__name__}.passes_through names unknown events {sorted(unknown)}; "
-                    f"known: {sorted(_PASS_THROUGH_EVENTS)}"
-                )
-            return frozenset(declared)
-    return frozenset()
-
-
-_PASS_THROUGH_EVENTS = frozenset({"sends", "arrivals", "timers", "outputs"})
-
-
-def declared_message_hooks(cls: type[CheckpointProtocol]) -> frozenset[str]:
-    """The per-message events ``cls`` takes through hooks (``Protocol.message_hooks``).
-
-    Like ``passes_through``, the declaration counts only on the class that supplies
-    ``handle``; an event may not both pass through and go through a hook.
-    """
-    for klass in cls.__mro__:
-        if "handle" in vars(klass):
-            declared = frozenset(vars(klass).get("message_hooks", frozenset()))
-            unknown = declared - _HOOK_EVENTS
-            both = declared & declared_pass_through(cls)
-            if unknown or both:
-                raise ConfigError(
-                    f"{cls.__name__}.message_hooks names "
-                    + (
-                        f"unknown events {sorted(unknown)}; known: {sorted(_HOOK_EVENTS)}"
-                        if unknown
-                        else f"events it also passes through: {sorted(both)}"
-                    )
+                    f"{cls.__name__}.{attribute} names unknown events {sorted(unknown)}; "
+                    f"known: {sorted(known)}"
                 )
             return declared
     return frozenset()
 
 
+def declared_pass_through(cls: type[CheckpointProtocol]) -> frozenset[str]:
+    """The per-message events ``cls`` may take the engine's fast path for (``passes_through``)."""
+    return _declared(cls, "passes_through", _PASS_THROUGH_EVENTS)
+
+
+def declared_message_hooks(cls: type[CheckpointProtocol]) -> frozenset[str]:
+    """The per-message events ``cls`` takes through hooks (``Protocol.message_hooks``); an
+    event may not both pass through and go through a hook."""
+    declared = _declared(cls, "message_hooks", _HOOK_EVENTS)
+    both = declared & declared_pass_through(cls)
+    if both:
+        raise ConfigError(
+            f"{cls.__name__}.message_hooks names events it also passes through: {sorted(both)}"
+        )
+    return declared
+
+
+_PASS_THROUGH_EVENTS = frozenset({"sends", "arrivals", "timers", "outputs"})
 _HOOK_EVENTS = frozenset({"sends", "arrivals"})
 
 
