@@ -50,8 +50,9 @@ from snapline.runtime.local.config import (
     parse_duration_s,
     parse_kill,
 )
-from snapline.runtime.local.job import LocalJob, RunResult
+from snapline.runtime.local.job import LocalJob, RunResult, SupervisorFactory
 from snapline.runtime.local.status import JobStatus, read_status
+from snapline.runtime.local.supervisor import Supervisor
 from snapline.runtime.process import Process
 from snapline.topology import Topology
 
@@ -96,6 +97,8 @@ def run(
     protocol_options: Mapping[str, Any] | None = None,
     allow_pickle: bool = False,
     on_status: Callable[[JobStatus], None] | None = None,
+    engine: str = "local",
+    mpiexec: str | None = None,
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
 
@@ -117,6 +120,11 @@ def run(
     state stops the job at its first checkpoint with ``ApplicationError`` naming the value.
     A resumed job keeps it once set. An exception raised again by a rank's code after a
     restore also stops the job with ``ApplicationError`` (see ``LocalJob``).
+
+    ``engine="mpi"`` runs the ranks as the processes of one ``mpiexec`` (``mpiexec`` names
+    it; default: the mpich wheel's next to this Python, else PATH's) with channels over MPI
+    point-to-point; a failure then ends and relaunches the whole job from the recovery line
+    in ``store`` (see ``snapline.runtime.mpi``). A store can be resumed on either engine.
     """
     store_path = Path(store).resolve()
     kills = [parse_kill(k) if isinstance(k, str) else (int(k[0]), float(k[1])) for k in kill]
@@ -172,7 +180,29 @@ def run(
             timeout_s=knobs["timeout_s"],
             allow_pickle=allow_pickle,
         )
-    return LocalJob(config, resume=resume, kills=kills, on_status=on_status).run()
+    return LocalJob(
+        config,
+        resume=resume,
+        kills=kills,
+        on_status=on_status,
+        supervisor=_supervisor_factory(engine, mpiexec),
+    ).run()
+
+
+ENGINES = ("local", "mpi")
+
+
+def _supervisor_factory(engine: str, mpiexec: str | None) -> SupervisorFactory:
+    if engine == "local":
+        if mpiexec is not None:
+            raise ConfigError("--mpiexec applies only to --engine mpi")
+        return Supervisor
+    if engine == "mpi":
+        from snapline.runtime.mpi import supervisor_factory
+
+        factory: SupervisorFactory = supervisor_factory(mpiexec)
+        return factory
+    raise ConfigError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
 def _default_topology(spec: str) -> str:
