@@ -22,12 +22,15 @@ channel state, message logs, or the sender's re-execution) whenever its job dies
 a surviving receiver.
 
 MPI has no file descriptor for the rank's selector, so the loop polls: ``poll_interval_s``
-is zero while traffic flows and backs off (up to ``_POLL_MAX_S``) while the rank is idle;
-``pump`` takes every message that has arrived and reaps completed sends.
+is zero for ``_SPIN_S`` after the last message sent or received (a reply usually follows
+within microseconds: a round trip must not wait for a sleep), then backs off, doubling up to
+``_POLL_MAX_S``, while the rank is idle; ``pump`` takes every message that has arrived and
+reaps completed sends.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,8 +40,8 @@ from snapline.runtime.local.wire import FrameReader, WireError, describe, malfor
 
 TAG_APP = 1
 TAG_CONTROL = 2
-#: Idle turns that still poll without sleeping (a reply usually follows within microseconds).
-_SPIN_TURNS = 64
+#: How long after the last traffic the loop polls without sleeping.
+_SPIN_S = 0.002
 _POLL_FIRST_S = 50e-6
 _POLL_MAX_S = 0.002
 #: Most MPI messages taken by one ``pump`` (the loop must get back to its timers).
@@ -82,8 +85,9 @@ class MpiTransport:
         self._pack = new_packer().pack
         #: Sends in flight: (request, buffer); a buffer must live until its send completes.
         self._sending: deque[tuple[Any, bytes]] = deque()
-        self._idle_turns = 0
-        self._poll_s = 0.0
+        #: When traffic last flowed, and how long the loop sleeps once the spin is over.
+        self._active_s = 0.0
+        self._poll_s = _POLL_FIRST_S
 
     # ---------------------------------------------------------------- life cycle
 
@@ -148,8 +152,8 @@ class MpiTransport:
     def _isend(self, dst: int, data: bytes, tag: int) -> None:
         request = self._comm.Isend([data, self._byte], dest=dst, tag=tag)
         self._sending.append((request, data))
-        self._idle_turns = 0
-        self._poll_s = 0.0
+        self._active_s = time.monotonic()
+        self._poll_s = _POLL_FIRST_S
 
     def _reap_sends(self) -> None:
         sending = self._sending
@@ -160,7 +164,11 @@ class MpiTransport:
 
     def poll_interval_s(self) -> float:
         """How long the loop may sleep before the next ``pump``."""
-        return self._poll_s
+        if time.monotonic() - self._active_s < _SPIN_S:
+            return 0.0
+        poll_s = self._poll_s
+        self._poll_s = min(2 * poll_s, _POLL_MAX_S)
+        return poll_s
 
     def pump(self) -> None:
         """Take every message that has arrived (up to a bound) into its channel's frames."""
@@ -176,12 +184,8 @@ class MpiTransport:
             got += 1
             self._take(status.Get_source(), buffer)
         if got:
-            self._idle_turns = 0
-            self._poll_s = 0.0
-        else:
-            self._idle_turns += 1
-            if self._idle_turns > _SPIN_TURNS:
-                self._poll_s = min(max(self._poll_s * 2, _POLL_FIRST_S), _POLL_MAX_S)
+            self._active_s = time.monotonic()
+            self._poll_s = _POLL_FIRST_S
         if self._sending:
             self._reap_sends()
 
