@@ -16,6 +16,7 @@ with one app (and one real outside ``kill -9`` each); ``-m slow`` runs every app
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -38,6 +39,7 @@ from engine_jobs import (
 )
 
 from snapline.apps import APPS
+from snapline.errors import RuntimeFailure
 from snapline.protocols import protocol_names
 from snapline.runtime.local import RunResult, read_status, run
 from snapline.runtime.local.status import pid_alive
@@ -247,3 +249,36 @@ def test_mpiexec_killed_from_outside_is_relaunched(tmp_path: Path) -> None:
     assert all("mpiexec exited" in str(f["why"]) for f in result.failures), result.failures
     assert sorted(f["rank"] for f in result.failures) == [0, 1, 2]
     assert check_run(result, app="bank", app_params=params, topology="complete") == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_restart_limit_and_back_off(tmp_path: Path, engine: str) -> None:
+    """Three kills of one rank, two restarts allowed: the second restart backs off (it fails
+    again within seconds of its restart), the third failure gives up.
+
+    On MPI a restart is one relaunch of the whole job (``--max-restarts`` counts relaunches).
+    """
+    use_engine(engine)
+    store = tmp_path / "job"
+    with pytest.raises(RuntimeFailure, match=r"restart limit reached: 2 restarts allowed"):
+        run(
+            "bank",
+            3,
+            store=store,
+            protocol="chandy-lamport",
+            interval="0.2s",
+            app_options={"messages": 1000, "step_s": 0.01},
+            kill=["1@0.5s", "1@3s", "1@5.5s"],
+            max_restarts=2,
+            timeout="90s",
+            engine=engine,
+        )
+    lines = (store / "logs" / "supervisor.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in lines]
+    events = [e["event"] for e in log]
+    assert events.count("recovered") == 2
+    assert events.count("backoff") == 1  # the second restart came within seconds of the first
+    if engine == "mpi":
+        assert events.count("mpiexec_started") == 3  # the first launch and two relaunches
+    else:
+        assert events.count("spawned") == 3 + 2
