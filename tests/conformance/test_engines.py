@@ -253,29 +253,40 @@ def test_mpiexec_killed_from_outside_is_relaunched(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_restart_limit_and_back_off(tmp_path: Path, engine: str) -> None:
-    """Three kills of one rank, two restarts allowed: the second restart backs off (it fails
-    again within seconds of its restart), the third failure gives up.
+    """kill -9 one rank as soon as each incarnation runs, two restarts allowed: the second
+    restart backs off (its rank failed again within seconds of its restart), the third failure
+    ends the job naming the limit.
 
     On MPI a restart is one relaunch of the whole job (``--max-restarts`` counts relaunches).
     """
     use_engine(engine)
     store = tmp_path / "job"
+    job = JobThread(
+        app="bank",
+        n=3,
+        store=store,
+        protocol="chandy-lamport",
+        interval="0.2s",
+        app_options={"messages": 3000, "step_s": 0.01},
+        max_restarts=2,
+        timeout="120s",
+        engine=engine,
+    )
+    job.start()
+    killed = 0
+    for _ in range(3):
+        # Each kill waits for the previous recovery to end (a new pid, every rank running).
+        deadline = time.monotonic() + 60
+        while (pid := wait_running(store).get(1)) == killed:
+            assert time.monotonic() < deadline and job.is_alive(), "no new incarnation ran"
+            time.sleep(0.02)
+        assert pid is not None, "the job ended before the kills"
+        kill9(pid)
+        killed = pid
     with pytest.raises(RuntimeFailure, match=r"restart limit reached: 2 restarts allowed"):
-        run(
-            "bank",
-            3,
-            store=store,
-            protocol="chandy-lamport",
-            interval="0.2s",
-            app_options={"messages": 1000, "step_s": 0.01},
-            kill=["1@0.5s", "1@3s", "1@5.5s"],
-            max_restarts=2,
-            timeout="90s",
-            engine=engine,
-        )
+        job.outcome()
     lines = (store / "logs" / "supervisor.jsonl").read_text().splitlines()
-    log = [json.loads(line) for line in lines]
-    events = [e["event"] for e in log]
+    events = [json.loads(line)["event"] for line in lines]
     assert events.count("recovered") == 2
     assert events.count("backoff") == 1  # the second restart came within seconds of the first
     if engine == "mpi":
