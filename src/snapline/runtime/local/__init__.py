@@ -15,6 +15,12 @@ Architecture (why it is built this way):
   shared ``RankEngine`` with the unchanged protocol class; recovery calls the protocol's pure
   ``plan_recovery`` on a ``RecoveryView`` built from the ledgers (``ledger``) and the
   survivors' volatile records.
+* **Shared with the MPI engine.** Only the Unix-socket channels (``channels``) and starting one
+  worker process per rank (``Supervisor.spawn``) are particular to this engine. The recovery
+  coordinator (``job``), the rank's loop and ``EnginePort`` (``worker``), stable storage
+  (``ledger``, ``stable``) and the recovery line from stable storage (``jobdir``) are what
+  ``snapline.runtime.mpi`` runs too, with its own transport (``worker.ChannelTransport``) and
+  its own ``Supervisor`` (one ``mpiexec``; a death ends every rank): ``run(engine="mpi")``.
 * **Stable storage is the store plus a ledger.** States go to ``open_store(<store>/rank-N)``;
   checkpoint records, attachments, commit markers, message logs and released output go to an
   fsynced append-only ledger per rank, written in protocol order by one thread (``stable``).

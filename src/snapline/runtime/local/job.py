@@ -13,7 +13,10 @@ coordinator*. Recovery is stop-the-world, in rounds:
    the protocol class's pure ``plan_recovery``, the very function the simulator calls.
 3. **Restore**: respawn each failed rank (after a backoff if it keeps failing; past the
    restart limit the job ends with ``RuntimeFailure``) and rebuild every rank the plan rolls
-   back -- survivors in place, from the store -- under a new recovery epoch.
+   back -- survivors in place, from the store -- under a new recovery epoch. On an engine
+   where one death ends every rank (MPI: ``Supervisor.restarts_whole_job``) every rank has
+   failed, there is no volatile record, and the respawn is one relaunch of the whole job,
+   counted once against the restart limit: the ``--resume`` procedure below.
 4. **Reconnect and resume**: channels to new processes are reopened (unacknowledged messages
    are resent; see ``channels``); each rank learns the channel cuts of the rolled-back ranks,
    restored ranks replay the plan's messages before anything new, and every rank is told

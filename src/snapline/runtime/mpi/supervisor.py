@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -105,6 +106,11 @@ class MpiSupervisor(Supervisor):
     def _expects(self, slot: RankSlot, pid: int) -> bool:
         """A rank of the current MPI job introduces itself: learn and watch its pid."""
         if not slot.alive or self._world is None or self._ending:
+            return False
+        if slot.pid is None and not _descends_from(pid, self._world.pid):
+            # A rank of an MPI job ended before this one was started, whose hello was still
+            # on its way: taking its pid would refuse the real rank's hello.
+            self.log("hello_from_another_job", rank=slot.rank, pid=pid)
             return False
         if slot.pid is None:
             slot.pid = pid
@@ -223,13 +229,22 @@ class MpiSupervisor(Supervisor):
         super().close()
 
 
-def _pidfd_exited(pidfd: int) -> bool:
-    import select
+def _descends_from(pid: int, ancestor: int, *, depth: int = 6) -> bool:
+    """True when ``ancestor`` is ``pid``'s parent, grandparent... (``mpiexec`` starts its
+    ranks through a proxy); True as well where ``/proc`` cannot tell."""
+    for _ in range(depth):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return not Path("/proc/self/stat").exists()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
+
+def _pidfd_exited(pidfd: int) -> bool:
     readable, _, _ = select.select([pidfd], [], [], 0)
     return bool(readable)
-
-
-def world_log(store_dir: Path) -> Path:
-    """Where ``mpiexec``'s own output goes."""
-    return store_dir / "logs" / "mpiexec.log"
