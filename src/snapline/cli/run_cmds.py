@@ -189,6 +189,23 @@ def register(app: typer.Typer) -> None:
                 "untrusted sources: loading a pickle runs code.",
             ),
         ] = False,
+        engine: Annotated[
+            str,
+            typer.Option(
+                "--engine",
+                help="Where the ranks run: local (processes on this machine) or mpi (the "
+                "ranks of one mpiexec; a failure relaunches the whole job from the recovery "
+                "line). A store can be resumed on either.",
+            ),
+        ] = "local",
+        mpiexec: Annotated[
+            str | None,
+            typer.Option(
+                "--mpiexec",
+                metavar="PATH",
+                help="The mpiexec of --engine mpi (default: the mpich wheel's, else PATH's).",
+            ),
+        ] = None,
     ) -> None:
         """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure."""
         from snapline.runtime.local import run
@@ -214,6 +231,8 @@ def register(app: typer.Typer) -> None:
                 app_options=_parse_params(param or []) if param or not resume else None,
                 allow_pickle=allow_pickle,
                 on_status=lambda status: live.update(status_line(status)),
+                engine=engine,
+                mpiexec=mpiexec,
             )
         console.print(summary_table(result))
         for rank, items in sorted(result.outputs.items()):
