@@ -1,8 +1,9 @@
 """Running one job on a given engine from the conformance tests, and hitting it from outside.
 
 ``ENGINES`` parametrizes a test by engine: ``local`` always; ``mpi`` with real ``mpiexec`` from
-the mpich wheel, skipped where the ``mpi`` extra is missing except under CI (``CI`` set),
-where a skip would hide the engine's tests: there it fails (``mpi_support.require_mpi``).
+the mpich wheel and ``ray`` with a real local Ray (one for the whole session), each skipped
+where its extra is missing except under CI (``CI`` set), where a skip would hide the engine's
+tests: there it fails.
 """
 
 from __future__ import annotations
@@ -35,14 +36,31 @@ def require_mpi() -> str:
     return found
 
 
-ENGINES = ["local", "mpi"]
+ENGINES = ["local", "mpi", "ray"]
 
 
 def use_engine(engine: str) -> str:
     """Check that ``engine`` can run here (see the module docstring); return it."""
     if engine == "mpi":
         require_mpi()
+    elif engine == "ray":
+        ray_address()
     return engine
+
+
+def ray_address() -> str:
+    """The local Ray every ray-engine test shares (started once, by the first that asks)."""
+    try:
+        import ray
+    except ImportError as exc:
+        message = f"needs the ray extra (pip install -e '.[test,ray]'): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    address: str = ray.get_runtime_context().gcs_address
+    return address
 
 
 class JobThread(threading.Thread):
@@ -114,6 +132,8 @@ def start_cli_job(store: Path, engine: str, argv: list[str]) -> subprocess.Popen
     """``snapline run ... --engine ENGINE --store STORE`` as its own process (session)."""
     cmd = [sys.executable, "-m", "snapline", "run", *argv, "--store", str(store)]
     cmd += ["--engine", engine]
+    if engine == "ray":  # join the tests' Ray rather than start one per job
+        cmd += ["--ray-address", ray_address()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPLINE_")}
     return subprocess.Popen(
         cmd,

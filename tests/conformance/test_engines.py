@@ -1,4 +1,4 @@
-"""Every engine through the same cases: the local runtime and MPI, with failures from outside.
+"""Every engine through the same cases: local processes, MPI and Ray, failures from outside.
 
 Each case runs on each engine (``engine_jobs.ENGINES``) with the same app, protocol, seed and
 parameters, and must end with the failure-free run's result and released outputs, exactly-once
@@ -7,9 +7,9 @@ simulator's checkers). The failures come from outside the job, as a user's would
 of a rank's pid as ``snapline ps`` lists it, ``SIGSTOP`` (a hang, found by heartbeats), the
 whole job killed and resumed with ``--resume``, and on MPI ``mpiexec`` itself killed.
 
-What differs by engine is only what a failure takes down: on the local runtime the killed rank
-alone fails (the others keep running and are rolled back only as far as the protocol needs),
-on MPI one death ends the whole MPI job, so every rank fails and the job is relaunched from
+What differs by engine is only what a failure takes down: on the local runtime and on Ray the
+killed rank alone fails (the others keep running and are rolled back only as far as the
+protocol needs; on Ray the rank comes back as a new actor), on MPI one death ends the whole MPI job, so every rank fails and the job is relaunched from
 the recovery line in stable storage. The default run covers every protocol on each engine
 with one app (and one real outside ``kill -9`` each); ``-m slow`` runs every app.
 """
@@ -91,7 +91,7 @@ def check_failed_as_engine_says(
         return f"failures {result.failures}: the cause must be rank {victim} alone"
     if causes[0]["pid"] != pid or why not in str(causes[0]["why"]):
         return f"failure {causes[0]} is not pid {pid} ({why})"
-    expected = [victim] if engine == "local" else sorted(range(result.n))
+    expected = sorted(range(result.n)) if engine == "mpi" else [victim]
     if sorted(ranks) != sorted(expected) or len(result.recoveries) != 1:
         return f"{engine}: failures of {ranks} and recoveries {result.recoveries}"
     if sorted(result.recoveries[0]["failed"]) != sorted(expected):

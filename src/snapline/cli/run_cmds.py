@@ -193,9 +193,10 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--engine",
-                help="Where the ranks run: local (processes on this machine) or mpi (the "
+                help="Where the ranks run: local (processes on this machine), mpi (the "
                 "ranks of one mpiexec; a failure relaunches the whole job from the recovery "
-                "line). A store can be resumed on either.",
+                "line) or ray (one Ray actor per rank, restarted alone). A store can be "
+                "resumed on any.",
             ),
         ] = "local",
         mpiexec: Annotated[
@@ -204,6 +205,15 @@ def register(app: typer.Typer) -> None:
                 "--mpiexec",
                 metavar="PATH",
                 help="The mpiexec of --engine mpi (default: the mpich wheel's, else PATH's).",
+            ),
+        ] = None,
+        ray_address: Annotated[
+            str | None,
+            typer.Option(
+                "--ray-address",
+                metavar="ADDRESS",
+                help="The Ray cluster of --engine ray (auto, HOST:PORT or ray://HOST:PORT; "
+                "default: a new local Ray).",
             ),
         ] = None,
     ) -> None:
@@ -233,6 +243,7 @@ def register(app: typer.Typer) -> None:
                 on_status=lambda status: live.update(status_line(status)),
                 engine=engine,
                 mpiexec=mpiexec,
+                ray_address=ray_address,
             )
         console.print(summary_table(result))
         for rank, items in sorted(result.outputs.items()):

@@ -105,6 +105,7 @@ def run(
     on_status: Callable[[JobStatus], None] | None = None,
     engine: str = "local",
     mpiexec: str | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
 
@@ -130,7 +131,9 @@ def run(
     ``engine="mpi"`` runs the ranks as the processes of one ``mpiexec`` (``mpiexec`` names
     it; default: the mpich wheel's next to this Python, else PATH's) with channels over MPI
     point-to-point; a failure then ends and relaunches the whole job from the recovery line
-    in ``store`` (see ``snapline.runtime.mpi``). A store can be resumed on either engine.
+    in ``store`` (see ``snapline.runtime.mpi``). ``engine="ray"`` runs each rank as a Ray
+    actor (``ray_address``: an existing cluster; default a local Ray), restarted alone as a new
+    actor after a failure (see ``snapline.runtime.ray``). A store can be resumed on any engine.
     """
     store_path = Path(store).resolve()
     kills = [parse_kill(k) if isinstance(k, str) else (int(k[0]), float(k[1])) for k in kill]
@@ -191,14 +194,25 @@ def run(
         resume=resume,
         kills=kills,
         on_status=on_status,
-        supervisor=_supervisor_factory(engine, mpiexec),
+        supervisor=_supervisor_factory(engine, mpiexec, ray_address),
     ).run()
 
 
-ENGINES = ("local", "mpi")
+ENGINES = ("local", "mpi", "ray")
 
 
-def _supervisor_factory(engine: str, mpiexec: str | None) -> SupervisorFactory:
+def _supervisor_factory(
+    engine: str, mpiexec: str | None, ray_address: str | None = None
+) -> SupervisorFactory:
+    if ray_address is not None and engine != "ray":
+        raise ConfigError("--ray-address applies only to --engine ray")
+    if engine == "ray":
+        if mpiexec is not None:
+            raise ConfigError("--mpiexec applies only to --engine mpi")
+        from snapline.runtime.ray import supervisor_factory as ray_factory
+
+        made: SupervisorFactory = ray_factory(ray_address)
+        return made
     if engine == "local":
         if mpiexec is not None:
             raise ConfigError("--mpiexec applies only to --engine mpi")
