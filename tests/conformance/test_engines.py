@@ -9,9 +9,10 @@ whole job killed and resumed with ``--resume``, and on MPI ``mpiexec`` itself ki
 
 What differs by engine is only what a failure takes down: on the local runtime and on Ray the
 killed rank alone fails (the others keep running and are rolled back only as far as the
-protocol needs; on Ray the rank comes back as a new actor), on MPI one death ends the whole MPI job, so every rank fails and the job is relaunched from
-the recovery line in stable storage. The default run covers every protocol on each engine
-with one app (and one real outside ``kill -9`` each); ``-m slow`` runs every app.
+protocol needs; on Ray the rank comes back as a new actor), on MPI one death ends the whole MPI
+job, so every rank fails and the job is relaunched from the recovery line in stable storage.
+The default run covers every protocol on each engine with one app (and one real outside
+``kill -9`` each); ``-m slow`` runs every app.
 """
 
 from __future__ import annotations
