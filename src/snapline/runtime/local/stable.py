@@ -113,6 +113,15 @@ class StableWriter:
         self.ledger.append(record)
         return self._syncer.submit(self.ledger.sync)
 
+    def append_later(self, record: dict[str, PlainData]) -> None:
+        """Append ``record`` to the ledger at once; it becomes durable with the next fsync.
+
+        For a record that only counts once a later durable one says so (a checkpoint's
+        attachment, read only for a checkpoint whose commit marker is in the ledger): the one
+        file's fsync for that marker makes every earlier record durable too.
+        """
+        self.ledger.append(record)
+
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Block until everything queued so far is durable; False on timeout."""
         return self.barrier().wait(timeout_s)

@@ -423,15 +423,18 @@ class Worker:
             )
         )
 
-    # Attachments, commit markers, discards and the gc horizon are written durably *now*, on
-    # the loop: the protocol's next actions (a gossip of the commit, a marker, released output)
-    # may tell other ranks about them, and a recovery must never see less than they were told.
+    # Commit markers, discards and the gc horizon are written durably *now*, on the loop: the
+    # protocol's next actions (a gossip of the commit, a marker, released output) may tell
+    # other ranks about them, and a recovery must never see less than they were told.
 
     def attach_to_checkpoint(self, rank: int, index: int, key: str, meta: PlainData) -> None:
-        """Record an attachment to checkpoint ``index`` in the ledger (durably)."""
-        self._append_durable(
-            {"k": "attach", "index": index, "key": key, "meta": meta}, "attachment"
-        )
+        """Record an attachment to checkpoint ``index`` in the ledger.
+
+        Not waited for: an attachment counts only for a committed checkpoint, and the commit
+        marker comes after it in the same ledger file, whose fsync makes both durable. (Waiting
+        here was 11-13 ms of a Chandy-Lamport snapshot's latency with 16 ranks on 2 cores.)
+        """
+        self.writer.append_later({"k": "attach", "index": index, "key": key, "meta": meta})
 
     def commit_checkpoint(self, rank: int, index: int) -> None:
         """Write the commit marker of checkpoint ``index`` (durably)."""
