@@ -25,9 +25,10 @@ Errors name the place in the tree (``state['model']['w'][3]``) so users can find
 from __future__ import annotations
 
 import pickle
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -50,12 +51,13 @@ _MAX_DEPTH = 500
 _ARRAY_KINDS = frozenset("biufcmMSUV")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Leaf:
+class Leaf(NamedTuple):
     """One array (or large ``bytes``) leaf of an encoded state.
 
     ``data`` is a 1-D ``uint8`` view of the leaf's little-endian C-order bytes; it may share
     memory with the caller's array, so it is only valid until the caller mutates that array.
+    An immutable ``NamedTuple`` rather than a frozen dataclass: a state may hold thousands of
+    small arrays, and building a frozen dataclass costs several times more per leaf.
     """
 
     path: str
@@ -131,6 +133,11 @@ def dtype_from_json(value: Any) -> np.dtype[Any]:
     return dtype
 
 
+def _plain_dtype(dtype: np.dtype[Any]) -> bool:
+    """Whether arrays of ``dtype`` are plain data the codec stores as leaves."""
+    return not dtype.hasobject and dtype.kind in _ARRAY_KINDS
+
+
 def _little_endian(dtype: np.dtype[Any]) -> np.dtype[Any]:
     if dtype.fields is not None:
         return dtype.newbyteorder("<") if not dtype.isnative else dtype
@@ -145,7 +152,8 @@ class _Encoder:
         self._on_stack: set[int] = set()
         # dtype -> (little-endian dtype, its JSON form): states often hold thousands of
         # arrays of a few dtypes, and working these out is most of a small leaf's cost.
-        self._dtypes: dict[np.dtype[Any], tuple[np.dtype[Any], str | list[Any]]] = {}
+        # The third item: whether the dtype is little-endian already (no copy needed).
+        self._dtypes: dict[np.dtype[Any], tuple[np.dtype[Any], str | list[Any], bool]] = {}
 
     def _pickled(self, obj: object, parts: list[str], why: str) -> msgpack.ExtType:
         if not self.allow_pickle:
@@ -165,25 +173,20 @@ class _Encoder:
         known = self._dtypes.get(arr.dtype)
         if known is None:
             little = _little_endian(arr.dtype)
-            known = self._dtypes[arr.dtype] = (little, dtype_to_json(little))
-        dtype, dtype_json = known
+            known = self._dtypes[arr.dtype] = (little, dtype_to_json(little), little == arr.dtype)
+        dtype, dtype_json, is_little = known
         owned = kind == "bytes"
-        if dtype != arr.dtype or not arr.flags.c_contiguous:
+        if not is_little or not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr, dtype=dtype)
             owned = True
-        data = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
+        if not arr.size:
+            data = np.empty(0, np.uint8)
+        else:
+            data = (arr if arr.ndim == 1 else arr.reshape(-1)).view(np.uint8)
         index = len(self.leaves)
-        self.leaves.append(
-            Leaf(
-                path=path_str(parts),
-                kind=kind,
-                dtype=dtype_json,
-                shape=arr.shape,  # a tuple of ints already
-                data=data,
-                owned=owned,
-            )
-        )
-        return msgpack.ExtType(_EXT_LEAF, msgpack.packb(index))
+        # Positional: this runs once per array, and states may hold thousands of small ones.
+        self.leaves.append(Leaf(path_str(parts), kind, dtype_json, arr.shape, data, owned))
+        return _leaf_reference(index)
 
     def walk(self, obj: object, parts: list[str]) -> Any:
         if len(parts) > _MAX_DEPTH:
@@ -209,7 +212,7 @@ class _Encoder:
             return msgpack.ExtType(_EXT_COMPLEX, msgpack.packb([obj.real, obj.imag]))
         if t is np.ndarray:
             assert isinstance(obj, np.ndarray)
-            if obj.dtype.hasobject or obj.dtype.kind not in _ARRAY_KINDS:
+            if not _plain_dtype(obj.dtype):
                 return self._pickled(obj, parts, f"numpy dtype {obj.dtype} holds Python objects")
             return self._leaf(obj, parts, "array")
         if isinstance(obj, np.generic) and t.__module__ == "numpy":
@@ -243,8 +246,16 @@ class _Encoder:
                         "or None)"
                     )
                 sub = [*parts, f"[{k!r}]"]
-                ek = self._key(k, sub)
-                out[ek] = self.walk(v, sub)
+                ek = k if kt is str else self._key(k, sub)
+                # Arrays straight to _leaf: the common leaf of big states, once per array.
+                if (
+                    type(v) is np.ndarray
+                    and len(sub) <= _MAX_DEPTH
+                    and (v.dtype in self._dtypes or _plain_dtype(v.dtype))
+                ):
+                    out[ek] = self._leaf(v, sub, "array")
+                else:
+                    out[ek] = self.walk(v, sub)
             return out
         assert isinstance(obj, list | tuple)
         items = [self.walk(v, [*parts, f"[{i}]"]) for i, v in enumerate(obj)]
@@ -264,6 +275,24 @@ class _Encoder:
         if not (k is None or type(k) in (str, int, bool, float, bytes)):
             raise EncodeError(f"cannot encode {path_str(parts)}: unsupported key part {k!r}")
         return k
+
+
+_LEAF_REFERENCES: list[msgpack.ExtType] = []
+_LEAF_REFERENCES_GROW = threading.Lock()
+
+
+def _leaf_reference(index: int) -> msgpack.ExtType:
+    """The skeleton's reference to leaf ``index``, built once per index and then shared.
+
+    The list only grows, under the lock, each entry built from its own position, so a reader
+    on another thread never sees a wrong entry; the entries are immutable.
+    """
+    refs = _LEAF_REFERENCES
+    if index >= len(refs):
+        with _LEAF_REFERENCES_GROW:
+            while len(refs) <= index:
+                refs.append(msgpack.ExtType(_EXT_LEAF, msgpack.packb(len(refs))))
+    return refs[index]
 
 
 def _packb(obj: Any) -> bytes:

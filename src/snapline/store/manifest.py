@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -125,9 +125,12 @@ class ChunkRef:
         return self.stored_size if self.pack is None else self.pack_size
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeafRef:
-    """Where one array (or big ``bytes``) leaf lives: ``(chunk, offset, length)`` extents."""
+class LeafRef(NamedTuple):
+    """Where one array (or big ``bytes``) leaf lives: ``(chunk, offset, length)`` extents.
+
+    A ``NamedTuple`` (immutable, several times cheaper to build than a frozen dataclass):
+    a manifest holds one per array, and states may hold thousands of small arrays.
+    """
 
     path: str
     kind: str
