@@ -74,7 +74,7 @@ class ChunkPlan:
     """How the leaves of one state map onto chunks."""
 
     chunks: list[ChunkSpec]
-    leaf_extents: list[list[Extent]]
+    leaf_extents: list[tuple[Extent, ...]]
     total_bytes: int
 
 
@@ -95,19 +95,22 @@ def plan_chunks(
     small = chunk_bytes // 4 if small_leaf_bytes is None else min(small_leaf_bytes, chunk_bytes)
     bundle = chunk_bytes if bundle_bytes is None else min(max(bundle_bytes, 1), chunk_bytes)
     chunks: list[ChunkSpec] = []
-    extents: list[list[Extent]] = [[] for _ in leaves]
+    # Each leaf's extents; a small leaf has exactly one, a big one one per chunk.
+    extents: list[tuple[Extent, ...]] = [()] * len(leaves)
     sizes = [leaf.data.nbytes for leaf in leaves]
     total = sum(sizes)
 
     for index, n in enumerate(sizes):
         if n < small or n == 0:
             continue
+        own: list[Extent] = []
         for start in range(0, n, chunk_bytes):
             stop = min(n, start + chunk_bytes)
-            extents[index].append(Extent(len(chunks), 0, stop - start))
+            own.append(Extent(len(chunks), 0, stop - start))
             chunks.append(
                 ChunkSpec(pieces=((index, start, stop),), pad_after=(0,), size=stop - start)
             )
+        extents[index] = tuple(own)
 
     # Bundles come after every big leaf's chunks, so the open bundle's index is len(chunks).
     pieces: list[tuple[int, int, int]] = []
@@ -128,7 +131,7 @@ def plan_chunks(
         if used + n > bundle:
             close_bundle()
         pad = -(used + n) % ALIGN_BYTES
-        extents[index].append(Extent(len(chunks), used, n))
+        extents[index] = (Extent(len(chunks), used, n),)
         pieces.append((index, 0, n))
         pads.append(pad)
         used += n + pad

@@ -9,10 +9,11 @@ stream hashes its chunks (xxh3_128, at memory speed) and keeps those the store l
 is reused when the newest committed checkpoint already has it (its pack file checked present
 and whole) or another stream of this save writes it. The kept chunks are laid out back to
 back, each at a 64-byte aligned offset, into pack files of at most ``PACK_MAX_CHUNKS`` chunk
-sizes (16 MiB with the default 4 MiB chunks); each pack is written with one ``backend.write`` (temporary name, one fsync, rename). So a save pays one file, one
-fsync and a few system calls per pack, not per chunk; and thousands of small arrays cost a
-hash call and a chunk entry per 256 KiB segment, not per array. A save that changed 1% of
-them rewrites only the segments holding changed arrays.
+sizes (16 MiB with the default 4 MiB chunks); each pack is written with one ``backend.write``
+(temporary name, one fsync, rename). So a save pays one file, one fsync and a few system
+calls per pack, not per chunk; and thousands of small arrays cost a hash call and a chunk
+entry per 256 KiB segment, not per array. A save that changed 1% of them rewrites only the
+segments holding changed arrays.
 
 The skeleton is its own content-addressed file (``chunks/<id[:2]>/<id>``) so an unchanged
 one is never rewritten. When every write is done, ``backend.sync()`` makes the new names
@@ -294,10 +295,11 @@ def write_checkpoint(
     done = 0
     try:
         # The leaf table depends on the plan only: build it while the streams hash and write.
-        leaves = tuple(
-            LeafRef(leaf.path, leaf.kind, leaf.dtype, leaf.shape, tuple(extents))
-            for leaf, extents in zip(encoded.leaves, plan.leaf_extents, strict=True)
+        # Column-wise (map, no per-leaf frame): thousands of small arrays make this hot.
+        paths, kinds, dtypes, shapes = (
+            tuple(zip(*encoded.leaves, strict=True))[:4] if encoded.leaves else ((),) * 4
         )
+        leaves = tuple(map(LeafRef, paths, kinds, dtypes, shapes, plan.leaf_extents))
         for fut in as_completed(jobs):
             result = fut.result()
             for i, ref in result.refs.items():
