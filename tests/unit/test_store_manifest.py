@@ -13,6 +13,7 @@ from snapline.store.manifest import (
     LeafRef,
     Manifest,
     chunk_key,
+    leaf_table_json,
     parse_manifest,
     referenced_keys_anyway,
     step_of_manifest_key,
@@ -154,6 +155,13 @@ def test_version_3_stores_the_leaf_table_as_columns() -> None:
         "extents": [[[0, 0, 100]]],
     }
     assert json.loads(sample_v2().to_bytes(version=2))["leaves"][0]["shape"] == [25]
+
+
+def test_a_leaf_table_dumped_ahead_gives_the_same_bytes() -> None:
+    manifest = sample_v2()
+    ahead = manifest.to_bytes(leaf_table=leaf_table_json(manifest.leaves))
+    assert ahead == manifest.to_bytes()
+    assert parse_manifest(ahead, where="m") == manifest
 
 
 @pytest.mark.parametrize(

@@ -239,19 +239,38 @@ class Manifest:
         ]
 
     def _leaf_columns(self) -> dict[str, Any]:
-        # One transposition in C instead of a dict per leaf; json dumps the columns in C too.
-        columns = tuple(zip(*self.leaves, strict=True)) or ((),) * len(LEAF_FIELDS)
-        return dict(zip(LEAF_FIELDS, columns, strict=True))
+        return _leaf_columns(self.leaves)
 
-    def to_bytes(self, version: int | None = None) -> bytes:
-        """The manifest file's bytes, checksum included (see the module docstring)."""
+    def to_bytes(self, version: int | None = None, *, leaf_table: bytes | None = None) -> bytes:
+        """The manifest file's bytes, checksum included (see the module docstring).
+
+        ``leaf_table``: ``leaf_table_json(self.leaves)`` when the caller has it already (the
+        writer dumps it while its streams write, off the save's critical path).
+        """
         body = self.body(version)
         if body["format_version"] == 1:
             checksum = "xxh3_128:" + xxhash.xxh3_128_hexdigest(_dump(body))
             return _dump({**body, "checksum": checksum})
-        dumped = _dump_compact(body)
+        if body["format_version"] >= 3:
+            # The leaf table, the bulk of a manifest of many arrays, goes last as dumped.
+            columns = body.pop("leaves")
+            table = _dump_compact(columns) if leaf_table is None else leaf_table
+            dumped = _dump_compact(body)[:-1] + b',"leaves":' + table + b"}"
+        else:
+            dumped = _dump_compact(body)
         head = b'{"checksum":"xxh3_128:' + xxhash.xxh3_128_hexdigest(dumped).encode() + b'",'
         return head + dumped[1:]
+
+
+def _leaf_columns(leaves: tuple[LeafRef, ...]) -> dict[str, Any]:
+    # One transposition in C instead of a dict per leaf; json dumps the columns in C too.
+    columns = tuple(zip(*leaves, strict=True)) or ((),) * len(LEAF_FIELDS)
+    return dict(zip(LEAF_FIELDS, columns, strict=True))
+
+
+def leaf_table_json(leaves: tuple[LeafRef, ...]) -> bytes:
+    """The version 3 leaf table of ``leaves`` as ``Manifest.to_bytes`` writes it."""
+    return _dump_compact(_leaf_columns(leaves))
 
 
 def _dump(obj: dict[str, Any]) -> bytes:

@@ -55,6 +55,7 @@ from snapline.store.manifest import (
     LeafRef,
     Manifest,
     chunk_key,
+    leaf_table_json,
     manifest_key,
     pack_key,
 )
@@ -294,12 +295,14 @@ def write_checkpoint(
     written = 0
     done = 0
     try:
-        # The leaf table depends on the plan only: build it while the streams hash and write.
-        # Column-wise (map, no per-leaf frame): thousands of small arrays make this hot.
+        # The leaf table depends on the plan only: build it, and dump its JSON, while the
+        # streams hash and write. Column-wise (map, no per-leaf frame): thousands of small
+        # arrays make this hot.
         paths, kinds, dtypes, shapes = (
             tuple(zip(*encoded.leaves, strict=True))[:4] if encoded.leaves else ((),) * 4
         )
         leaves = tuple(map(LeafRef, paths, kinds, dtypes, shapes, plan.leaf_extents))
+        leaf_table = leaf_table_json(leaves)
         for fut in as_completed(jobs):
             result = fut.result()
             for i, ref in result.refs.items():
@@ -339,6 +342,6 @@ def write_checkpoint(
         total_bytes=total,
         written_bytes=written,
     )
-    data = manifest.to_bytes()
+    data = manifest.to_bytes(leaf_table=leaf_table)
     backend.finalizer.commit(backend, manifest_key(step), data)
     return manifest, data
