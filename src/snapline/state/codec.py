@@ -169,7 +169,7 @@ class _Encoder:
         self.uses_pickle = True
         return msgpack.ExtType(_EXT_PICKLE, blob)
 
-    def _leaf(self, arr: np.ndarray[Any, Any], parts: list[str], kind: str) -> msgpack.ExtType:
+    def _leaf(self, arr: np.ndarray[Any, Any], path: str, kind: str) -> msgpack.ExtType:
         known = self._dtypes.get(arr.dtype)
         if known is None:
             little = _little_endian(arr.dtype)
@@ -185,7 +185,7 @@ class _Encoder:
             data = (arr if arr.ndim == 1 else arr.reshape(-1)).view(np.uint8)
         index = len(self.leaves)
         # Positional: this runs once per array, and states may hold thousands of small ones.
-        self.leaves.append(Leaf(path_str(parts), kind, dtype_json, arr.shape, data, owned))
+        self.leaves.append(Leaf(path, kind, dtype_json, arr.shape, data, owned))
         return _leaf_reference(index)
 
     def walk(self, obj: object, parts: list[str]) -> Any:
@@ -206,7 +206,7 @@ class _Encoder:
                 return obj
             if t is bytearray:
                 return self._pickled(obj, parts, "bytearray is not supported (use bytes)")
-            return self._leaf(np.frombuffer(obj, np.uint8), parts, "bytes")
+            return self._leaf(np.frombuffer(obj, np.uint8), path_str(parts), "bytes")
         if t is complex:
             assert isinstance(obj, complex)
             return msgpack.ExtType(_EXT_COMPLEX, msgpack.packb([obj.real, obj.imag]))
@@ -214,7 +214,7 @@ class _Encoder:
             assert isinstance(obj, np.ndarray)
             if not _plain_dtype(obj.dtype):
                 return self._pickled(obj, parts, f"numpy dtype {obj.dtype} holds Python objects")
-            return self._leaf(obj, parts, "array")
+            return self._leaf(obj, path_str(parts), "array")
         if isinstance(obj, np.generic) and t.__module__ == "numpy":
             dtype = obj.dtype
             if dtype.hasobject or dtype.kind not in _ARRAY_KINDS:
@@ -237,25 +237,25 @@ class _Encoder:
     def _container(self, obj: object, parts: list[str]) -> Any:
         if isinstance(obj, dict):
             out: dict[Any, Any] = {}
+            # Arrays held by a dict go straight to _leaf (the common leaf of big states, once
+            # per array): no sub-path list, the path string built once per container.
+            arrays_inline = len(parts) < _MAX_DEPTH
+            prefix = path_str(parts)
+            known = self._dtypes
             for k, v in obj.items():
                 kt = type(k)
+                if kt is str and type(v) is np.ndarray and arrays_inline and v.dtype in known:
+                    out[k] = self._leaf(v, f"{prefix}[{k!r}]", "array")
+                    continue
                 if not (k is None or kt in (str, int, bool, float, bytes, tuple)):
                     raise EncodeError(
-                        f"cannot encode {path_str(parts)}: dict key {k!r} of type "
+                        f"cannot encode {prefix}: dict key {k!r} of type "
                         f"{kt.__qualname__} (keys must be str, int, float, bool, bytes, tuple "
                         "or None)"
                     )
                 sub = [*parts, f"[{k!r}]"]
                 ek = k if kt is str else self._key(k, sub)
-                # Arrays straight to _leaf: the common leaf of big states, once per array.
-                if (
-                    type(v) is np.ndarray
-                    and len(sub) <= _MAX_DEPTH
-                    and (v.dtype in self._dtypes or _plain_dtype(v.dtype))
-                ):
-                    out[ek] = self._leaf(v, sub, "array")
-                else:
-                    out[ek] = self.walk(v, sub)
+                out[ek] = self.walk(v, sub)
             return out
         assert isinstance(obj, list | tuple)
         items = [self.walk(v, [*parts, f"[{i}]"]) for i, v in enumerate(obj)]
