@@ -1,6 +1,7 @@
 """Store benchmark: snapline save/load against raw I/O, pickle and numpy.save, in the same run.
 
-Run: ``python bench/store_bench.py [--size-mib 1024] [--rounds 5] [--dir PATH]``. Each round
+Run: ``python bench/store_bench.py [--size-mib 1024] [--rounds 5] [--dir PATH]
+[--small-only]``. Each round
 measures every baseline right next to the snapline operation it is compared with, so a
 figure is a ratio of two timings taken seconds apart on the same disk; the table shows the
 median over rounds of each per-round ratio (and the median times). Every write is fsync'd.
@@ -17,7 +18,10 @@ Figures (the issue's targets in brackets):
 * ``async_durable_vs_sync_save``: time from ``save_async`` until its checkpoint is committed
   / a sync ``save`` of the same (changed) state (<= 1.1).
 * ``small_save_vs_raw_write``: 5,000 arrays of 16 KiB: raw write + fsync / snapline ``save``
-  (>= 0.8), and ``small_pickle_vs_raw_write`` for pickle (snapline should be ahead).
+  (>= 0.8), and ``small_pickle_vs_raw_write`` for pickle (snapline should be ahead), and
+  ``small_torch_vs_raw_write`` for ``torch.save`` of the same arrays as tensors when CPU
+  torch is installed (an optional benchmark dependency). These full saves run in an order
+  rotated every round, so none always runs first or last on a shared disk.
 * ``small_resave_1pct_vs_full``: re-save after changing 1% of the small arrays / a full save
   of them (< 1).
 """
@@ -191,13 +195,29 @@ def big_round(
     return r
 
 
-def small_round(base: Path, state: dict[str, Any], store: Store) -> dict[str, float]:
+def _torch_tensors(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The state as torch tensors sharing its memory, or None without (CPU) torch installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return {k: torch.from_numpy(v) for k, v in state.items()}
+
+
+def small_round(
+    base: Path, state: dict[str, Any], store: Store, tensors: dict[str, Any] | None, turn: int
+) -> dict[str, float]:
+    """One round of the small-arrays figures; ``turn`` rotates the order of the full saves."""
     r: dict[str, float] = {}
     arrays = list(state.values())
     change_all(state)
-    r["small_raw_write_s"] = timed(lambda: fsync_write(base / "small.bin", arrays))
     step = fresh_step(store)
-    r["small_save_s"] = timed(lambda: store.save(state, step=step))
+
+    def raw_write() -> None:
+        fsync_write(base / "small.bin", arrays)
+
+    def snapline_save() -> None:
+        store.save(state, step=step)
 
     def pickle_save() -> None:
         with open(base / "small.pkl", "wb") as f:
@@ -205,7 +225,24 @@ def small_round(base: Path, state: dict[str, Any], store: Store) -> dict[str, fl
             f.flush()
             os.fsync(f.fileno())
 
-    r["small_pickle_s"] = timed(pickle_save)
+    def torch_save() -> None:
+        import torch
+
+        with open(base / "small.pt", "wb") as f:
+            torch.save(tensors, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    ops: list[tuple[str, Callable[[], None]]] = [
+        ("small_raw_write_s", raw_write),
+        ("small_save_s", snapline_save),
+        ("small_pickle_s", pickle_save),
+    ]
+    if tensors is not None:
+        ops.append(("small_torch_s", torch_save))
+    turn %= len(ops)
+    for name, op in ops[turn:] + ops[:turn]:
+        r[name] = timed(op)
     for a in arrays[::100]:  # 1% of the arrays
         a[0] += 1.0
     t0 = time.perf_counter()
@@ -214,8 +251,10 @@ def small_round(base: Path, state: dict[str, Any], store: Store) -> dict[str, fl
     r["small_resave_written_bytes"] = info.written_bytes
     r["small_save_vs_raw_write"] = r["small_raw_write_s"] / r["small_save_s"]
     r["small_pickle_vs_raw_write"] = r["small_raw_write_s"] / r["small_pickle_s"]
+    if tensors is not None:
+        r["small_torch_vs_raw_write"] = r["small_raw_write_s"] / r["small_torch_s"]
     r["small_resave_1pct_vs_full"] = r["small_resave_1pct_s"] / r["small_save_s"]
-    for name in ("small.bin", "small.pkl"):
+    for name in ("small.bin", "small.pkl", "small.pt"):
         (base / name).unlink(missing_ok=True)
     return r
 
@@ -236,6 +275,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (local disk)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/store_bench.json"))
+    parser.add_argument(
+        "--small-only", action="store_true", help="only the many-small-arrays figures"
+    )
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC)
     base = Path(tempfile.mkdtemp(prefix="store-bench-", dir=args.dir or Path.cwd()))
@@ -243,18 +285,20 @@ def main() -> None:
     cold = drop_caches()
     rounds: list[dict[str, float]] = []
     try:
-        state = make_state(args.size_mib)
+        state = {} if args.small_only else make_state(args.size_mib)
         small = make_small_state()
+        tensors = _torch_tensors(small)
         with (
             open_store(base / "sync") as sync,
             open_store(base / "async") as async_,
             open_store(base / "small") as small_store,
         ):
-            async_.save_async(state, step=0).result()  # sizes and faults in staging
+            if not args.small_only:
+                async_.save_async(state, step=0).result()  # sizes and faults in staging
             small_store.save(small, step=0)
             for i in range(args.rounds):
-                r = big_round(base, state, sync, async_, size_bytes)
-                r.update(small_round(base, small, small_store))
+                r = {} if args.small_only else big_round(base, state, sync, async_, size_bytes)
+                r.update(small_round(base, small, small_store, tensors, i))
                 rounds.append(r)
                 print(f"round {i + 1}/{args.rounds} done")
     finally:
@@ -262,14 +306,15 @@ def main() -> None:
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     gib = size_bytes / 2**30
     table = Table(
-        title=f"store bench: {args.size_mib} MiB + {SMALL_COUNT} x {SMALL_BYTES // 1024} KiB, "
+        title=f"store bench: {0 if args.small_only else args.size_mib} MiB + {SMALL_COUNT} x "
+        f"{SMALL_BYTES // 1024} KiB, "
         f"median of {args.rounds} rounds, {started:%Y-%m-%d %H:%M} UTC"
     )
     table.add_column("measure")
     table.add_column("median", justify="right")
     table.add_column("target", justify="right")
     for k, v in med.items():
-        if k in TARGETS:
+        if k in TARGETS and (k.startswith("small") or not args.small_only):
             op, want = TARGETS[k]
             ok = v >= want if op == ">=" else v <= want if op == "<=" else v < want
             table.add_row(f"[bold]{k}", f"{v:.3f}x", f"{op} {want} {'met' if ok else 'NOT met'}")
@@ -287,13 +332,15 @@ def main() -> None:
         json.dumps(
             {
                 "date_utc": started.isoformat(timespec="seconds"),
-                "size_mib": args.size_mib,
+                "size_mib": 0 if args.small_only else args.size_mib,
+                "torch": tensors is not None,
                 "small": f"{SMALL_COUNT} x {SMALL_BYTES} B",
                 "rounds": args.rounds,
                 "cold_cache": cold,
                 "machine": f"{platform.node()} {os.cpu_count()} cpus",
                 "medians": med,
                 "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
+                "order": "full saves of the small state rotated per round",
                 "all_rounds": rounds,
             },
             indent=1,

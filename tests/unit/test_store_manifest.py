@@ -13,6 +13,7 @@ from snapline.store.manifest import (
     LeafRef,
     Manifest,
     chunk_key,
+    leaf_table_json,
     parse_manifest,
     referenced_keys_anyway,
     step_of_manifest_key,
@@ -129,16 +130,66 @@ def sample_v2() -> Manifest:
     )
 
 
-def test_version_2_roundtrip_is_compact_and_keeps_pack_places() -> None:
-    data = sample_v2().to_bytes()
+@pytest.mark.parametrize("version", [2, 3])
+def test_version_2_and_3_roundtrip_is_compact_and_keeps_pack_places(version: int) -> None:
+    data = sample_v2().to_bytes(version=version)
     assert data.startswith(b'{"checksum":"xxh3_128:') and b"\n" not in data
+    assert json.loads(data)["format_version"] == version
     parsed = parse_manifest(data, where="m")
-    assert parsed == sample_v2() and parsed.format_version == 2 == FORMAT_VERSION
+    assert parsed == sample_v2() and parsed.format_version == 3 == FORMAT_VERSION
     assert parsed.chunks[0].key == f"chunks/packs/{PID}.pack"
     assert parsed.chunks[0].file_size == 164 and parsed.chunks[1].file_size == 20
     obj = json.loads(data)
     assert obj["packs"] == [{"id": PID, "size": 164}]
     assert obj["chunks"][0]["pack"] == 0 and obj["chunks"][0]["offset"] == 64
+
+
+def test_version_3_stores_the_leaf_table_as_columns() -> None:
+    obj = json.loads(sample_v2().to_bytes())
+    assert obj["format_version"] == 3
+    assert obj["leaves"] == {
+        "path": ["state['w']"],
+        "kind": ["array"],
+        "dtype": ["<f4"],
+        "shape": [[25]],
+        "extents": [[[0, 0, 100]]],
+    }
+    assert json.loads(sample_v2().to_bytes(version=2))["leaves"][0]["shape"] == [25]
+
+
+def test_a_leaf_table_dumped_ahead_gives_the_same_bytes() -> None:
+    manifest = sample_v2()
+    ahead = manifest.to_bytes(leaf_table=leaf_table_json(manifest.leaves))
+    assert ahead == manifest.to_bytes()
+    assert parse_manifest(ahead, where="m") == manifest
+
+
+@pytest.mark.parametrize(
+    "leaves",
+    [
+        {
+            "path": ["a", "b"],
+            "kind": ["array"],
+            "dtype": ["<f4"],
+            "shape": [[25]],
+            "extents": [[[0, 0, 100]]],
+        },
+        {"path": ["a"], "kind": ["array"], "dtype": ["<f4"], "shape": [[25]]},
+        {
+            "path": "a",
+            "kind": ["array"],
+            "dtype": ["<f4"],
+            "shape": [[25]],
+            "extents": [[[0, 0, 100]]],
+        },
+        [{"path": "a", "kind": "array", "dtype": "<f4", "shape": [25], "extents": [[0, 0, 100]]}],
+    ],
+)
+def test_a_malformed_leaf_table_of_version_3_is_refused(leaves: object) -> None:
+    obj = json.loads(sample_v2().to_bytes())
+    obj["leaves"] = leaves
+    with pytest.raises(CorruptCheckpoint, match="malformed"):
+        parse_manifest(_rewrite_v2(obj), where="m")
 
 
 def test_a_manifest_without_packs_is_still_written_as_version_1() -> None:
@@ -147,8 +198,9 @@ def test_a_manifest_without_packs_is_still_written_as_version_1() -> None:
     assert parse_manifest(sample().to_bytes(), where="m").format_version == 1
 
 
-def test_every_single_bit_flip_of_a_version_2_manifest_is_detected() -> None:
-    data = sample_v2().to_bytes()
+@pytest.mark.parametrize("version", [2, 3])
+def test_every_single_bit_flip_of_a_version_2_or_3_manifest_is_detected(version: int) -> None:
+    data = sample_v2().to_bytes(version=version)
     for i in range(len(data)):
         for bit in range(8):
             damaged = bytearray(data)

@@ -25,9 +25,10 @@ Errors name the place in the tree (``state['model']['w'][3]``) so users can find
 from __future__ import annotations
 
 import pickle
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -50,12 +51,13 @@ _MAX_DEPTH = 500
 _ARRAY_KINDS = frozenset("biufcmMSUV")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Leaf:
+class Leaf(NamedTuple):
     """One array (or large ``bytes``) leaf of an encoded state.
 
     ``data`` is a 1-D ``uint8`` view of the leaf's little-endian C-order bytes; it may share
     memory with the caller's array, so it is only valid until the caller mutates that array.
+    An immutable ``NamedTuple`` rather than a frozen dataclass: a state may hold thousands of
+    small arrays, and building a frozen dataclass costs several times more per leaf.
     """
 
     path: str
@@ -131,6 +133,11 @@ def dtype_from_json(value: Any) -> np.dtype[Any]:
     return dtype
 
 
+def _plain_dtype(dtype: np.dtype[Any]) -> bool:
+    """Whether arrays of ``dtype`` are plain data the codec stores as leaves."""
+    return not dtype.hasobject and dtype.kind in _ARRAY_KINDS
+
+
 def _little_endian(dtype: np.dtype[Any]) -> np.dtype[Any]:
     if dtype.fields is not None:
         return dtype.newbyteorder("<") if not dtype.isnative else dtype
@@ -145,7 +152,8 @@ class _Encoder:
         self._on_stack: set[int] = set()
         # dtype -> (little-endian dtype, its JSON form): states often hold thousands of
         # arrays of a few dtypes, and working these out is most of a small leaf's cost.
-        self._dtypes: dict[np.dtype[Any], tuple[np.dtype[Any], str | list[Any]]] = {}
+        # The third item: whether the dtype is little-endian already (no copy needed).
+        self._dtypes: dict[np.dtype[Any], tuple[np.dtype[Any], str | list[Any], bool]] = {}
 
     def _pickled(self, obj: object, parts: list[str], why: str) -> msgpack.ExtType:
         if not self.allow_pickle:
@@ -161,29 +169,24 @@ class _Encoder:
         self.uses_pickle = True
         return msgpack.ExtType(_EXT_PICKLE, blob)
 
-    def _leaf(self, arr: np.ndarray[Any, Any], parts: list[str], kind: str) -> msgpack.ExtType:
+    def _leaf(self, arr: np.ndarray[Any, Any], path: str, kind: str) -> msgpack.ExtType:
         known = self._dtypes.get(arr.dtype)
         if known is None:
             little = _little_endian(arr.dtype)
-            known = self._dtypes[arr.dtype] = (little, dtype_to_json(little))
-        dtype, dtype_json = known
+            known = self._dtypes[arr.dtype] = (little, dtype_to_json(little), little == arr.dtype)
+        dtype, dtype_json, is_little = known
         owned = kind == "bytes"
-        if dtype != arr.dtype or not arr.flags.c_contiguous:
+        if not is_little or not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr, dtype=dtype)
             owned = True
-        data = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
+        if not arr.size:
+            data = np.empty(0, np.uint8)
+        else:
+            data = (arr if arr.ndim == 1 else arr.reshape(-1)).view(np.uint8)
         index = len(self.leaves)
-        self.leaves.append(
-            Leaf(
-                path=path_str(parts),
-                kind=kind,
-                dtype=dtype_json,
-                shape=arr.shape,  # a tuple of ints already
-                data=data,
-                owned=owned,
-            )
-        )
-        return msgpack.ExtType(_EXT_LEAF, msgpack.packb(index))
+        # Positional: this runs once per array, and states may hold thousands of small ones.
+        self.leaves.append(Leaf(path, kind, dtype_json, arr.shape, data, owned))
+        return _leaf_reference(index)
 
     def walk(self, obj: object, parts: list[str]) -> Any:
         if len(parts) > _MAX_DEPTH:
@@ -203,15 +206,15 @@ class _Encoder:
                 return obj
             if t is bytearray:
                 return self._pickled(obj, parts, "bytearray is not supported (use bytes)")
-            return self._leaf(np.frombuffer(obj, np.uint8), parts, "bytes")
+            return self._leaf(np.frombuffer(obj, np.uint8), path_str(parts), "bytes")
         if t is complex:
             assert isinstance(obj, complex)
             return msgpack.ExtType(_EXT_COMPLEX, msgpack.packb([obj.real, obj.imag]))
         if t is np.ndarray:
             assert isinstance(obj, np.ndarray)
-            if obj.dtype.hasobject or obj.dtype.kind not in _ARRAY_KINDS:
+            if not _plain_dtype(obj.dtype):
                 return self._pickled(obj, parts, f"numpy dtype {obj.dtype} holds Python objects")
-            return self._leaf(obj, parts, "array")
+            return self._leaf(obj, path_str(parts), "array")
         if isinstance(obj, np.generic) and t.__module__ == "numpy":
             dtype = obj.dtype
             if dtype.hasobject or dtype.kind not in _ARRAY_KINDS:
@@ -234,16 +237,24 @@ class _Encoder:
     def _container(self, obj: object, parts: list[str]) -> Any:
         if isinstance(obj, dict):
             out: dict[Any, Any] = {}
+            # Arrays held by a dict go straight to _leaf (the common leaf of big states, once
+            # per array): no sub-path list, the path string built once per container.
+            arrays_inline = len(parts) < _MAX_DEPTH
+            prefix = path_str(parts)
+            known = self._dtypes
             for k, v in obj.items():
                 kt = type(k)
+                if kt is str and type(v) is np.ndarray and arrays_inline and v.dtype in known:
+                    out[k] = self._leaf(v, f"{prefix}[{k!r}]", "array")
+                    continue
                 if not (k is None or kt in (str, int, bool, float, bytes, tuple)):
                     raise EncodeError(
-                        f"cannot encode {path_str(parts)}: dict key {k!r} of type "
+                        f"cannot encode {prefix}: dict key {k!r} of type "
                         f"{kt.__qualname__} (keys must be str, int, float, bool, bytes, tuple "
                         "or None)"
                     )
                 sub = [*parts, f"[{k!r}]"]
-                ek = self._key(k, sub)
+                ek = k if kt is str else self._key(k, sub)
                 out[ek] = self.walk(v, sub)
             return out
         assert isinstance(obj, list | tuple)
@@ -264,6 +275,24 @@ class _Encoder:
         if not (k is None or type(k) in (str, int, bool, float, bytes)):
             raise EncodeError(f"cannot encode {path_str(parts)}: unsupported key part {k!r}")
         return k
+
+
+_LEAF_REFERENCES: list[msgpack.ExtType] = []
+_LEAF_REFERENCES_GROW = threading.Lock()
+
+
+def _leaf_reference(index: int) -> msgpack.ExtType:
+    """The skeleton's reference to leaf ``index``, built once per index and then shared.
+
+    The list only grows, under the lock, each entry built from its own position, so a reader
+    on another thread never sees a wrong entry; the entries are immutable.
+    """
+    refs = _LEAF_REFERENCES
+    if index >= len(refs):
+        with _LEAF_REFERENCES_GROW:
+            while len(refs) <= index:
+                refs.append(msgpack.ExtType(_EXT_LEAF, msgpack.packb(len(refs))))
+    return refs[index]
 
 
 def _packb(obj: Any) -> bytes:

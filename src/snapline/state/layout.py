@@ -11,10 +11,12 @@ a change to a small leaf rewrites one bundle.
 
 The default chunk size is 4 MiB: a contiguous 1% change of a 1 GiB state (10 MiB) then
 writes 12-16 MiB (about 1.2-1.6%). The store keeps chunks in pack files (many chunks per
-file, see ``store/writer.py``), so a chunk costs a hash call and a manifest entry, not a file:
-the store therefore gives every leaf of 4 KiB or more its own chunk(s), and bundles only
-tinier leaves (into 64 KiB bundles), so re-saving after a change to a few of thousands of
-small arrays rewrites just those arrays.
+file, see ``store/writer.py``), so a chunk costs a hash call and a manifest entry, not a file.
+Small leaves are where those per-chunk costs add up: the store bundles every leaf under
+64 KiB into **segments** (bundle chunks) of up to 256 KiB, so a state of thousands of small
+arrays pays a hash call and a chunk entry per segment, and a change to a few of them
+rewrites just the segments holding those (a bundle is hashed and written piece by piece,
+never copied into one buffer: ``chunk_pieces``, ``pieces_chunk_id``).
 
 A chunk's id is the xxh3_128 hash (hex) of its uncompressed bytes; it is checked on every
 load. The hash runs at memory speed (about 15-20 GB/s on one core).
@@ -22,9 +24,8 @@ load. The hash runs at memory speed (about 15-20 GB/s on one core).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xxhash
@@ -44,9 +45,11 @@ def chunk_id(data: bytes | memoryview | np.ndarray[Any, Any]) -> str:
     return str(xxhash.xxh3_128_hexdigest(data))  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Extent:
-    """A byte range ``[offset, offset+length)`` of chunk number ``chunk`` of the plan."""
+class Extent(NamedTuple):
+    """A byte range ``[offset, offset+length)`` of chunk number ``chunk`` of the plan.
+
+    A ``NamedTuple`` (immutable, cheap to build): a plan holds one per small array.
+    """
 
     chunk: int
     offset: int
@@ -71,7 +74,7 @@ class ChunkPlan:
     """How the leaves of one state map onto chunks."""
 
     chunks: list[ChunkSpec]
-    leaf_extents: list[list[Extent]]
+    leaf_extents: list[tuple[Extent, ...]]
     total_bytes: int
 
 
@@ -92,20 +95,22 @@ def plan_chunks(
     small = chunk_bytes // 4 if small_leaf_bytes is None else min(small_leaf_bytes, chunk_bytes)
     bundle = chunk_bytes if bundle_bytes is None else min(max(bundle_bytes, 1), chunk_bytes)
     chunks: list[ChunkSpec] = []
-    extents: list[list[Extent]] = [[] for _ in leaves]
-    total = 0
+    # Each leaf's extents; a small leaf has exactly one, a big one one per chunk.
+    extents: list[tuple[Extent, ...]] = [()] * len(leaves)
+    sizes = [leaf.data.nbytes for leaf in leaves]
+    total = sum(sizes)
 
-    for index, leaf in enumerate(leaves):
-        n = leaf.nbytes
-        total += n
+    for index, n in enumerate(sizes):
         if n < small or n == 0:
             continue
+        own: list[Extent] = []
         for start in range(0, n, chunk_bytes):
             stop = min(n, start + chunk_bytes)
-            extents[index].append(Extent(chunk=len(chunks), offset=0, length=stop - start))
+            own.append(Extent(len(chunks), 0, stop - start))
             chunks.append(
                 ChunkSpec(pieces=((index, start, stop),), pad_after=(0,), size=stop - start)
             )
+        extents[index] = tuple(own)
 
     # Bundles come after every big leaf's chunks, so the open bundle's index is len(chunks).
     pieces: list[tuple[int, int, int]] = []
@@ -120,14 +125,13 @@ def plan_chunks(
             chunks.append(ChunkSpec(pieces=tuple(pieces), pad_after=(*pads[:-1], 0), size=size))
         pieces, pads, used = [], [], 0
 
-    for index, leaf in enumerate(leaves):
-        n = leaf.nbytes
+    for index, n in enumerate(sizes):
         if n >= small or n == 0:
             continue
         if used + n > bundle:
             close_bundle()
         pad = -(used + n) % ALIGN_BYTES
-        extents[index].append(Extent(chunk=len(chunks), offset=used, length=n))
+        extents[index] = (Extent(len(chunks), used, n),)
         pieces.append((index, 0, n))
         pads.append(pad)
         used += n + pad
@@ -135,26 +139,43 @@ def plan_chunks(
     return ChunkPlan(chunks=chunks, leaf_extents=extents, total_bytes=total)
 
 
-def chunk_views(
+_ZERO_PAD = memoryview(bytes(ALIGN_BYTES))
+
+
+def chunk_pieces(
     spec: ChunkSpec, leaf_data: list[np.ndarray[Any, np.dtype[np.uint8]]]
-) -> Iterator[memoryview]:
-    """The byte pieces of one chunk, zero-copy where possible (padding as small zero blocks)."""
+) -> list[memoryview]:
+    """The byte pieces of one chunk, in order, without copying (padding as zero blocks)."""
+    out: list[memoryview] = []
     for (leaf_index, start, stop), pad in zip(spec.pieces, spec.pad_after, strict=True):
-        yield memoryview(leaf_data[leaf_index][start:stop])  # type: ignore[arg-type]
+        data = leaf_data[leaf_index]
+        whole = start == 0 and stop == data.nbytes
+        out.append(memoryview(data if whole else data[start:stop]))  # type: ignore[arg-type]
         if pad:
-            yield memoryview(bytes(pad))
+            out.append(_ZERO_PAD[:pad])
+    return out
+
+
+def pieces_chunk_id(pieces: list[memoryview]) -> str:
+    """``chunk_id`` of the concatenation of ``pieces``, hashed in place (no joined copy)."""
+    if len(pieces) == 1:
+        return chunk_id(pieces[0])
+    hasher = xxhash.xxh3_128()
+    for piece in pieces:
+        hasher.update(piece)
+    return str(hasher.hexdigest())
 
 
 def chunk_bytes_of(
     spec: ChunkSpec, leaf_data: list[np.ndarray[Any, np.dtype[np.uint8]]]
 ) -> memoryview:
     """One contiguous buffer holding the chunk (no copy for a single-piece chunk)."""
-    if len(spec.pieces) == 1 and spec.pad_after[0] == 0:
-        leaf_index, start, stop = spec.pieces[0]
-        return memoryview(leaf_data[leaf_index][start:stop])  # type: ignore[arg-type]
+    pieces = chunk_pieces(spec, leaf_data)
+    if len(pieces) == 1:
+        return pieces[0]
     buf = bytearray(spec.size)
     pos = 0
-    for view in chunk_views(spec, leaf_data):
+    for view in pieces:
         buf[pos : pos + view.nbytes] = view
         pos += view.nbytes
     assert pos == spec.size

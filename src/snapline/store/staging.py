@@ -20,7 +20,6 @@ nothing is committed.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 import numpy as np
 
@@ -116,7 +115,7 @@ class Staging:
                 sources.append(None)
                 continue
             n = leaf.nbytes
-            staged.append(replace(leaf, data=self._buffer[pos : pos + n], owned=True))
+            staged.append(leaf._replace(data=self._buffer[pos : pos + n], owned=True))
             sources.append(leaf)
             pos += n + (-n % _ALIGN)
         tree = EncodedTree(

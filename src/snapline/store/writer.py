@@ -3,16 +3,17 @@
 Theory of operation
 -------------------
 ``write_checkpoint`` runs under the writer lock. It plans chunks (``state.layout``; every leaf
-of 4 KiB or more gets its own chunks, tinier leaves share 64 KiB bundles) and splits them, in
-order, into a few **streams** of similar size, one per I/O thread. Each stream hashes its
-chunks (xxh3_128, at memory speed) and keeps those the store lacks: a chunk is reused when
-the newest committed checkpoint already has it (its pack file checked present and whole) or
-another stream of this save writes it. The kept chunks are laid out back to back, each at a
-64-byte aligned offset, into pack files of at most ``PACK_MAX_CHUNKS`` chunk sizes (16 MiB
-with the default 4 MiB chunks); each pack is written
-with one ``backend.write`` (temporary name, one fsync, rename). So a save pays one file, one
-fsync and a few system calls per pack, not per chunk: thousands of small arrays cost a hash
-call and a manifest entry each, and a save that changed 1% of them writes about 1%.
+of 64 KiB or more gets its own chunks, smaller leaves share segments of up to 256 KiB) and
+splits them, in order, into a few **streams** of similar size, one per I/O thread. Each
+stream hashes its chunks (xxh3_128, at memory speed) and keeps those the store lacks: a chunk
+is reused when the newest committed checkpoint already has it (its pack file checked present
+and whole) or another stream of this save writes it. The kept chunks are laid out back to
+back, each at a 64-byte aligned offset, into pack files of at most ``PACK_MAX_CHUNKS`` chunk
+sizes (16 MiB with the default 4 MiB chunks); each pack is written with one ``backend.write``
+(temporary name, one fsync, rename). So a save pays one file, one fsync and a few system
+calls per pack, not per chunk; and thousands of small arrays cost a hash call and a chunk
+entry per 256 KiB segment, not per array. A save that changed 1% of them rewrites only the
+segments holding changed arrays.
 
 The skeleton is its own content-addressed file (``chunks/<id[:2]>/<id>``) so an unchanged
 one is never rewritten. When every write is done, ``backend.sync()`` makes the new names
@@ -28,7 +29,6 @@ caller's thread is still copying.
 
 from __future__ import annotations
 
-import operator
 import os
 import threading
 import time
@@ -41,22 +41,33 @@ import numpy as np
 import zstandard
 
 from snapline.state.codec import EncodedTree
-from snapline.state.layout import ChunkSpec, chunk_bytes_of, chunk_id, plan_chunks
+from snapline.state.layout import (
+    ChunkSpec,
+    chunk_bytes_of,
+    chunk_id,
+    chunk_pieces,
+    pieces_chunk_id,
+    plan_chunks,
+)
 from snapline.store.backend import Backend
 from snapline.store.manifest import (
     ChunkRef,
     LeafRef,
     Manifest,
     chunk_key,
+    leaf_table_json,
     manifest_key,
     pack_key,
 )
 from snapline.store.types import ProgressCallback
 
 ZSTD_LEVEL = 3
-SMALL_LEAF_BYTES = 4096
-"""Leaves below this share bundle chunks; larger ones get chunks of their own."""
-BUNDLE_BYTES = 64 * 1024
+SMALL_LEAF_BYTES = 64 * 1024
+"""Leaves below this share segments (bundle chunks); larger ones get chunks of their own."""
+BUNDLE_BYTES = 256 * 1024
+"""The most a segment holds. Smaller segments make a re-save after a scattered change of a
+few small arrays write less, larger ones cost fewer hash calls and chunk entries per save;
+BENCHMARKS.md has the measurements behind this choice."""
 PACK_STREAM_MIN_BYTES = 32 * 1024 * 1024
 """Below this many bytes per stream, another stream would add a file and an fsync for little."""
 PACK_MAX_CHUNKS = 4
@@ -65,7 +76,6 @@ used, so the cap bounds the space a partly used pack holds to a few chunks; ``ch
 stays the one knob for the granularity of incremental saves and of reclaiming space."""
 _ALIGN = 64
 _ZEROS = memoryview(bytes(_ALIGN))
-_EXTENT_FIELDS = operator.attrgetter("chunk", "offset", "length")
 
 Identity: TypeAlias = tuple[str, str]
 """``(chunk id, codec)``: chunks with the same identity are interchangeable."""
@@ -140,57 +150,62 @@ def _write_stream(
     codec = "zstd" if compress else "raw"
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if compress else None
     result = _StreamResult(refs={}, elsewhere=[], logical_bytes=0, written_bytes=0)
-    new: list[tuple[int, str, memoryview]] = []
+    # (spec index, chunk id, stored pieces, stored size): a bundle of small leaves is hashed
+    # and written piece by piece, never joined into a copy (unless compressed).
+    new: list[tuple[int, str, list[memoryview], int]] = []
     for i in indexes:
         spec = specs[i]
         result.logical_bytes += spec.size
         if ready is not None:
             ready(spec)
-        data = chunk_bytes_of(spec, leaf_data)
-        cid = chunk_id(data)
+        pieces = chunk_pieces(spec, leaf_data)
+        cid = pieces_chunk_id(pieces)
         got = claims.claim((cid, codec), spec.size)
         if isinstance(got, ChunkRef):
             result.refs[i] = got
         elif got:
-            stored = memoryview(compressor.compress(data)) if compressor is not None else data
-            new.append((i, cid, stored))
+            if compressor is None:
+                new.append((i, cid, pieces, spec.size))
+            else:
+                packed = compressor.compress(chunk_bytes_of(spec, leaf_data))
+                new.append((i, cid, [memoryview(packed)], len(packed)))
         else:
             result.elsewhere.append((i, (cid, codec)))
 
     start = 0
     while start < len(new):
         # Lay out one pack: chunks back to back at aligned offsets, up to pack_max_bytes.
-        pieces: list[memoryview] = []
+        out: list[memoryview] = []
         offsets: list[int] = []
         pos = 0
         stop = start
         while stop < len(new):
-            stored = new[stop][2]
+            stored_pieces, nbytes = new[stop][2], new[stop][3]
             pad = -pos % _ALIGN
-            if stop > start and pos + pad + stored.nbytes > pack_max_bytes:
+            if stop > start and pos + pad + nbytes > pack_max_bytes:
                 break
             if pad:
-                pieces.append(_ZEROS[:pad])
-            pieces.append(stored)
+                out.append(_ZEROS[:pad])
+            out.extend(stored_pieces)
             offsets.append(pos + pad)
-            pos += pad + stored.nbytes
+            pos += pad + nbytes
             stop += 1
         pack_id = os.urandom(16).hex()
         refs = [
             ChunkRef(
                 id=cid,
                 size=specs[i].size,
-                stored_size=stored.nbytes,
+                stored_size=nbytes,
                 codec=codec,
                 pack=pack_id,
                 offset=offset,
                 pack_size=pos,
             )
-            for (i, cid, stored), offset in zip(new[start:stop], offsets, strict=True)
+            for (i, cid, _, nbytes), offset in zip(new[start:stop], offsets, strict=True)
         ]
-        backend.write(pack_key(pack_id), pieces)
+        backend.write(pack_key(pack_id), out)
         result.written_bytes += sum(ref.stored_size for ref in refs)
-        for (i, _, _), ref in zip(new[start:stop], refs, strict=True):
+        for (i, _, _, _), ref in zip(new[start:stop], refs, strict=True):
             result.refs[i] = ref
         claims.place(refs)
         start = stop
@@ -280,17 +295,14 @@ def write_checkpoint(
     written = 0
     done = 0
     try:
-        # The leaf table depends on the plan only: build it while the streams hash and write.
-        leaves = tuple(
-            LeafRef(
-                path=leaf.path,
-                kind=leaf.kind,
-                dtype=leaf.dtype,
-                shape=leaf.shape,
-                extents=tuple(map(_EXTENT_FIELDS, extents)),
-            )
-            for leaf, extents in zip(encoded.leaves, plan.leaf_extents, strict=True)
+        # The leaf table depends on the plan only: build it, and dump its JSON, while the
+        # streams hash and write. Column-wise (map, no per-leaf frame): thousands of small
+        # arrays make this hot.
+        paths, kinds, dtypes, shapes = (
+            tuple(zip(*encoded.leaves, strict=True))[:4] if encoded.leaves else ((),) * 4
         )
+        leaves = tuple(map(LeafRef, paths, kinds, dtypes, shapes, plan.leaf_extents))
+        leaf_table = leaf_table_json(leaves)
         for fut in as_completed(jobs):
             result = fut.result()
             for i, ref in result.refs.items():
@@ -330,6 +342,6 @@ def write_checkpoint(
         total_bytes=total,
         written_bytes=written,
     )
-    data = manifest.to_bytes()
+    data = manifest.to_bytes(leaf_table=leaf_table)
     backend.finalizer.commit(backend, manifest_key(step), data)
     return manifest, data
