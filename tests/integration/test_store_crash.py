@@ -74,6 +74,8 @@ def test_kill_9_at_random_moments_never_tears_a_checkpoint(tmp_path: Path) -> No
         # Let it start, then kill at a random moment; one save takes 0.1-0.5 s here (16
         # chunk files, each fsync'd), so most kills land mid-save.
         proc.join(timeout=rnd.uniform(0.03, window_s))
+        # A saver saves until killed: one that ended by itself failed (its error is above).
+        assert proc.exitcode is None, f"the saver exited by itself (code {proc.exitcode})"
         os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
         proc.join()
         assert proc.exitcode == -signal.SIGKILL

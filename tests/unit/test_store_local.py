@@ -1,4 +1,4 @@
-"""LocalDirectory: ranged reads into many buffers, writes of many pieces, writeback hints."""
+"""LocalDirectory: ranged reads into many buffers, writes of many pieces, an interrupted create."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from snapline.errors import NotAStore
+from snapline.store import open_store
 from snapline.store.backend import MissingKey
 from snapline.store.local import LocalDirectory
 
@@ -49,3 +51,23 @@ def test_a_failing_piece_source_leaves_no_temporary_file(tmp_path: Path) -> None
     with pytest.raises(RuntimeError):
         backend.write("chunks/packs/z.pack", Broken())
     assert not list((tmp_path / "s" / "chunks" / "packs").iterdir())
+
+
+def test_a_create_killed_before_the_marker_is_completed_by_the_next_open(tmp_path: Path) -> None:
+    # What initialize() leaves when killed between its mkdirs and the marker's rename.
+    root = tmp_path / "store"
+    (root / "chunks").mkdir(parents=True)
+    (root / "manifests").mkdir()
+    (root / ".snapline-store.json.tmp-123-0").write_bytes(b'{"format": "snapl')
+    store = open_store(root)
+    store.save({"x": 1}, step=1)
+    assert open_store(root, create=False).load() == {"x": 1}
+
+
+def test_a_directory_with_data_but_no_marker_is_still_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "chunks").mkdir(parents=True)
+    (root / "manifests").mkdir()
+    (root / "manifests" / "000000000001.json").write_text("{}")
+    with pytest.raises(NotAStore, match=r"without snapline-store\.json"):
+        open_store(root)

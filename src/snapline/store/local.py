@@ -153,12 +153,29 @@ class LocalDirectory(Backend):
             raise NotAStore(f"{self.root} is a file, not a snapline store directory")
         if (self.root / MARKER_KEY).is_file():
             return True
+        if self._interrupted_create():
+            return False  # ``initialize`` completes it
         if any(self.root.iterdir()):
             raise NotAStore(
                 f"{self.root} is a non-empty directory without {MARKER_KEY}: not a snapline "
                 "store. Pick an empty or missing directory for a new store"
             )
         return False
+
+    def _interrupted_create(self) -> bool:
+        """Whether the directory holds only what an ``initialize`` killed midway leaves.
+
+        ``initialize`` makes ``chunks/`` and ``manifests/`` before it renames the marker into
+        place: a ``kill -9`` in between leaves both empty, maybe with the marker's temp file,
+        and nothing a store could have written. Anything else is not treated as ours.
+        """
+        entries = list(self.root.iterdir())
+        names = {e.name for e in entries}
+        if not names or not names <= {"chunks", "manifests"} | {
+            n for n in names if n.startswith(f".{MARKER_KEY}.tmp-")
+        }:
+            return False
+        return all(not e.is_dir() or not any(e.iterdir()) for e in entries)
 
     def initialize(self, marker: bytes) -> None:
         """Create the directory tree and the marker file (atomically)."""
