@@ -10,6 +10,7 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
 from vm_support import (
     PINGPONG,
     kill_all,
@@ -79,3 +80,76 @@ def test_kill9_of_one_vm_then_of_everything_and_resume(tmp_path: Path) -> None:
     ls = snapline("vm", "ls", str(job))
     listing, _ = ls.communicate(timeout=60)
     assert ls.returncode == 0 and f"{len(steps)} complete checkpoint(s)" in listing, listing
+
+
+# Guest 1 pings guest 0 as fast as the guests go. ICMP is never retransmitted, so "0% packet
+# loss" across a rollback to a checkpoint that had frames in flight holds only if the switch
+# recorded them at the cut and put them back on restore.
+PING_COUNT = 1500
+PING_WORKLOAD = f"""
+if [ "$RANK" = 0 ]; then
+  nc -l -p 7001 >/dev/null
+else
+  sleep 1
+  ping -q -c {PING_COUNT} -i 0.004 10.77.0.1
+  echo done | nc 10.77.0.1 7001
+fi
+"""
+
+
+@pytest.mark.slow  # about a minute more of TCG guests; the switch's unit tests run always
+def test_frames_in_flight_are_recorded_and_put_back_on_restore(tmp_path: Path) -> None:
+    require_qemu()
+    (tmp_path / "ping.sh").write_text(PING_WORKLOAD)
+    spec = tmp_path / "ping.toml"
+    spec.write_text('guests = 2\nmemory_mib = 128\nworkload = "ping.sh"\n')
+    job = tmp_path / "job"
+    run = snapline("vm", "run", str(spec), "--store", str(job), "--interval", "1s")
+    try:
+        with_frames = wait_for(
+            "a checkpoint with frames in flight",
+            lambda: [r for r in records(job) if sum(r["in_flight_frames"])],
+            120,
+            run,
+        )
+        step = with_frames[0]["step"]
+        restore = snapline("vm", "restore", str(job), "--step", str(step))
+        restored, _ = restore.communicate(timeout=120)
+        assert restore.returncode == 0, restored
+        out, _ = run.communicate(timeout=180)
+        assert run.returncode == 0, out
+    finally:
+        kill_all(job, run)
+    frames = sum(with_frames[0]["in_flight_frames"])
+    assert f"restored checkpoint {step} " in out and f"({frames} frame(s) put back" in out, out
+    summary = released(job, 1)
+    assert f"{PING_COUNT} packets transmitted, {PING_COUNT} packets received, 0% packet loss" in (
+        summary
+    ), summary
+
+
+@pytest.mark.slow
+def test_a_vm_that_stops_answering_is_detected_and_every_vm_restored(tmp_path: Path) -> None:
+    require_qemu()
+    job = tmp_path / "job"
+    run = snapline(
+        "vm", "run", str(PINGPONG), "--store", str(job), "--interval", "2s",
+        "--hang-timeout", "3s",
+    )  # fmt: skip
+
+    def pongs() -> list[int]:
+        return _numbers(released(job, 0), "pong")
+
+    try:
+        wait_for("released output", lambda: len(pongs()) >= 3, 120, run)
+        hung = status(job)["ranks"][0]["pid"]
+        os.kill(hung, signal.SIGSTOP)  # QEMU alive, its QMP silent
+        wait_for("the recovery", lambda: status(job).get("recoveries") == 1, 60, run)
+        wait_for("the restored guests running", lambda: status(job)["state"] == "running", 60, run)
+        assert hung not in qemu_pids(job)
+        assert not os.path.exists(f"/proc/{hung}")  # killed and reaped
+        seen = len(pongs())
+        wait_for("progress after the restore", lambda: len(pongs()) > seen, 60, run)
+    finally:
+        kill_all(job, run)
+    assert pongs() == list(range(1, 2 * len(pongs()), 2))

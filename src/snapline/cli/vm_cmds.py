@@ -80,7 +80,7 @@ def run_cmd(
         resume=resume,
         hang_timeout_s=duration_s(hang_timeout, "--hang-timeout"),
         on_output=_print_output,
-        on_event=lambda line: err.print(f"[dim]snapline vm:[/] {line}"),
+        on_event=lambda line: err.print(f"[dim]snapline vm:[/] {line}", soft_wrap=True),
     )
     result = job.run()
     err.print(
@@ -134,7 +134,7 @@ def restore_cmd(
         store,
         resume=True,
         on_output=_print_output,
-        on_event=lambda line: err.print(f"[dim]snapline vm:[/] {line}"),
+        on_event=lambda line: err.print(f"[dim]snapline vm:[/] {line}", soft_wrap=True),
     )
     job.run(step=step)
 

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from snapline._durable import fsync_dir, write_atomic
-from snapline.errors import ConfigError, RecoveryError, RuntimeFailure
+from snapline.errors import ConfigError, RecoveryError, RuntimeFailure, StoreError
 from snapline.levels.system import stream
 from snapline.levels.system.image import GuestImage, build_image
 from snapline.levels.system.machine import GuestConfig, Machine, Monitors, find_qemu
@@ -61,6 +61,9 @@ from snapline.levels.system.network import Switch, ip_of
 from snapline.levels.system.spec import VmSpec
 from snapline.runtime.local.status import JobStatus, RankStatus, write_status
 from snapline.store import Store, open_store
+
+# Errors no restore can cure: stop the job instead of recovering.
+_FATAL = (ConfigError, StoreError, KeyboardInterrupt)
 
 JOB_FILE = "vm-job.json"
 RECORDS = "checkpoints"
@@ -81,6 +84,7 @@ class CheckpointRecord:
     written_bytes: list[int]  # per rank: bytes the store wrote (new segments)
     in_flight_frames: list[int]  # per destination rank
     frames_consumed: bool  # every delivered frame read by its guest before the stop
+    frames_dropped: int = 0  # by the switch since the job (re)started: guest gone, backlog full
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form."""
@@ -210,18 +214,23 @@ class VmJob:
         """Boot (or resume from ``step``, default the newest complete checkpoint), supervise
         until every guest has powered off; the result."""
         try:
-            steps = [r.step for r in read_records(self.dir)]
-            if step is not None and step not in steps:
-                raise ConfigError(f"no complete checkpoint {step} in {self.dir}; there are {steps}")
-            newest = step if step is not None else (steps[-1] if steps else None)
-            if newest is None:
-                self._boot()
-            else:
-                self._restore(newest)
+            self.start(step=step)
             self._loop()
         finally:
             self.close()
         return self.result
+
+    def start(self, *, step: int | None = None) -> None:
+        """Boot every guest, or restore them all from ``step`` (default: the newest complete
+        checkpoint, if any). ``run`` calls it; benchmarks drive ``checkpoint`` themselves."""
+        steps = [r.step for r in read_records(self.dir)]
+        if step is not None and step not in steps:
+            raise ConfigError(f"no complete checkpoint {step} in {self.dir}; there are {steps}")
+        newest = step if step is not None else (steps[-1] if steps else None)
+        if newest is None:
+            self._boot()
+        else:
+            self._restore(newest)
 
     def newest_step(self) -> int | None:
         """The newest complete checkpoint, or None."""
@@ -253,7 +262,7 @@ class VmJob:
                 and time.monotonic() - last_checkpoint >= self.interval_s
             )
             if running and due:
-                self.checkpoint()
+                self._checkpoint_or_recover()
                 last_checkpoint = time.monotonic()
             self._serve_control(running)
             self._write_status()
@@ -370,6 +379,7 @@ class VmJob:
             written_bytes=written,
             in_flight_frames=[len(frames.get(r, [])) for r in range(self.spec.guests)],
             frames_consumed=consumed,
+            frames_dropped=self.switch.dropped if self.switch is not None else 0,
         )
         write_atomic(
             self.dir / RECORDS / f"{step:08d}.json", json.dumps(record.to_json(), indent=1).encode()
@@ -431,21 +441,43 @@ class VmJob:
             self.switch.discard()
 
     def _recover(self, reason: str, step: int | None = None) -> None:
-        self.recoveries += 1
-        self.status.recoveries = self.recoveries
-        self.result.recoveries = self.recoveries
-        if self.recoveries > self.max_recoveries:
-            self._set_state("failed")
-            raise RecoveryError(f"{reason}; gave up after {self.max_recoveries} recoveries")
-        self.on_event(f"failure: {reason}; restoring every guest")
-        self._set_state("recovering")
-        self._kill_all()
-        target = step if step is not None else self.newest_step()
-        if target is None:
-            self._boot()
-        else:
-            self._restore(target)
-        self._set_state("running")
+        """Restore every guest (boot them if there is no checkpoint); a failure while doing so
+        (another kill -9, a QEMU that does not come up) starts the recovery over."""
+        while True:
+            self.recoveries += 1
+            self.status.recoveries = self.recoveries
+            self.result.recoveries = self.recoveries
+            if self.recoveries > self.max_recoveries:
+                self._set_state("failed")
+                raise RecoveryError(f"{reason}; gave up after {self.max_recoveries} recoveries")
+            self.on_event(f"failure: {reason}; restoring every guest")
+            self._set_state("recovering")
+            self._kill_all()
+            target = step if step is not None else self.newest_step()
+            try:
+                if target is None:
+                    self._boot()
+                else:
+                    self._restore(target)
+            except _FATAL:
+                raise
+            except Exception as exc:
+                reason = f"the recovery failed ({type(exc).__name__}: {exc})"
+                continue
+            self._set_state("running")
+            return
+
+    def _checkpoint_or_recover(self) -> dict[str, Any]:
+        """``checkpoint``; a guest failing during it is recovered from like any failure."""
+        try:
+            return {"ok": True, "record": self.checkpoint().to_json()}
+        except _FATAL:
+            raise
+        except Exception as exc:
+            failed = self._failed_rank()
+            why = failed[1] if failed else f"{type(exc).__name__}: {exc}"
+            self._recover(f"checkpoint failed: {why}")
+            return {"ok": False, "error": f"checkpoint failed: {why}; every guest was restored"}
 
     def _restore(self, step: int) -> float:
         t0 = time.monotonic()
@@ -523,7 +555,7 @@ class VmJob:
             case "checkpoint":
                 if not running:
                     return {"ok": False, "error": "not every guest is running"}
-                return {"ok": True, "record": self.checkpoint().to_json()}
+                return self._checkpoint_or_recover()
             case "restore":
                 self.restore(request.get("step"))
                 return {"ok": True, "step": self.status.ranks[0].last_checkpoint}

@@ -25,12 +25,19 @@ The cut (``Switch.hold`` ... ``Switch.release``) makes in-flight frames part of 
 4. ``release()`` delivers the queue in order and ends the hold. After a restore,
    ``hold()``, ``inject(frames)`` and ``release()`` put the saved frames back in flight.
 
-A frame to a guest whose QEMU is not running (its socket missing or refusing) is dropped and
-counted, like a cable to a switched-off machine.
+**Buffering.** The kernel queues at most ``net.unix.max_dgram_qlen`` datagrams (10 by
+default) on a QEMU's socket; a QEMU that the host does not schedule for a while fills it. The
+switch then keeps the frames for that guest in its own backlog (up to ``BACKLOG_MAX``) and sends
+them, in order, as the guest reads, as a switch's port buffer would. At ``hold`` the backlogs
+join the held queue ahead of later frames: they too are in flight. (Guest to switch needs no
+such care: QEMU itself waits when the switch's socket is full.) A frame to a guest whose QEMU
+is not running (its socket missing or refusing), or beyond a full backlog, is dropped and
+counted (``dropped``), like a cable to a switched-off machine.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -46,6 +53,8 @@ from pathlib import Path
 Frame = tuple[int, bytes]  # (destination port, Ethernet frame)
 
 MAX_FRAME = 65536
+BACKLOG_MAX = 4096
+"""Frames the switch keeps for one guest that is not reading (then it drops, and counts)."""
 _SIOCOUTQ = termios.TIOCOUTQ
 
 
@@ -81,6 +90,7 @@ class Switch:
         self._lock = threading.Lock()
         self._holding = False
         self._queue: list[Frame] = []
+        self._backlog: list[collections.deque[bytes]] = [collections.deque() for _ in range(n)]
         self.forwarded = 0
         self.dropped = 0
         self._stop = threading.Event()
@@ -111,9 +121,12 @@ class Switch:
 
     # -- the cut ----------------------------------------------------------------------------
     def hold(self) -> None:
-        """Queue frames from now on instead of delivering them."""
+        """Queue frames from now on instead of delivering them (backlogs included)."""
         with self._lock:
             self._holding = True
+            for dst, backlog in enumerate(self._backlog):
+                self._queue.extend((dst, f) for f in backlog)
+                backlog.clear()
 
     def wait_consumed(self, timeout_s: float) -> bool:
         """Wait until every guest has read all frames delivered to it; False on timeout."""
@@ -154,8 +167,10 @@ class Switch:
     def discard(self) -> None:
         """Forget queued and unread frames (before a restore: they belong to a lost future)."""
         with self._lock:
+            self._holding = False
             for port in range(self.n):
                 self._read_port(port)
+                self._backlog[port].clear()
             self._queue = []
 
     def close(self) -> None:
@@ -180,11 +195,16 @@ class Switch:
         fds = [s.fileno() for s in self._socks]
         port_of = {fd: port for port, fd in enumerate(fds)}
         while not self._stop.is_set():
-            ready, _, _ = select.select([*fds, self._wake_r], [], [], 0.5)
+            # A backlog is retried every millisecond (a Unix datagram socket that is not
+            # connected cannot be polled for the receiver's room).
+            waiting = any(self._backlog)
+            ready, _, _ = select.select([*fds, self._wake_r], [], [], 0.001 if waiting else 0.5)
             with self._lock:
                 for fd in ready:
                     if fd in port_of:
                         self._read_port(port_of[fd])
+                for dst in range(self.n):
+                    self._flush(dst)
 
     def _read_port(self, port: int) -> None:
         # Caller holds the lock.
@@ -211,10 +231,30 @@ class Switch:
                 self._send(target, frame)
 
     def _send(self, dst: int, frame: bytes) -> None:
+        # Caller holds the lock. Frames wait behind an earlier backlog: order is kept.
+        backlog = self._backlog[dst]
+        if backlog or not self._try_send(dst, frame):
+            if len(backlog) >= BACKLOG_MAX:
+                self.dropped += 1
+                return
+            backlog.append(frame)
+            self._flush(dst)
+
+    def _flush(self, dst: int) -> None:
+        backlog = self._backlog[dst]
+        while backlog and self._try_send(dst, backlog[0]):
+            backlog.popleft()
+
+    def _try_send(self, dst: int, frame: bytes) -> bool:
+        """True: sent or dropped for good; False: the guest's queue is full, try later."""
         try:
             self._socks[dst].sendto(frame, str(self.vm_path(dst)))
             self.forwarded += 1
+            return True
+        except (BlockingIOError, InterruptedError):
+            return False
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOBUFS):
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOBUFS):
                 raise
             self.dropped += 1
+            return True
