@@ -132,11 +132,13 @@ def kernel(*, cache: Path | None = None) -> Kernel:
         patterns = ["./boot/vmlinuz-*", "*/virtio*", "*failover*"]
         _run(["tar", "-x", "--wildcards", *patterns], cwd=stage, input=tar_in)
         root.parent.mkdir(parents=True, exist_ok=True)
-        partial = root.with_name(root.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        partial = root.with_name(f"{root.name}.{os.getpid()}.partial")
         shutil.move(str(stage), partial)
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(partial, root)
+        if _unpacked_kernel(root) is None:
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(partial, root)
+        else:
+            shutil.rmtree(partial)  # another process unpacked it meanwhile
     found = _unpacked_kernel(root)
     if found is None:
         raise ConfigError(f"{package} did not hold a kernel image and its modules")
@@ -209,7 +211,8 @@ def build_image(workload: str, *, cache: Path | None = None) -> GuestImage:
     initrd = cache / "initrd" / f"{digest.hexdigest()[:24]}.cpio.gz"
     if not initrd.exists():
         initrd.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(initrd, gzip.compress(newc_archive(files), compresslevel=1, mtime=0))
+        data = gzip.compress(newc_archive(files), compresslevel=1, mtime=0)
+        write_atomic(initrd, data, temp=initrd.with_name(f"{initrd.name}.{os.getpid()}.tmp"))
     return GuestImage(kernel=kern.vmlinuz, initrd=initrd)
 
 

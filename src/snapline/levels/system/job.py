@@ -69,6 +69,7 @@ JOB_FILE = "vm-job.json"
 RECORDS = "checkpoints"
 OUTPUT = "output"
 CONTROL_SOCKET = "control.sock"
+STATUS_EVERY_S = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +156,7 @@ class VmJob:
         self.incarnation = 0
         self.pending = [bytearray() for _ in range(spec.guests)]
         self.recoveries = 0
+        self._status_written = 0.0
         self.result = VmJobResult(finished=False, recoveries=0)
         self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._control.bind(str(self.run_dir / CONTROL_SOCKET))
@@ -265,7 +267,8 @@ class VmJob:
                 self._checkpoint_or_recover()
                 last_checkpoint = time.monotonic()
             self._serve_control(running)
-            self._write_status()
+            if time.monotonic() - self._status_written > STATUS_EVERY_S:
+                self._write_status()
             time.sleep(0.1)
 
     def _failed_rank(self) -> tuple[int, str] | None:
@@ -331,7 +334,6 @@ class VmJob:
             if step in s.steps():
                 s.delete(step)
         consumed = True
-        t0 = time.monotonic()
         if self.switch is not None:
             self.switch.hold()
             consumed = self.switch.wait_consumed(0.5)
@@ -395,7 +397,6 @@ class VmJob:
             f"{sum(sizes) / 2**20:.1f} MiB of state, {sum(written) / 2**20:.1f} MiB written, "
             f"{sum(record.in_flight_frames)} frame(s) in flight"
         )
-        del t0
         return record
 
     # -- output commit ----------------------------------------------------------------------
@@ -434,8 +435,9 @@ class VmJob:
     # -- recovery ---------------------------------------------------------------------------
     def _kill_all(self) -> None:
         for m in self.machines:
-            self.monitors.run(Monitors.disconnect(m), 5.0)
-            m.kill()
+            m.kill()  # first: a dead QEMU's QMP disconnects at once, a hung one may not
+            with contextlib.suppress(Exception):
+                self.monitors.run(Monitors.disconnect(m), 5.0)
         self.machines = []
         if self.switch is not None:
             self.switch.discard()
@@ -574,6 +576,7 @@ class VmJob:
             {str(r): steps[-1] for r in range(self.spec.guests)} if steps else {}
         )
         write_status(self.dir, self.status)
+        self._status_written = time.monotonic()
 
     def close(self) -> None:
         """Kill every guest, stop the switch, remove the run directory."""
