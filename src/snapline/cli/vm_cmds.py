@@ -64,7 +64,8 @@ def run_cmd(
     The guests' output is printed (and kept in DIR/output/) once a checkpoint covering it is
     committed. `snapline ps DIR` shows each VM's QEMU pid.
     """
-    from snapline.levels.system.job import VmJob, load_job_spec
+    from snapline.levels.system.job import VmJob
+    from snapline.levels.system.jobdir import load_job_spec
     from snapline.levels.system.spec import load_spec
 
     if spec is None:
@@ -98,7 +99,7 @@ def _print_output(rank: int, data: bytes) -> None:
 @vm_app.command("checkpoint")
 def checkpoint_cmd(store: Annotated[Path, STORE_ARG]) -> None:
     """Ask the running job to take a coordinated checkpoint now; print its pause and size."""
-    from snapline.levels.system.job import send_control
+    from snapline.levels.system.jobdir import send_control
 
     record = send_control(store, {"command": "checkpoint"})["record"]
     console.print(
@@ -121,7 +122,8 @@ def restore_cmd(
     With the job's supervisor running, it restores in place. Otherwise this restarts the job
     from that checkpoint in the foreground (like vm run --resume, from any complete step).
     """
-    from snapline.levels.system.job import VmJob, load_job_spec, send_control
+    from snapline.levels.system.job import VmJob
+    from snapline.levels.system.jobdir import load_job_spec, send_control
     from snapline.runtime.local.status import pid_alive, read_status
 
     status = read_status(store)
@@ -142,7 +144,7 @@ def restore_cmd(
 @vm_app.command("ls")
 def ls_cmd(store: Annotated[Path, STORE_ARG]) -> None:
     """List the job's complete checkpoints: pause, state size, bytes written, frames in flight."""
-    from snapline.levels.system.job import load_job_spec, read_records
+    from snapline.levels.system.jobdir import load_job_spec, read_records
 
     spec = load_job_spec(store)
     records = read_records(store)
