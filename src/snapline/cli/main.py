@@ -21,6 +21,7 @@ from snapline.cli import (
     run_cmds,
     sim_cmds,
     store_cmds,
+    vm_cmds,
 )
 from snapline.cli.options import SnaplineGroup
 from snapline.errors import SnaplineError
@@ -71,6 +72,7 @@ for _module in (
     mpi_cmds,
     chaos_cmds,
     analysis_cmds,
+    vm_cmds,
 ):
     _module.register(app)
 
