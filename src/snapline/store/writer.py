@@ -242,11 +242,13 @@ def write_checkpoint(
     streams_max: int,
     progress: ProgressCallback | None = None,
     ready: Callable[[ChunkSpec], None] | None = None,
+    replace: bool = False,
 ) -> tuple[Manifest, bytes]:
     """Write what the store lacks of ``encoded``, then commit its manifest (and return it).
 
     ``reusable``: stored chunks the save may point at (see ``reusable_chunks``). ``ready``:
     called before a chunk's bytes are read; returns once they are there (raises to abort).
+    ``replace``: the save may overwrite a committed manifest of the same step.
     Must be called with the writer lock held. Returns the manifest and its committed bytes.
     """
     plan = plan_chunks(
@@ -331,5 +333,5 @@ def write_checkpoint(
         written_bytes=written,
     )
     data = manifest.to_bytes()
-    backend.finalizer.commit(backend, manifest_key(step), data)
+    backend.finalizer.commit(backend, manifest_key(step), data, replace=replace)
     return manifest, data
