@@ -132,7 +132,13 @@ class S3Server:
             self._post("/moto-api/recorder/replay-recording", b"")
 
     def _post(self, path: str, body: bytes) -> None:
-        request = urllib.request.Request(f"{self.endpoint}{path}", data=body, method="POST")
+        request = urllib.request.Request(
+            f"{self.endpoint}{path}",
+            data=body,
+            method="POST",
+            # Not a form: moto reads the raw body (the auth reset takes a number).
+            headers={"Content-Type": "application/octet-stream"},
+        )
         with urllib.request.urlopen(request, timeout=120) as reply:
             reply.read()
 

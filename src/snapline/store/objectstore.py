@@ -435,9 +435,12 @@ class ObjectStore(Backend):
         finally:
             stop.set()
             renewer.join()
-            holder = self._read_lock()
-            if holder is not None and holder.get("token") == token:
-                self.delete(LOCK_KEY)
+            # When the server is gone the lease frees the lock; the save's own error (if any)
+            # is the one to report.
+            with contextlib.suppress(StoreError):
+                holder = self._read_lock()
+                if holder is not None and holder.get("token") == token:
+                    self.delete(LOCK_KEY)
 
     def _renew(self, token: str, stop: threading.Event) -> None:
         while not stop.wait(self.lock_lease_s / 3):
