@@ -63,13 +63,13 @@ def persistent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Se
         yield server
 
 
-@pytest.mark.parametrize("kill_after_mib", [2, 12])
+@pytest.mark.parametrize("kill_after_mib", [2, pytest.param(9, marks=pytest.mark.slow)])
 def test_server_killed_mid_save_then_restarted_holds_the_old_or_the_new_checkpoint(
     persistent: S3Server, kill_after_mib: int
 ) -> None:
     bucket = persistent.new_bucket("crash")
     url = f"s3://{bucket}/job/rank-0"
-    old, new = state(1, 4), state(2, 24)
+    old, new = state(1, 2), state(2, 12)
     with s3_store(url) as store:
         store.save(old, step=1)
     assert persistent.recording is not None
@@ -105,10 +105,11 @@ def test_server_killed_mid_save_then_restarted_holds_the_old_or_the_new_checkpoi
         assert same(store.load(), new if steps == [1, 2] else old)
         assert same(store.load(step=1), old)
         assert store.verify().ok
-        report = store.gc()  # the crashed save's objects (lock, packs) are reclaimed
+        store.gc()  # whatever packs of the crashed save the server kept are reclaimed
         assert store.verify().ok and store.steps() == steps
-        if steps == [1]:
-            assert report.deleted_chunks > 0
+        referenced = {c.key for s in steps for c in store.manifest(s).chunks}
+        assert set(store.backend.list_keys("chunks/")) == referenced
+        assert "lock" not in store.backend.list_keys("")
         store.save(state(3, 1), step=3)  # the store is writable again
         assert store.steps() == [*steps, 3]
 
@@ -122,7 +123,7 @@ CLIENT = textwrap.dedent(
     url, lease = sys.argv[1], float(sys.argv[2])
     with open_store(ObjectStore(url, lock_lease_s=lease), chunk_bytes=1 << 20) as store:
         print("saving", flush=True)
-        store.save({"w": np.random.default_rng(7).random(48 * 131_072)}, step=2)
+        store.save({"w": np.random.default_rng(7).random(24 * 131_072)}, step=2)
     print("saved", flush=True)
     """
 )
@@ -147,7 +148,7 @@ def test_client_killed_mid_upload_leaves_the_old_checkpoint_and_gc_reclaims_its_
         env={**os.environ, **client_env(s3_env.endpoint)},
     )
     try:
-        # Kill it once some, not all, of its packs are up (48 MiB is 12 packs of 4 MiB).
+        # Kill it once some, not all, of its packs are up (24 MiB is 6 packs of 4 MiB).
         deadline = time.monotonic() + 60
         while len(objects(s3_env, bucket, "p/chunks/packs/")) < len(before) + 2:
             assert child.poll() is None, child.communicate()[0]

@@ -199,35 +199,25 @@ class ObjectStore(Backend):
             pass
         # One listing call tells "empty prefix" from "foreign data", and a missing bucket or
         # bad credentials fail here with a clear message.
-        found = self._call(
-            f"opening {self.url}", lambda: self.fs.find(self.root, maxdepth=None, withdirs=False)
-        )
-        if found:
+        if self._has_objects():
             raise NotAStore(
                 f"{self.url} holds objects but no {MARKER_KEY}: not a snapline store. Pick an "
                 "empty prefix for a new store"
             )
-        if not self._bucket_exists():
-            bucket = self.root.split("/", 1)[0]
-            raise StoreError(
-                f"opening {self.url}: bucket {bucket!r} does not exist{self._endpoint()}. "
-                "Create it first (snapline never creates buckets) or fix the URL"
-            )
         return False
 
-    def _bucket_exists(self) -> bool:
-        bucket = self.root.split("/", 1)[0]
+    def _has_objects(self) -> bool:
+        what = f"opening {self.url}"
         if not self._is_s3:
-            return True
-        try:
-            self._call_s3("head_bucket", Bucket=bucket)
-        except FileNotFoundError:
-            return False
-        except Exception as exc:
-            if "404" in str(exc) or "Not Found" in str(exc):
-                return False
-            raise self._error(exc, f"opening {self.url}") from None
-        return True
+            return bool(self._call(what, lambda: self.fs.find(self.root, withdirs=False)))
+        bucket, _, prefix = self.root.partition("/")
+        listing = self._call(
+            what,
+            lambda: self._call_s3(
+                "list_objects_v2", Bucket=bucket, Prefix=prefix + "/" if prefix else "", MaxKeys=1
+            ),
+        )
+        return bool(listing.get("KeyCount") or listing.get("Contents"))
 
     def initialize(self, marker: bytes) -> None:
         """Create the marker (conditionally: two first openers write it once)."""
