@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -297,3 +298,31 @@ def test_every_store_command_takes_the_url(s3_env: S3Server) -> None:
     )
     assert "deleted steps: 1" in run("gc", url, "--keep-last", "1")
     assert SECRET_KEY not in run("ls", url)
+
+
+def test_the_s3_howto_runs_as_written(tmp_path: Path) -> None:
+    """docs/howto/s3.md: its Python block, then its `snapline` commands, against a server."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "howto" / "s3.md").read_text()
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", page, re.M | re.S)
+    python = [code for lang, code in blocks if lang == "python"]
+    commands = [
+        line.split("#")[0].split()
+        for lang, code in blocks
+        if lang == "bash"
+        for line in code.splitlines()
+        if line.startswith("snapline ")
+    ]
+    assert len(python) == 1 and len(commands) == 3
+    with running_server(tmp_path / "server") as server:
+        server.client().create_bucket(Bucket="my-bucket")  # type: ignore[attr-defined]
+        env = {**os.environ, **client_env(server.endpoint)}
+        for argv in [[sys.executable, "-c", python[0]], *commands]:
+            if argv[0] == "snapline":
+                argv = [sys.executable, "-m", "snapline", *argv[1:]]
+            done = subprocess.run(
+                argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert SECRET_KEY not in done.stdout + done.stderr
+            if argv[-1] == python[0]:
+                assert done.stdout.strip() == "[3]"

@@ -59,6 +59,9 @@ class Backend(ABC):
 
     url: str
     finalizer: Finalizer
+    write_stream_min_bytes: int | None = None
+    """Bytes per parallel write stream below which a save uses fewer streams (None: the
+    writer's default, tuned for disks; object stores want every pack in flight at once)."""
 
     @abstractmethod
     def is_initialized(self) -> bool:

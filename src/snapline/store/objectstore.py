@@ -81,6 +81,9 @@ def _redact_url(url: str) -> str:
 class ObjectStore(Backend):
     """A store under an fsspec URL (``s3://bucket/prefix``); see the module docstring."""
 
+    # Requests, not a disk, are the bottleneck: one stream per pack, up to ``io_threads``.
+    write_stream_min_bytes = 16 * 1024 * 1024
+
     def __init__(
         self,
         url: str,

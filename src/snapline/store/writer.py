@@ -197,10 +197,12 @@ def _write_stream(
     return result
 
 
-def _split_streams(specs: list[ChunkSpec], streams_max: int) -> list[list[int]]:
+def _split_streams(
+    specs: list[ChunkSpec], streams_max: int, min_bytes: int = PACK_STREAM_MIN_BYTES
+) -> list[list[int]]:
     """Cut the chunk list, in order, into at most ``streams_max`` runs of similar size."""
     total = sum(spec.size for spec in specs)
-    count = max(1, min(streams_max, -(-total // PACK_STREAM_MIN_BYTES)))
+    count = max(1, min(streams_max, -(-total // min_bytes)))
     out: list[list[int]] = [[] for _ in range(count)]
     acc = 0
     for i, spec in enumerate(specs):
@@ -275,7 +277,9 @@ def write_checkpoint(
             pack_max_bytes=PACK_MAX_CHUNKS * chunk_bytes,
             ready=ready,
         )
-        for indexes in _split_streams(specs, streams_max)
+        for indexes in _split_streams(
+            specs, streams_max, backend.write_stream_min_bytes or PACK_STREAM_MIN_BYTES
+        )
     ]
     refs: list[ChunkRef | None] = [None] * len(specs)
     elsewhere: list[tuple[int, Identity]] = []
