@@ -30,7 +30,7 @@ from snapline.store.backend import Backend, Finalizer, MarkerFinalizer, RenameFi
 from snapline.store.local import LocalDirectory
 from snapline.store.manifest import FORMAT_VERSION, Manifest
 from snapline.store.memory import Memory, drop_memory_store
-from snapline.store.objectstore import ConditionalPutFinalizer, ObjectStore
+from snapline.store.objectstore import ConditionalPutFinalizer, ObjectStore, StoreUnreachable
 from snapline.store.retention import Retention, RetentionPolicy
 from snapline.store.store import PendingSave, Store, open_backend
 from snapline.store.types import (
@@ -119,6 +119,7 @@ __all__ = [
     "Retention",
     "RetentionPolicy",
     "Store",
+    "StoreUnreachable",
     "VerifyReport",
     "backend_for",
     "drop_memory_store",

@@ -16,8 +16,8 @@ the manifest with a plain PUT (still atomic). Visible = the manifest object exis
 **Writer lock**: a ``lock`` object, created with the same conditional PUT, holding the
 holder's host, pid and a lease deadline that a background thread extends every third of
 ``lock_lease_s``. A waiter polls until ``lock_timeout_s``; a lock whose lease ran out more than
-``LOCK_CLOCK_SLACK_S`` ago belongs to a writer that died (``kill -9`` cannot release it) and
-is broken. Breaking trusts the two clocks to agree within the slack; a commit cannot be
+``clock_slack_s`` ago belongs to a writer that died (``kill -9`` cannot release it) and is
+broken. Breaking trusts the two clocks to agree within the slack; a commit cannot be
 duplicated even then, because the manifest PUT is conditional.
 
 **Servers without conditional writes** (an ``If-None-Match`` PUT that overwrites): detected
@@ -78,6 +78,10 @@ def _redact_url(url: str) -> str:
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
 
 
+class StoreUnreachable(StoreError):
+    """The object store's endpoint could not be reached (after the client's own retries)."""
+
+
 class ObjectStore(Backend):
     """A store under an fsspec URL (``s3://bucket/prefix``); see the module docstring."""
 
@@ -90,6 +94,7 @@ class ObjectStore(Backend):
         *,
         storage_options: Mapping[str, Any] | None = None,
         lock_lease_s: float = LOCK_LEASE_S,
+        clock_slack_s: float = LOCK_CLOCK_SLACK_S,
     ) -> None:
         try:
             import fsspec
@@ -98,8 +103,11 @@ class ObjectStore(Backend):
                 f"{_redact_url(url)}: object store URLs need the s3 extra "
                 "(pip install 'snapline[s3]')"
             ) from None
-        if lock_lease_s <= 0:
-            raise ConfigError(f"lock_lease_s must be > 0, got {lock_lease_s}")
+        if lock_lease_s <= 0 or clock_slack_s < 0:
+            raise ConfigError(
+                f"lock_lease_s must be > 0 and clock_slack_s >= 0, got {lock_lease_s}, "
+                f"{clock_slack_s}"
+            )
         scheme = url.split("://", 1)[0]
         options = dict(storage_options or {})
         self._secrets = [
@@ -123,6 +131,7 @@ class ObjectStore(Backend):
         if not self.root:
             raise ConfigError(f"{self.url}: name a bucket, e.g. s3://my-bucket/checkpoints")
         self.lock_lease_s = lock_lease_s
+        self.clock_slack_s = clock_slack_s
         self.finalizer = ConditionalPutFinalizer()
         self._conditional: bool | None = None
         self._is_s3 = type(fs).__name__ == "S3FileSystem"
@@ -167,7 +176,7 @@ class ObjectStore(Backend):
                 "that they may read and write this bucket"
             )
         if _is_connection_error(exc):
-            return StoreError(
+            return StoreUnreachable(
                 f"{what}: cannot reach the object store{self._endpoint()} ({name}: {text}). "
                 "Check the endpoint (AWS_ENDPOINT_URL) and the network; committed checkpoints "
                 "are intact"
@@ -196,7 +205,7 @@ class ObjectStore(Backend):
         """True when the marker object exists; ``NotAStore`` when the prefix holds others."""
         path = self._path(MARKER_KEY)
         try:
-            self._call(f"opening {self.url}", lambda: self.fs.info(path))
+            self._call(f"opening {self.url}", lambda: self._head(path))
             return True
         except MissingKey:
             pass
@@ -261,7 +270,7 @@ class ObjectStore(Backend):
     def _get_range(self, path: str, offset: int, length: int) -> tuple[bytes, int]:
         """``length`` bytes from ``offset`` (fewer at the end) and the object's full size."""
         if not self._is_s3:
-            size = int(self.fs.info(path)["size"])
+            size = self._head(path)
             return self.fs.cat_file(path, offset, min(size, offset + length)), size
         bucket, _, key = path.partition("/")
 
@@ -282,7 +291,7 @@ class ObjectStore(Backend):
         except Exception as exc:
             if "InvalidRange" in str(exc) or "416" in str(exc):
                 # The range starts past the end: the object is shorter than the manifest says.
-                return b"", int(self.fs.info(path)["size"])
+                return b"", self._head(path)
             raise
 
     def _sync(self, coro: Any) -> Any:
@@ -297,13 +306,20 @@ class ObjectStore(Backend):
         return self._sync(call())
 
     def size(self, key: str) -> int | None:
-        """The object's size (a HEAD request), or None."""
+        """The object's size (one HEAD request), or None."""
         path = self._path(key)
         try:
-            info = self._call(f"checking {key}", lambda: self.fs.info(path))
+            return self._call(f"checking {key}", lambda: self._head(path))
         except MissingKey:
             return None
-        return int(info["size"])
+
+    def _head(self, path: str) -> int:
+        """Size of an object; ``FileNotFoundError`` when absent (never a directory probe)."""
+        if not self._is_s3:
+            return int(self.fs.info(path)["size"])
+        bucket, _, key = path.partition("/")
+        # s3fs's info() follows a 404 with a listing, to find "directories"; keys never are.
+        return int(self._call_s3("head_object", Bucket=bucket, Key=key)["ContentLength"])
 
     def list_keys(self, prefix: str) -> list[str]:
         """Keys of the objects under ``prefix``."""
@@ -406,7 +422,7 @@ class ObjectStore(Backend):
         while not self._try_lock(token):
             holder = self._read_lock()
             expires = holder.get("expires_unix_s") if holder else None
-            if isinstance(expires, int | float) and time.time() > expires + LOCK_CLOCK_SLACK_S:
+            if isinstance(expires, int | float) and time.time() > expires + self.clock_slack_s:
                 self.delete(LOCK_KEY)  # its holder died without releasing it
                 continue
             if time.monotonic() >= deadline:
@@ -423,15 +439,19 @@ class ObjectStore(Backend):
             target=self._renew, args=(token, stop), name="snapline-lock-lease", daemon=True
         )
         renewer.start()
+        reachable = True
         try:
             yield
+        except StoreUnreachable:
+            reachable = False
+            raise
         finally:
             stop.set()
             renewer.join()
-            # When the server is gone the lease frees the lock; the save's own error (if any)
-            # is the one to report.
+            # When the server is gone the lease frees the lock (retrying the release would
+            # only delay the error); the save's own error, if any, is the one to report.
             with contextlib.suppress(StoreError):
-                holder = self._read_lock()
+                holder = self._read_lock() if reachable else None
                 if holder is not None and holder.get("token") == token:
                     self.delete(LOCK_KEY)
 
