@@ -27,7 +27,13 @@ from typer.testing import CliRunner
 
 from s3_support import SECRET_KEY, S3Server, client_env, running_server
 from snapline.cli.main import app, main
-from snapline.errors import CheckpointDamagedWarning, CorruptCheckpoint, StoreError
+from snapline.errors import (
+    CheckpointDamagedWarning,
+    ConfigError,
+    CorruptCheckpoint,
+    StoreError,
+    StoreLocked,
+)
 from snapline.store import ObjectStore, Store, open_store
 from snapline.store.manifest import manifest_key
 
@@ -376,3 +382,31 @@ def test_a_paused_writer_whose_lock_was_broken_cannot_commit_over_the_new_holder
         assert store.verify().ok
         referenced = {c.key for s in (1, 2) for c in store.manifest(s).chunks}
         assert set(store.backend.list_keys("chunks/")) == referenced
+
+
+def test_gc_aborts_multipart_uploads_a_crashed_writer_left_open(s3_env: S3Server) -> None:
+    bucket = s3_env.new_bucket("mpu")
+    with s3_store(f"s3://{bucket}/p") as store:
+        store.save(state(1, 1), step=1)
+        client: Any = s3_env.client()
+        client.create_multipart_upload(Bucket=bucket, Key="p/chunks/packs/big.pack")
+        client.create_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours")
+        assert store.gc().removed_partial_writes == 1
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert [u["Key"] for u in uploads] == ["elsewhere/not-ours"]
+
+
+def test_without_conditional_writes_the_lock_object_still_excludes_and_commits_check(
+    s3_env: S3Server,
+) -> None:
+    """The fallback for servers that ignore If-None-Match, forced on (this server honours it)."""
+    url = f"s3://{s3_env.new_bucket('nocond')}/p"
+    with s3_store(url) as a, s3_store(url, lock_timeout_s=0.5) as b:
+        a.backend._conditional = False  # type: ignore[attr-defined]
+        b.backend._conditional = False  # type: ignore[attr-defined]
+        with a.backend.writer_lock(5), pytest.raises(StoreLocked, match="another writer"):
+            b.save({"x": 1}, step=1)
+        b.save({"x": 1}, step=1)
+        with a.backend.writer_lock(5), pytest.raises(ConfigError, match="another writer"):
+            a.backend.finalizer.commit(a.backend, manifest_key(1), b"{}")
+        assert a.load() == {"x": 1}
