@@ -83,7 +83,15 @@ class StoreUnreachable(StoreError):
 
 
 class ObjectStore(Backend):
-    """A store under an fsspec URL (``s3://bucket/prefix``); see the module docstring."""
+    """A store under an fsspec URL (``s3://bucket/prefix``, ...): what ``open_store`` builds.
+
+    Build one yourself to tune the writer lock, then pass it to ``open_store``:
+    ``open_store(ObjectStore(url, lock_lease_s=30))``. ``storage_options`` go to the fsspec
+    file system (for S3, ``s3fs.S3FileSystem``: ``endpoint_url``, ``config_kwargs``, ...).
+    ``lock_lease_s``: how long the writer lock outlives a writer that stopped renewing it (one
+    that died); ``clock_slack_s``: how far the clocks of two writers may disagree. A writer
+    that died thus blocks others for ``lock_lease_s + clock_slack_s`` at most.
+    """
 
     # Requests, not a disk, are the bottleneck: one stream per pack, up to ``io_threads``.
     write_stream_min_bytes = 16 * 1024 * 1024
