@@ -5,7 +5,10 @@ Theory of operation
 Keys map one to one onto objects under the URL's prefix. An object PUT is all or nothing and
 durable when it returns, so ``write`` is one PUT (chunks of a save go up in parallel from the
 store's I/O threads: fsspec's client runs them concurrently on its event loop) and ``sync``
-has nothing to do.
+has nothing to do. A load reads each run of neighbouring chunks with one ranged GET, streamed
+from the socket into the arrays; the reply's ``Content-Range`` gives the object's size, so a
+truncated object is caught without a HEAD. gc's ``remove_partial_writes`` aborts multipart
+uploads left open under the prefix (snapline's own PUTs are single-part below 100 MiB).
 
 **Commit** (``ConditionalPutFinalizer``): the manifest is the last object a save writes, and
 its PUT carries ``If-None-Match: *``: the server creates it only if no object has that name,
@@ -25,7 +28,8 @@ once per backend by re-putting the store marker conditionally (it exists, so a s
 honours the header refuses; one that ignores it rewrites the same bytes). The lock then falls
 back to put, wait ``LOCK_SETTLE_S``, read back: the writer whose token is read back holds it.
 That is exclusive only when writers start more than the settle time apart (the usual case of
-one job writing); the docs say so.
+one job writing); the docs say so. The commit then checks, under that lock, that the manifest
+does not exist before putting it.
 
 Credentials and endpoint come the usual way for the file system (for S3: environment
 variables, ``~/.aws`` profiles, instance roles, ``AWS_ENDPOINT_URL``), or from
