@@ -249,10 +249,28 @@ class ObjectStore(Backend):
 
     # -- read -----------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
-        """The whole object."""
+        """The whole object (one GET)."""
         path = self._path(key)
-        data: bytes = self._call(f"reading {key}", lambda: self.fs.cat_file(path))
+        data: bytes = self._call(f"reading {key}", lambda: self._get(path))
         return data
+
+    def _get(self, path: str) -> bytes:
+        if not self._is_s3:
+            data: bytes = self.fs.cat_file(path)
+            return data
+        bucket, _, key = path.partition("/")
+
+        # s3fs's cat_file sends a HEAD before its GET; a manifest or lock read needs only one.
+        async def get() -> bytes:
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            try:
+                body: bytes = await resp["Body"].read()
+            finally:
+                resp["Body"].close()
+            return body
+
+        got: bytes = self._sync(get())
+        return got
 
     def read_into(self, key: str, buffer: memoryview) -> int:
         """Read the object and copy it into ``buffer``."""
