@@ -1,4 +1,5 @@
-"""The same store suite on every backend: LocalDirectory (rename finalizer) and Memory (marker)."""
+"""The same store suite on every backend: LocalDirectory (rename finalizer), Memory (marker) and
+ObjectStore on a real S3-compatible server on loopback (conditional-put finalizer, lock object)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,23 @@ import pytest
 
 import snapline
 from snapline.errors import CheckpointNotFound, ConfigError, EncodeError, StoreLocked
-from snapline.store import LocalDirectory, Memory, Store, drop_memory_store, open_store
+from snapline.store import (
+    LocalDirectory,
+    Memory,
+    ObjectStore,
+    Store,
+    drop_memory_store,
+    open_store,
+)
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "local":
         yield str(tmp_path / "store")
+    elif request.param == "s3":
+        server = request.getfixturevalue("s3_env")
+        yield f"s3://{server.new_bucket('conf')}/run-1/rank-0"
     else:
         name = f"conf-{uuid.uuid4().hex}"
         yield f"memory://{name}"
@@ -60,7 +71,8 @@ def assert_same(a: Any, b: Any) -> None:
 
 
 def test_backend_kinds(store: Store, where: str) -> None:
-    expected = Memory if where.startswith("memory://") else LocalDirectory
+    kinds = {"memory": Memory, "s3": ObjectStore}
+    expected = kinds.get(where.split("://")[0], LocalDirectory)
     assert isinstance(store.backend, expected)
     assert snapline.open_store is open_store and snapline.Store is Store
 

@@ -1,6 +1,8 @@
 """Store commands: ``ls``, ``inspect``, ``verify``, ``gc`` and ``diff`` on a checkpoint store.
 
-They never create a store (``NotAStore`` for a path that is not one) and never unpickle:
+DIR is a directory or a store URL (``s3://bucket/prefix`` and other object store URLs, with
+credentials from the environment). They never create a store (``NotAStore`` for a path that is
+not one) and never unpickle:
 pickled values show as ``<pickled N bytes>``. ``verify`` exits 1 when anything is damaged.
 """
 
@@ -64,7 +66,7 @@ def progress_bar(label: str, total_bytes: int) -> Iterator[Callable[[int, int], 
 
 def _open(directory: str) -> Store:
     path = Path(directory)
-    if is_job_dir(path):
+    if "://" not in directory and is_job_dir(path):
         raise NotAStore(
             f"{directory} is the directory of a job (snapline run), which holds one store per "
             f"rank: use {path / 'rank-0'} (and rank-1, ...); `snapline ls {directory}` lists "
@@ -83,14 +85,14 @@ def ls(
     directory: str = typer.Argument(
         ...,
         metavar="DIR",
-        help="Store directory (or file:// URL), or the directory of a job (snapline run).",
+        help="Store directory or URL (s3://bucket/prefix, ...), or the directory of a job.",
     ),
     every: bool = typer.Option(
         False, "--all", help="For a job: every committed checkpoint of every rank."
     ),
 ) -> None:
     """List checkpoints: step, time, size, bytes new vs shared; for a job, each rank's."""
-    if is_job_dir(Path(directory)):
+    if "://" not in directory and is_job_dir(Path(directory)):
         _ls_job(Path(directory), every=every)
         return
     with _open(directory) as store:
@@ -239,7 +241,9 @@ def _add_child(tree: Tree, name: str, value: object) -> None:
 
 
 def inspect(
-    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(
+        ..., metavar="DIR", help="Store directory or URL (file://, s3://bucket/prefix, ...)."
+    ),
     step: int | None = typer.Option(None, "--step", help="Step to show (default: newest)."),
 ) -> None:
     """Show a checkpoint's tree: keys, dtypes, shapes, sizes, chunks shared with the previous."""
@@ -268,7 +272,9 @@ def inspect(
 
 
 def verify(
-    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(
+        ..., metavar="DIR", help="Store directory or URL (file://, s3://bucket/prefix, ...)."
+    ),
     step: int | None = typer.Option(None, "--step", help="Check only this step."),
 ) -> None:
     """Check every manifest and chunk hash; exit 1 when anything is damaged."""
@@ -302,7 +308,9 @@ def verify(
 
 
 def gc(
-    directory: str = typer.Argument(..., help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(
+        ..., help="Store directory or URL (file://, s3://bucket/prefix, ...)."
+    ),
     keep_last: int | None = typer.Option(
         None, "--keep-last", help="Keep the newest N intact steps (damaged ones do not count)."
     ),
@@ -336,7 +344,9 @@ def gc(
 
 
 def diff(
-    directory: str = typer.Argument(..., metavar="DIR", help="Store directory (or file:// URL)."),
+    directory: str = typer.Argument(
+        ..., metavar="DIR", help="Store directory or URL (file://, s3://bucket/prefix, ...)."
+    ),
     a: int = typer.Argument(..., metavar="STEP_A", help="First step."),
     b: int = typer.Argument(..., metavar="STEP_B", help="Second step."),
 ) -> None:

@@ -10,7 +10,9 @@ Layout of a store (any backend)::
 
 ``open_store(where)`` picks the backend from ``where``: a plain path or ``file://`` URL gives
 ``LocalDirectory`` (a missing directory is created; a non-empty directory that is not a store
-raises ``NotAStore``); ``memory://name`` gives the process-wide ``Memory`` backend. One store
+raises ``NotAStore``); ``memory://name`` gives the process-wide ``Memory`` backend; any other
+URL that fsspec knows (``s3://bucket/prefix``, ``gs://``, ...) gives ``ObjectStore`` (the ``s3``
+extra; the bucket must exist). One store
 holds the checkpoints of one process; a job keeps one store per rank directory, e.g.
 ``open_store(root / "rank-3")``.
 """
@@ -18,7 +20,9 @@ holds the checkpoints of one process; a job keeps one store per rank directory, 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from snapline.errors import CheckpointDamagedWarning, ConfigError
 from snapline.state.layout import DEFAULT_CHUNK_BYTES
@@ -26,6 +30,7 @@ from snapline.store.backend import Backend, Finalizer, MarkerFinalizer, RenameFi
 from snapline.store.local import LocalDirectory
 from snapline.store.manifest import FORMAT_VERSION, Manifest
 from snapline.store.memory import Memory, drop_memory_store
+from snapline.store.objectstore import ConditionalPutFinalizer, ObjectStore, StoreUnreachable
 from snapline.store.retention import Retention, RetentionPolicy
 from snapline.store.store import PendingSave, Store, open_backend
 from snapline.store.types import (
@@ -37,8 +42,18 @@ from snapline.store.types import (
 )
 
 
-def backend_for(where: str | os.PathLike[str]) -> Backend:
-    """The backend a path or URL names (``ConfigError`` for schemes not supported yet)."""
+def backend_for(
+    where: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> Backend:
+    """The backend a path or URL names (``ConfigError`` for schemes not supported).
+
+    ``storage_options`` go to the fsspec file system of an object store URL (for S3, e.g.
+    ``{"endpoint_url": ...}``); they are refused for local paths and ``memory://``.
+    """
+    remote = isinstance(where, str) and "://" in where
+    remote = remote and not str(where).startswith(("memory://", "file://"))
+    if storage_options is not None and not remote:
+        raise ConfigError("storage_options apply to object store URLs (s3://...) only")
     if isinstance(where, os.PathLike):
         return LocalDirectory(where)
     if where.startswith("memory://"):
@@ -49,10 +64,7 @@ def backend_for(where: str | os.PathLike[str]) -> Backend:
     if where.startswith("file://"):
         return LocalDirectory(where[len("file://") :])
     if "://" in where:
-        scheme = where.split("://", 1)[0]
-        raise ConfigError(
-            f"store URL scheme {scheme!r} is not supported yet; use a path, file:// or memory://"
-        )
+        return ObjectStore(where, storage_options=storage_options)
     return LocalDirectory(Path(where))
 
 
@@ -64,14 +76,20 @@ def open_store(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     compress: bool = False,
     io_threads: int = 4,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Store:
-    """Open (or create) the store at ``where``: a path, ``file://...``, ``memory://name``.
+    """Open (or create) the store at ``where``: a path, ``file://...``, ``memory://name``,
+    ``s3://bucket/prefix`` (or another fsspec URL).
 
     ``lock_timeout_s``: how long a writer waits for another writer before ``StoreLocked``.
     ``chunk_bytes``: size of the chunks arrays are cut into (default 4 MiB). ``compress``:
-    zstd-compress chunks (off by default). ``io_threads``: parallel chunk reads and writes.
+    zstd-compress chunks (off by default). ``io_threads``: parallel chunk reads and writes
+    (for object stores, parallel requests). ``storage_options``: options of an object
+    store's file system (credentials normally come from the environment or a profile).
     """
-    backend = where if isinstance(where, Backend) else backend_for(where)
+    backend = (
+        where if isinstance(where, Backend) else backend_for(where, storage_options=storage_options)
+    )
     return Store(
         open_backend(backend, create=create),
         lock_timeout_s=lock_timeout_s,
@@ -86,6 +104,7 @@ __all__ = [
     "Backend",
     "CheckpointDamagedWarning",
     "CheckpointInfo",
+    "ConditionalPutFinalizer",
     "Damage",
     "Finalizer",
     "GcReport",
@@ -93,12 +112,14 @@ __all__ = [
     "Manifest",
     "MarkerFinalizer",
     "Memory",
+    "ObjectStore",
     "PendingSave",
     "ProgressCallback",
     "RenameFinalizer",
     "Retention",
     "RetentionPolicy",
     "Store",
+    "StoreUnreachable",
     "VerifyReport",
     "backend_for",
     "drop_memory_store",

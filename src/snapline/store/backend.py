@@ -14,6 +14,9 @@ because "atomically visible" means different things on different media:
 * ``MarkerFinalizer`` (object stores, and the memory backend that models them): the manifest
   is put, then an empty ``<manifest>.commit`` marker. Visible = the marker exists, so a
   manifest put by a writer that crashed before the marker is ignored.
+* ``ConditionalPutFinalizer`` (``ObjectStore``, in ``objectstore.py``): the manifest is put
+  with ``If-None-Match: *``, so it is both the commit point and the guard against two writers
+  committing the same step. Visible = the manifest exists.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class Backend(ABC):
 
     url: str
     finalizer: Finalizer
+    write_stream_min_bytes: int | None = None
+    """Bytes per parallel write stream below which a save uses fewer streams (None: the
+    writer's default, tuned for disks; object stores want every pack in flight at once)."""
 
     @abstractmethod
     def is_initialized(self) -> bool:
@@ -125,8 +131,12 @@ class Finalizer(ABC):
     """Makes a manifest visible atomically, and lists or retracts visible ones."""
 
     @abstractmethod
-    def commit(self, backend: Backend, key: str, data: bytes) -> None:
-        """Publish ``data`` as the manifest ``key``; visible exactly when this returns."""
+    def commit(self, backend: Backend, key: str, data: bytes, *, replace: bool = False) -> None:
+        """Publish ``data`` as the manifest ``key``; visible exactly when this returns.
+
+        ``replace``: the caller means to overwrite a committed manifest of the same key. A
+        finalizer that can tell (``ConditionalPutFinalizer``) refuses to replace otherwise.
+        """
 
     @abstractmethod
     def visible(self, backend: Backend) -> list[str]:
@@ -144,7 +154,7 @@ class Finalizer(ABC):
 class RenameFinalizer(Finalizer):
     """File systems: ``write`` is temp name + fsync + rename; ``sync`` fsyncs the directory."""
 
-    def commit(self, backend: Backend, key: str, data: bytes) -> None:
+    def commit(self, backend: Backend, key: str, data: bytes, *, replace: bool = False) -> None:
         """Write the manifest atomically (rename) and fsync its directory."""
         backend.write(key, [memoryview(data)])
         backend.sync()
@@ -162,7 +172,7 @@ class RenameFinalizer(Finalizer):
 class MarkerFinalizer(Finalizer):
     """Object stores: put the manifest, then a ``.commit`` marker that makes it visible."""
 
-    def commit(self, backend: Backend, key: str, data: bytes) -> None:
+    def commit(self, backend: Backend, key: str, data: bytes, *, replace: bool = False) -> None:
         """Put the manifest, then its marker."""
         backend.write(key, [memoryview(data)])
         backend.sync()

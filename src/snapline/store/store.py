@@ -174,7 +174,7 @@ class Store:
         self._settle()
         meta_ok = self._check_args(step, meta, overwrite)
         encoded = encode_tree(state, allow_pickle=allow_pickle)
-        return self._write(encoded, step, meta_ok, compress, progress)
+        return self._write(encoded, step, meta_ok, compress, progress, overwrite)
 
     def save_async(
         self,
@@ -198,7 +198,14 @@ class Store:
         capture = self._staging.capture(encode_tree(state, allow_pickle=allow_pickle))
         # The write starts now and reads each chunk once the copy below has passed it.
         future = self._bg.submit(
-            self._write, capture.staged, step, meta_ok, compress, progress, capture.wait_for
+            self._write,
+            capture.staged,
+            step,
+            meta_ok,
+            compress,
+            progress,
+            overwrite,
+            capture.wait_for,
         )
         try:
             capture.copy()
@@ -251,6 +258,7 @@ class Store:
         meta: dict[str, Any],
         compress: bool | None,
         progress: ProgressCallback | None,
+        overwrite: bool,
         ready: Callable[[ChunkSpec], None] | None = None,
     ) -> CheckpointInfo:
         with self.backend.writer_lock(self.lock_timeout_s):
@@ -266,6 +274,7 @@ class Store:
                 streams_max=self.io_threads,
                 progress=progress,
                 ready=ready,
+                replace=overwrite,
             )
             self._remember(step, data, manifest)
         return self._info(manifest, self._previous(step))

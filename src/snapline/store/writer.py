@@ -212,10 +212,12 @@ def _write_stream(
     return result
 
 
-def _split_streams(specs: list[ChunkSpec], streams_max: int) -> list[list[int]]:
+def _split_streams(
+    specs: list[ChunkSpec], streams_max: int, min_bytes: int = PACK_STREAM_MIN_BYTES
+) -> list[list[int]]:
     """Cut the chunk list, in order, into at most ``streams_max`` runs of similar size."""
     total = sum(spec.size for spec in specs)
-    count = max(1, min(streams_max, -(-total // PACK_STREAM_MIN_BYTES)))
+    count = max(1, min(streams_max, -(-total // min_bytes)))
     out: list[list[int]] = [[] for _ in range(count)]
     acc = 0
     for i, spec in enumerate(specs):
@@ -257,11 +259,13 @@ def write_checkpoint(
     streams_max: int,
     progress: ProgressCallback | None = None,
     ready: Callable[[ChunkSpec], None] | None = None,
+    replace: bool = False,
 ) -> tuple[Manifest, bytes]:
     """Write what the store lacks of ``encoded``, then commit its manifest (and return it).
 
     ``reusable``: stored chunks the save may point at (see ``reusable_chunks``). ``ready``:
     called before a chunk's bytes are read; returns once they are there (raises to abort).
+    ``replace``: the save may overwrite a committed manifest of the same step.
     Must be called with the writer lock held. Returns the manifest and its committed bytes.
     """
     plan = plan_chunks(
@@ -288,7 +292,9 @@ def write_checkpoint(
             pack_max_bytes=PACK_MAX_CHUNKS * chunk_bytes,
             ready=ready,
         )
-        for indexes in _split_streams(specs, streams_max)
+        for indexes in _split_streams(
+            specs, streams_max, backend.write_stream_min_bytes or PACK_STREAM_MIN_BYTES
+        )
     ]
     refs: list[ChunkRef | None] = [None] * len(specs)
     elsewhere: list[tuple[int, Identity]] = []
@@ -343,5 +349,5 @@ def write_checkpoint(
         written_bytes=written,
     )
     data = manifest.to_bytes(leaf_table=leaf_table)
-    backend.finalizer.commit(backend, manifest_key(step), data)
+    backend.finalizer.commit(backend, manifest_key(step), data, replace=replace)
     return manifest, data
