@@ -1,0 +1,1 @@
+"""Checkpoint levels below the application: whole processes (``process``), seen from outside."""
