@@ -106,10 +106,10 @@ class CriuBackend:
             timeout=600,
         )
         if done.returncode != 0:
-            raise error(f"criu {args[0]} failed ({done.returncode}): {_errors(log)}")
+            raise error(f"criu {args[0]} failed ({done.returncode}): {criu_log_errors(log)}")
 
 
-def _errors(log: Path) -> str:
+def criu_log_errors(log: Path) -> str:
     """The ``Error`` lines of a CRIU log (the harmless RLIMIT_NOFILE one left out)."""
     try:
         lines = log.read_text(errors="replace").splitlines()

@@ -57,6 +57,8 @@ class ProcessJobSpec:
     max_restarts: int = 10
     hang_timeout_s: float | None = None
     timeout_s: float | None = None
+    #: Global checkpoints kept in the store; older ones are deleted and their chunks freed.
+    keep_checkpoints: int = 2
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form (``process-job.json``)."""
@@ -68,6 +70,7 @@ class ProcessJobSpec:
             "max_restarts": self.max_restarts,
             "hang_timeout_s": self.hang_timeout_s,
             "timeout_s": self.timeout_s,
+            "keep_checkpoints": self.keep_checkpoints,
         }
 
     @classmethod
@@ -82,6 +85,7 @@ class ProcessJobSpec:
             max_restarts=int(raw["max_restarts"]),
             hang_timeout_s=raw.get("hang_timeout_s"),
             timeout_s=raw.get("timeout_s"),
+            keep_checkpoints=int(raw.get("keep_checkpoints", 2)),
         )
 
 
@@ -180,7 +184,9 @@ class ProcessJob:
         by_fd = {fd: name for name, fd in self.readers.items()}
         ready, _, _ = select.select(list(by_fd), [], [], timeout_s)
         for fd in ready:
-            self._read(by_fd[fd], fd)
+            name = by_fd[fd]
+            if self.readers.get(name) == fd:  # a drain meanwhile may have closed it
+                self._read(name, fd)
 
     def _read(self, name: str, fd: int) -> bool:
         """Read one chunk; False when nothing was there (or at end of file)."""
@@ -313,6 +319,11 @@ class ProcessJob:
         save_global(self.store, step, image_dir, output, meta)
         self._release()
         shutil.rmtree(image_dir, ignore_errors=True)
+        old = self.store.steps()[: -self.spec.keep_checkpoints]
+        for gone in old:
+            self.store.delete(gone)
+        if old:
+            self.store.gc()
         self.checkpoints += 1
         self.pauses_s.append(pause_s)
         self.status.checkpoints_committed = self.checkpoints
