@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from snapline.cli.options import FLAG
 
@@ -83,9 +82,9 @@ def register(app: typer.Typer) -> None:
                 )
             check = install_criu()
             console.print(f"criu {check.version} installed at {check.path}")
-        table = Table(title="snapline doctor")
-        for name in ("", "kind", "name", "what", "fix"):
-            table.add_column(name)
+        # Plain lines, not a table: paths and reasons must stay whole on narrow terminals.
         for f in check_all():
-            table.add_row("[green]ok[/]" if f.ok else "[red]no[/]", f.area, f.name, f.detail, f.fix)
-        console.print(table)
+            mark = "[green]ok[/]" if f.ok else "[red]no[/]"
+            console.print(f"{mark}  {f.area:<7} {f.name:<12} {f.detail}", highlight=False)
+            if f.fix:
+                console.print(f"    {'':<20} fix: {f.fix}", highlight=False)
