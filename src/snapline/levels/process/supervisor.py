@@ -211,6 +211,20 @@ class ProcessJob:
             while name in self.readers and self._read(name, fd):
                 pass
 
+    def _drain_frozen(self) -> None:
+        """``_drain`` for a checkpoint, which must not contain a failure: a rank that died
+        before the freeze (its exit not reported yet) would die again after every restore."""
+        self._drain()
+        dead = [
+            r
+            for r, pid in self.rank_pids.items()
+            if r not in self.finished and procs.state_of(pid) in (None, "Z", "X")
+        ]
+        if self.failure or dead or procs.state_of(self.root) in (None, "Z", "X"):
+            raise CheckpointFailed(
+                f"the job failed before the freeze ({self.failure or f'ranks {dead} died'})"
+            )
+
     def _on_status(self, data: bytes) -> None:
         self.status_buf += data
         while b"\n" in self.status_buf:
@@ -294,7 +308,9 @@ class ProcessJob:
         image_dir = self.work / f"dump-{step}"
         shutil.rmtree(image_dir, ignore_errors=True)
         try:
-            pause_s = self.backend.checkpoint(self.root, self._sessions(), image_dir, self._drain)
+            pause_s = self.backend.checkpoint(
+                self.root, self._sessions(), image_dir, self._drain_frozen
+            )
         except CheckpointFailed as exc:
             self.notes.append(f"checkpoint {step} failed, the job goes on: {exc}")
             self.status.note = self.notes[-1]
