@@ -8,7 +8,8 @@ namespace (as ``snapline run --level process`` does). Per round and size:
 * a worker process (no snapline import) allocates SIZE MiB of random float64 and then, every
   10 ms, changes the same 1% of it;
 * ``pause_s``: the coordinated checkpoint as the supervisor takes it -- SIGSTOP, ``criu
-  dump --leave-running``, SIGCONT -- from freeze to resume; ``image_bytes``: the dump;
+  dump --leave-running`` (into ``/dev/shm`` when it has room, as the supervisor does),
+  SIGCONT -- from freeze to resume; ``image_bytes``: the dump;
 * ``store_s`` / ``store_written``: committing the images to a snapline store (chunked,
   deduplicated, fsync'd); then a **second** checkpoint 1 s later: ``second_written`` is
   what the store wrote for it (the chunks that changed);
@@ -41,6 +42,7 @@ import numpy as np
 from snapline.levels.process import make_backend, procs
 from snapline.levels.process.criu import CriuBackend
 from snapline.levels.process.images import load_global, save_global
+from snapline.levels.process.supervisor import scratch_dir, shm_dir
 from snapline.store import open_store
 
 WORKER = """
@@ -75,7 +77,9 @@ def one_round(backend: CriuBackend, size_mib: int, work: Path) -> dict[str, floa
     store = open_store(work / "images")
     pid = _start_worker(backend, size_mib, work)
     try:
-        first, second = work / "dump-1", work / "dump-2"
+        # Image directories as the supervisor picks them (/dev/shm when it has room).
+        scratch = scratch_dir(work, procs.resident_bytes([pid]))
+        first, second = scratch / "dump-1", scratch / "dump-2"
         out["pause_s"] = backend.checkpoint(pid, [pid], first, lambda: None)
         out["image_bytes"] = _dir_bytes(first)
         t = time.monotonic()
@@ -93,7 +97,7 @@ def one_round(backend: CriuBackend, size_mib: int, work: Path) -> dict[str, floa
         out["restore_s"] = time.monotonic() - t
         procs.kill_sessions([restored])
         t = time.monotonic()
-        again = work / "restore"
+        again = scratch / "restore"
         load_global(store, 2, again)
         restored = backend.restore(again, {})
         backend.resume([restored])
@@ -102,6 +106,7 @@ def one_round(backend: CriuBackend, size_mib: int, work: Path) -> dict[str, floa
     finally:
         procs.kill_sessions([pid])
         store.close()
+        shutil.rmtree(shm_dir(work), ignore_errors=True)
     # Application level: the same arrays, saved by the program itself.
     state = np.random.default_rng(3).random(size_mib * 2**20 // 8)
     app = open_store(work / "app")

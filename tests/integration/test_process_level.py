@@ -41,7 +41,7 @@ def _run(job: Path, *args: str) -> list[str]:
 
 
 def test_numpy_program_killed_mid_run_is_restored_with_identical_output(tmp_path: Path) -> None:
-    command = [*NUMPY, "40", "8"]
+    command = [*NUMPY, "70", "8"]
     expected = reference([command], tmp_path)
     job = tmp_path / "job"
     proc = start(_run(job, "--", *command), cwd=tmp_path)
@@ -63,7 +63,7 @@ def test_ring_job_killed_mid_run_is_restored_with_identical_output(
 ) -> None:
     # Unix socket paths must stay short (108 bytes): not under pytest's deep tmp_path.
     dirs = [tempfile.mkdtemp(prefix="snapline-ring-") for _ in range(2)]
-    commands = [[*RING, kind, "7300" if kind == "tcp" else d, "50"] for d in dirs]
+    commands = [[*RING, kind, "7300" if kind == "tcp" else d, "150"] for d in dirs]
     expected = reference([commands[0]] * n, tmp_path)
     job = tmp_path / "job"
     proc = start(_run(job, "-n", str(n), "--", *commands[1]), cwd=tmp_path)
@@ -81,7 +81,7 @@ def test_ring_job_killed_mid_run_is_restored_with_identical_output(
 
 
 def test_resume_after_the_whole_job_died(tmp_path: Path) -> None:
-    command = [*RING, "tcp", "7400", "60"]
+    command = [*RING, "tcp", "7400", "150"]
     expected = reference([command] * 2, tmp_path)
     job = tmp_path / "job"
     proc = start(_run(job, "-n", "2", "--", *command), cwd=tmp_path)

@@ -181,20 +181,17 @@ def _run_process_level(
 def register(app: typer.Typer) -> None:
     """Add ``run`` and ``ps`` to ``app``."""
 
-    @app.command("run")
+    # Extra arguments: with --level process, what follows the command's name (after --).
+    @app.command("run", context_settings={"allow_extra_args": True})
     def run_cmd(
+        ctx: typer.Context,
         app_name: Annotated[
             str | None,
             typer.Argument(
                 metavar="APP",
                 help="A built-in app (bank), path/file.py:Class or module:Class. "
-                "Optional with --resume. With --level process: the command to run, after --.",
-            ),
-        ] = None,
-        args: Annotated[
-            list[str] | None,
-            typer.Argument(
-                metavar="[ARGS]...", help="With --level process: the command's arguments."
+                "Optional with --resume. With --level process: -- and the command to run "
+                "with its arguments.",
             ),
         ] = None,
         level: Annotated[
@@ -305,9 +302,10 @@ def register(app: typer.Typer) -> None:
         """
         from snapline.levels.process.supervisor import JOB_FILE as PROCESS_JOB_FILE
 
+        args = list(ctx.args)
         if level == "process" or (resume and (store / PROCESS_JOB_FILE).is_file()):
             _run_process_level(
-                app_name, args or [], n=n, store=store, interval=interval, resume=resume,
+                app_name, args, n=n, store=store, interval=interval, resume=resume,
                 backend=backend, job_file=job_file, hang=heartbeat_timeout,
                 max_restarts=max_restarts, timeout=timeout,
             )  # fmt: skip

@@ -157,6 +157,19 @@ def _in_sessions(pid: int, sessions: list[int]) -> bool:
     return bool(fields) and int(fields[3]) in sessions  # type: ignore[index]
 
 
+def resident_bytes(pids: Iterable[int]) -> int:
+    """The resident memory of ``pids`` together (what a dump of them roughly writes)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+                total += int(fh.read().split()[1]) * page
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total
+
+
 def wait_status_text(status: int) -> str:
     """``exit code 3`` / ``killed by SIGKILL``."""
     if os.WIFSIGNALED(status):

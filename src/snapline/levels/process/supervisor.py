@@ -23,6 +23,7 @@ so a supervisor that died between commit and release repairs the files on ``--re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -305,7 +306,8 @@ class ProcessJob:
     # -- checkpoint and restore -----------------------------------------------------------
     def _checkpoint(self) -> None:
         step = (self.store.steps() or [0])[-1] + 1
-        image_dir = self.work / f"dump-{step}"
+        need = procs.resident_bytes(procs.members(self._sessions()))
+        image_dir = scratch_dir(self.job_dir, need) / f"dump-{step}"
         shutil.rmtree(image_dir, ignore_errors=True)
         try:
             pause_s = self.backend.checkpoint(
@@ -356,7 +358,8 @@ class ProcessJob:
                     output_path(self.job_dir, name).write_bytes(b"")
             self._start_fresh()
             return
-        image_dir = self.work / f"restore-{step}"
+        need = self.store.info(step).total_bytes
+        image_dir = scratch_dir(self.job_dir, need) / f"restore-{step}"
         shutil.rmtree(image_dir, ignore_errors=True)
         meta, output = load_global(self.store, step, image_dir)
         for name, length in meta["released"].items():
@@ -417,6 +420,7 @@ class ProcessJob:
         start = time.monotonic()
         (self.job_dir / "output").mkdir(parents=True, exist_ok=True)
         self.work.mkdir(exist_ok=True)
+        shutil.rmtree(shm_dir(self.job_dir), ignore_errors=True)
         if resume:
             procs.kill_sessions(leftover_sessions(self.job_dir))
             self.status.recoveries = self.recoveries = 1
@@ -460,6 +464,7 @@ class ProcessJob:
             raise
         finally:
             self.store.close()
+            shutil.rmtree(shm_dir(self.job_dir), ignore_errors=True)
         self._release()
         self.status.state = "finished"
         self._write_status()
@@ -479,6 +484,32 @@ class ProcessJob:
         deadline = time.monotonic() + 5
         while self.readers and time.monotonic() < deadline:
             self._pump(0.05)
+
+
+#: Images go to memory (``/dev/shm``) when twice their size is free there: the dump (the
+#: pause) and the restore then do not wait for the disk; the store holds the durable copy.
+SHM = Path("/dev/shm")
+
+
+def shm_dir(job_dir: Path) -> Path:
+    """The job's directory in ``/dev/shm``: named after the job directory, so that a
+    ``--resume`` finds (and clears) what a supervisor that died left there."""
+    key = hashlib.sha256(str(job_dir.resolve()).encode()).hexdigest()[:16]
+    return SHM / f"snapline-images-{key}"
+
+
+def scratch_dir(job_dir: Path, need_bytes: int) -> Path:
+    """Where to write images of about ``need_bytes``: the job's ``shm_dir`` when
+    ``/dev/shm`` has room for twice that, else the job's ``work`` directory."""
+    try:
+        stat = os.statvfs(SHM)
+    except OSError:
+        return job_dir / "work"
+    if stat.f_bavail * stat.f_frsize < 2 * need_bytes + (64 << 20):
+        return job_dir / "work"
+    path = shm_dir(job_dir)
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def _size(path: Path) -> int:
