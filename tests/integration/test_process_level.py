@@ -4,6 +4,8 @@ global checkpoint; the output must equal a failure-free run's, no line lost or d
 
 from __future__ import annotations
 
+import contextlib
+import random
 import shutil
 import subprocess
 import sys
@@ -78,6 +80,39 @@ def test_ring_job_killed_mid_run_is_restored_with_identical_output(
     assert code == 0, err
     assert outputs(job, n) == expected
     assert "1 recoveries" in err
+
+
+@pytest.mark.parametrize(
+    "seed", [1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 8))]
+)
+def test_repeated_kills_of_ranks_and_job_root_at_random_moments(tmp_path: Path, seed: int) -> None:
+    # Kills land anywhere: before the first checkpoint, while the job is frozen for one,
+    # during criu dump, right after a restore. A checkpoint must never hold a failure.
+    rnd = random.Random(seed)
+    dirs = [tempfile.mkdtemp(prefix="snapline-ring-") for _ in range(2)]
+    commands = [[*RING, "unix", d, "200"] for d in dirs]
+    expected = reference([commands[0]] * 3, tmp_path)
+    job = tmp_path / "job"
+    proc = start(_run(job, "-n", "3", "--", *commands[1]), cwd=tmp_path)
+    kills = 0
+    try:
+        while proc.poll() is None and kills < 3:
+            time.sleep(rnd.uniform(0.5, 1.5))
+            st = status(job)
+            if st.get("state") != "running":
+                continue
+            victims = [rank_pid(st, r) for r in range(3)] + [int(st["job_root_pid"])]  # type: ignore[call-overload]
+            with contextlib.suppress(ProcessLookupError):
+                kill9(rnd.choice(victims))
+                kills += 1
+        code, _, err = finish(proc)
+    finally:
+        stop(proc)
+        for d in dirs:
+            shutil.rmtree(d)
+    assert code == 0, err + (job / "supervisor.log").read_text()
+    assert kills == 3
+    assert outputs(job, 3) == expected
 
 
 def test_resume_after_the_whole_job_died(tmp_path: Path) -> None:

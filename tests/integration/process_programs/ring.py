@@ -25,6 +25,8 @@ family, mine = address(rank)
 server = socket.socket(family)
 if kind == "tcp":
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+elif os.path.exists(mine):  # left by an earlier run of the same job
+    os.unlink(mine)
 server.bind(mine)
 server.listen(1)
 family, right_addr = address((rank + 1) % n)

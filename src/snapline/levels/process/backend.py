@@ -11,7 +11,10 @@ Call order, for one job (the supervisor is the only caller)::
     resume(sessions)
 
 ``drain`` is the supervisor's: with the job frozen it reads what the processes wrote, so the
-output covered by the checkpoint is known exactly. ``pipes`` maps the name each pipe had when
+output covered by the checkpoint is known exactly. It is called again after the dump, still
+frozen, and raises ``CheckpointFailed`` when a process of the job died meanwhile (a process
+killed during the dump may be in the images as a zombie, and would die again after every
+restore from them). ``pipes`` maps the name each pipe had when
 the images were written (``pipe:[INODE]``) to the write end of a fresh pipe that replaces it.
 """
 

@@ -69,6 +69,7 @@ class CriuBackend:
                 "--leave-running", *_TCP,
                 log=image_dir / "dump.log", error=CheckpointFailed,
             )  # fmt: skip
+            drain()  # a process killed during the dump must not be in the images
         finally:
             procs.thaw(sessions)
         return time.monotonic() - start

@@ -147,6 +147,7 @@ class ProcessJob:
         self.restarts = 0
         self.recoveries = 0
         self.checkpoints = 0
+        self.last_step = 0  # the global checkpoint the job last took or came back from
         self.pauses_s: list[float] = []
         self.notes: list[str] = []
         self.last_output = time.monotonic()
@@ -159,6 +160,14 @@ class ProcessJob:
             state="running",
             started_at=time.time(),
         )
+
+    def _log(self, message: str) -> None:
+        """One line in ``<job>/supervisor.log``: what the supervisor did and why."""
+        stamp = (
+            time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        )
+        with open(self.job_dir / "supervisor.log", "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {message}\n")
 
     # -- pipes and output -----------------------------------------------------------------
     def _new_pipes(self, names: list[str]) -> dict[str, int]:
@@ -223,7 +232,7 @@ class ProcessJob:
         ]
         if self.failure or dead or procs.state_of(self.root) in (None, "Z", "X"):
             raise CheckpointFailed(
-                f"the job failed before the freeze ({self.failure or f'ranks {dead} died'})"
+                f"the job failed during the checkpoint ({self.failure or f'ranks {dead} died'})"
             )
 
     def _on_status(self, data: bytes) -> None:
@@ -314,6 +323,7 @@ class ProcessJob:
                 self.root, self._sessions(), image_dir, self._drain_frozen
             )
         except CheckpointFailed as exc:
+            self._log(f"checkpoint {step} failed: {exc}")
             self.notes.append(f"checkpoint {step} failed, the job goes on: {exc}")
             self.status.note = self.notes[-1]
             shutil.rmtree(image_dir, ignore_errors=True)
@@ -343,6 +353,8 @@ class ProcessJob:
         if old:
             self.store.gc()
         self.checkpoints += 1
+        self.last_step = step
+        self._log(f"checkpoint {step} committed (pause {pause_s:.3f}s)")
         self.pauses_s.append(pause_s)
         self.status.checkpoints_committed = self.checkpoints
         self._write_status()
@@ -357,6 +369,7 @@ class ProcessJob:
                 if name != "status":
                     output_path(self.job_dir, name).write_bytes(b"")
             self._start_fresh()
+            self._log(f"started from scratch (root {self.root}, ranks {self.rank_pids})")
             return
         need = self.store.info(step).total_bytes
         image_dir = scratch_dir(self.job_dir, need) / f"restore-{step}"
@@ -377,12 +390,15 @@ class ProcessJob:
         self.finished = {int(r): int(s) for r, s in meta["finished"].items()}
         self.root_status = None
         self.backend.resume(self._sessions())
+        self.last_step = step
+        self._log(f"restored checkpoint {step} (root {self.root}, ranks {self.rank_pids})")
         shutil.rmtree(image_dir, ignore_errors=True)
 
     def _recover(self, why: str) -> None:
         self.restarts += 1
         self.recoveries += 1
         self.notes.append(f"recovery {self.recoveries}: {why}")
+        self._log(f"failure: {why}; recovery {self.recoveries}")
         self.status.state = "recovering"
         self.status.recoveries = self.recoveries
         self.status.note = self.notes[-1]
@@ -407,7 +423,7 @@ class ProcessJob:
                 state="finished" if self.finished.get(r) == 0 else "running",
                 incarnation=self.recoveries,
                 restarts=self.restarts,
-                last_checkpoint=self.checkpoints,
+                last_checkpoint=self.last_step,
             )
             for r in range(self.n)
         ]
