@@ -437,19 +437,19 @@ class ProcessJob:
         (self.job_dir / "output").mkdir(parents=True, exist_ok=True)
         self.work.mkdir(exist_ok=True)
         shutil.rmtree(shm_dir(self.job_dir), ignore_errors=True)
-        if resume:
-            procs.kill_sessions(leftover_sessions(self.job_dir))
-            self.status.recoveries = self.recoveries = 1
-            self._restore_newest()
-        else:
-            for r in range(self.n):
-                for s in ("out", "err"):
-                    output_path(self.job_dir, f"{s}{r}").write_bytes(b"")
-            self._start_fresh()
-        self._write_status()
-        next_checkpoint = time.monotonic() + self.spec.interval_s
-        next_status = time.monotonic() + 0.5
         try:
+            if resume:
+                procs.kill_sessions(leftover_sessions(self.job_dir))
+                self.status.recoveries = self.recoveries = 1
+                self._restore_newest()
+            else:
+                for r in range(self.n):
+                    for s in ("out", "err"):
+                        output_path(self.job_dir, f"{s}{r}").write_bytes(b"")
+                self._start_fresh()
+            self._write_status()
+            next_checkpoint = time.monotonic() + self.spec.interval_s
+            next_status = time.monotonic() + 0.5
             while True:
                 now = time.monotonic()
                 self._pump(max(0.0, min(next_checkpoint, next_status) - now, 0.001))
@@ -469,6 +469,8 @@ class ProcessJob:
                     break
                 if now >= next_checkpoint:
                     self._checkpoint()
+                    # The checkpoint's own time is no silence of the job's (hang detection).
+                    self.last_output += time.monotonic() - now
                     next_checkpoint = time.monotonic() + self.spec.interval_s
                 if now >= next_status:
                     self._write_status()
