@@ -57,6 +57,11 @@ def test_numpy_program_killed_mid_run_is_restored_with_identical_output(tmp_path
     assert outputs(job, 1) == expected
     assert out == expected[0]  # what the user saw: released once, in order
     assert "1 recoveries" in err and "killed by SIGKILL" in err
+    # The global checkpoints are an ordinary store: the store commands read them.
+    verified = subprocess.run(
+        snapline("verify", str(job)), capture_output=True, text=True, timeout=60
+    )
+    assert verified.returncode == 0 and "2 checkpoint(s)" in verified.stdout, verified.stdout
 
 
 @pytest.mark.parametrize(("n", "kind"), [(2, "tcp"), (3, "unix")])
