@@ -20,6 +20,7 @@ The cache is ``$SNAPLINE_CACHE``, else ``$XDG_CACHE_HOME/snapline``, else
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -29,7 +30,8 @@ from pathlib import Path
 
 from snapline.errors import ConfigError
 
-#: The Debian package list CRIU 4.2.1 (unstable) needs: criu and every library it links.
+#: The Debian packages CRIU 4.2.1 (unstable) needs: criu and every library it links (used
+#: when apt-cache cannot compute the current list).
 CRIU_PACKAGES = [
     "criu", "libcompel1", "libbsd0", "libc6", "libffi8", "libgcc-s1", "libgmp10",
     "libgnutls30t64", "libhogweed6t64", "libidn2-0", "libjansson4", "libmd0", "libmnl0",
@@ -152,6 +154,31 @@ def find_criu() -> ToolCheck:
     )
 
 
+def _apt(argv: list[str], cwd: Path, *, log: bool) -> None:
+    if log:
+        print("+", " ".join(argv[:1] + argv[-2:]), flush=True)
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise ConfigError(
+            f"installing CRIU: {' '.join(argv[:1] + argv[-2:])} failed: "
+            f"{(done.stderr or done.stdout).strip()[-2000:]}"
+        )
+
+
+def _closure(options: list[str]) -> list[str]:
+    """criu and everything it depends on, as the unstable suite has it now (the suite moves;
+    a fixed list would break when a library is renamed). Empty when apt-cache cannot say."""
+    done = subprocess.run(
+        ["apt-cache", *options, "depends", "--recurse", "--no-recommends", "--no-suggests",
+         "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", "criu"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return []
+    names = {ln.strip() for ln in done.stdout.splitlines() if ln and not ln[0].isspace()}
+    return sorted(n for n in names if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", n))
+
+
 def install_criu(*, force: bool = False, log: bool = False) -> ToolCheck:
     """Install CRIU 4.2.1 into ``<cache>/criu`` (see the module docstring); idempotent."""
     target = cache_dir() / "criu"
@@ -174,19 +201,9 @@ def install_criu(*, force: bool = False, log: bool = False) -> ToolCheck:
             "-o", f"Dir::Cache={work / 'cache'}",
             "-o", "Debug::NoLocking=1",
         ]  # fmt: skip
-        steps = [
-            (["apt-get", *options, "-q", "update"], work),
-            (["apt-get", *options, "-q", "download", *CRIU_PACKAGES], work / "debs"),
-        ]
-        for argv, cwd in steps:
-            if log:
-                print("+", " ".join(argv[:1] + argv[-2:]), flush=True)
-            done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                raise ConfigError(
-                    f"installing CRIU: {' '.join(argv[:1] + argv[-2:])} failed: "
-                    f"{(done.stderr or done.stdout).strip()[-2000:]}"
-                )
+        _apt(["apt-get", *options, "-q", "update"], work, log=log)
+        packages = _closure(options) or CRIU_PACKAGES
+        _apt(["apt-get", *options, "-q", "download", *packages], work / "debs", log=log)
         for deb in sorted((work / "debs").glob("*.deb")):
             subprocess.run(
                 ["dpkg-deb", "-x", str(deb), str(work / "tree" / "root")], check=True, timeout=120
