@@ -126,8 +126,8 @@ def _run(app: str, n: int, **kwargs: Any) -> Any:
         shutil.rmtree(store, ignore_errors=True)
 
 
-def bench_pair_snapline(count: int, rounds: int) -> dict[str, float]:
-    """Throughput and round trip between two ranks on the local runtime, no protocol."""
+def bench_pair_snapline(count: int, rounds: int, engine: str = "local") -> dict[str, float]:
+    """Throughput and round trip between two ranks on snapline (``engine``), no protocol."""
     blast = _run(
         f"{HERE}:Blast",
         2,
@@ -135,6 +135,7 @@ def bench_pair_snapline(count: int, rounds: int) -> dict[str, float]:
         topology="complete",
         trace=False,
         app_options={"count": count},
+        engine=engine,
     )
     r0, r1 = blast.results[0], blast.results[1]
     assert r1["got"] == count
@@ -146,6 +147,7 @@ def bench_pair_snapline(count: int, rounds: int) -> dict[str, float]:
         topology="complete",
         trace=False,
         app_options={"rounds": rounds},
+        engine=engine,
     )
     p0 = pong.results[0]
     rtt_us = (p0["t1"] - p0["t0"]) / (rounds / 2) * 1e6
@@ -216,7 +218,9 @@ def bench_pair_ray(count: int, rounds: int) -> dict[str, float] | str:
         import ray
     except ImportError:
         return "ray not installed (pip install ray)"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
 
         @ray.remote
@@ -244,7 +248,8 @@ def bench_pair_ray(count: int, rounds: int) -> dict[str, float] | str:
             ray.get(sink.count.remote())
         rtt_us = (time.perf_counter() - t0) / k * 1e6
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     return {"msgs_per_s": throughput, "rtt_us": rtt_us}
 
 
@@ -310,7 +315,7 @@ def bench_snapshot_latency(n: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def bench_recovery(n: int, kills: int) -> dict[str, Any]:
+def bench_recovery(n: int, kills: int, engine: str = "local") -> dict[str, Any]:
     """kill -9 one rank several times in a run; detection -> resumed, per recovery."""
     schedule = [f"{1 + i % (n - 1)}@{1.0 + 1.2 * i:.1f}s" for i in range(kills)]
     result = _run(
@@ -322,6 +327,7 @@ def bench_recovery(n: int, kills: int) -> dict[str, Any]:
         kill=schedule,
         app_options={"messages": int((2.0 + 1.2 * kills) / 0.01), "step_s": 0.01},
         timeout="300s",
+        engine=engine,
     )
     times = [(r["t_done"] - r["t_detect"]) * 1000.0 for r in result.recoveries]
     return {"median_ms": statistics.median(times) if times else None, "runs_ms": times}

@@ -1,10 +1,11 @@
-"""Every driver through the same checkers: the simulator and the local multi-process runtime.
+"""Every driver through the same checkers: the simulator and each real engine (local, MPI).
 
 The same job (app, ranks, seed, parameters, protocol) runs once in the simulator with a crash
-and once on real processes with a ``kill -9``. Both runs must pass the simulator's checkers --
-``ChannelChecker`` (exactly-once, in-order delivery in the surviving history),
-``RecoveryChecker`` (plans restore committed checkpoints; recovered cuts are consistent), the
-app invariant -- and both must end with the failure-free result, hence with the same result.
+and once on real processes with a ``kill -9``, on each engine (``engine_jobs.ENGINES``). Both
+runs must pass the simulator's checkers -- ``ChannelChecker`` (exactly-once, in-order delivery
+in the surviving history), ``RecoveryChecker`` (plans restore committed checkpoints; recovered
+cuts are consistent), the app invariant -- and both must end with the failure-free result,
+hence with the same result.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from engine_jobs import ENGINES, use_engine
 
 from snapline.runtime.local import run
 from snapline.runtime.local.verify import check_run
@@ -25,7 +27,10 @@ SEED = 11
 
 
 @pytest.mark.parametrize("protocol", ["chandy-lamport", "uncoordinated", "message-logging"])
-def test_simulator_and_local_runtime_pass_the_same_checkers(tmp_path: Path, protocol: str) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_simulator_and_each_engine_pass_the_same_checkers(
+    tmp_path: Path, engine: str, protocol: str
+) -> None:
     sim = run_simulation(
         SimConfig(
             app="bank",
@@ -58,6 +63,7 @@ def test_simulator_and_local_runtime_pass_the_same_checkers(tmp_path: Path, prot
         app_options=PARAMS,
         kill=["1@0.6s"],
         timeout="60s",
+        engine=use_engine(engine),
     )
     assert len(local.recoveries) == 1
     assert check_run(local, app="bank", app_params=PARAMS, seed=SEED, topology="complete") == []

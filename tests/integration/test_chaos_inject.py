@@ -23,14 +23,22 @@ from snapline.runtime.local.chaos.inject import (
     wait_gone,
 )
 
-SLEEPER = "import time; time.sleep(60)"
+SLEEPER = "import sys, time; print('up', flush=True); time.sleep(60)"
 
 
 def spawn(token: str | None, *args: str) -> subprocess.Popen[bytes]:
+    """A sleeper that has finished starting when this returns.
+
+    ``Popen`` returns once the child's ``exec`` has closed the error pipe, which the kernel does
+    before it sets up the new program's environment area: for a moment ``/proc/<pid>/environ``
+    reads empty and the marker seems missing. Waiting for the child's first line rules that out.
+    """
     env = dict(os.environ)
     if token is not None:
         env[MARKER_ENV] = token
-    return subprocess.Popen([sys.executable, "-c", SLEEPER, *args], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER, *args], env=env, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    return proc
 
 
 def test_a_signal_lands_only_on_a_live_process_of_the_run() -> None:
@@ -54,7 +62,7 @@ def test_a_signal_lands_only_on_a_live_process_of_the_run() -> None:
     finally:
         for proc in (mine, other):
             proc.kill()
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipe
 
 
 def test_run_workers_finds_only_the_runs_workers() -> None:
@@ -70,7 +78,7 @@ def test_run_workers_finds_only_the_runs_workers() -> None:
     finally:
         for proc in (worker, plain):
             proc.kill()
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipe
 
 
 def test_stranger_payloads_fit_a_handshake_frame() -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from snapline.cli.options import FLAG
 
@@ -85,6 +86,7 @@ def register(app: typer.Typer) -> None:
         # Plain lines, not a table: paths and reasons must stay whole on narrow terminals.
         for f in check_all():
             mark = "[green]ok[/]" if f.ok else "[red]no[/]"
-            console.print(f"{mark}  {f.area:<7} {f.name:<12} {f.detail}", highlight=False)
-            if f.fix:
-                console.print(f"    {'':<20} fix: {f.fix}", highlight=False)
+            line = f"{f.area:<7} {f.name:<12} {f.detail}"
+            console.print(f"{mark}  {escape(line)}", highlight=False)
+            if f.fix:  # escaped: "pip install 'snapline[ray]'" is no markup
+                console.print(f"    {'':<20} fix: {escape(f.fix)}", highlight=False)

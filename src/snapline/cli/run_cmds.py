@@ -293,6 +293,33 @@ def register(app: typer.Typer) -> None:
                 "untrusted sources: loading a pickle runs code.",
             ),
         ] = False,
+        engine: Annotated[
+            str,
+            typer.Option(
+                "--engine",
+                help="Where the ranks run: local (processes on this machine), mpi (the "
+                "ranks of one mpiexec; a failure relaunches the whole job from the recovery "
+                "line) or ray (one Ray actor per rank, restarted alone). A store can be "
+                "resumed on any.",
+            ),
+        ] = "local",
+        mpiexec: Annotated[
+            str | None,
+            typer.Option(
+                "--mpiexec",
+                metavar="PATH",
+                help="The mpiexec of --engine mpi (default: the mpich wheel's, else PATH's).",
+            ),
+        ] = None,
+        ray_address: Annotated[
+            str | None,
+            typer.Option(
+                "--ray-address",
+                metavar="ADDRESS",
+                help="The Ray cluster of --engine ray (auto, HOST:PORT or ray://HOST:PORT; "
+                "default: a new local Ray).",
+            ),
+        ] = None,
     ) -> None:
         """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure.
 
@@ -304,6 +331,11 @@ def register(app: typer.Typer) -> None:
 
         args = list(ctx.args)
         if level == "process" or (resume and (store / PROCESS_JOB_FILE).is_file()):
+            if engine not in (None, "local"):
+                raise ConfigError(
+                    f"--engine {engine} runs application-level jobs; --level process runs its "
+                    "processes on this machine"
+                )
             _run_process_level(
                 app_name, args, n=n, store=store, interval=interval, resume=resume,
                 backend=backend, job_file=job_file, hang=heartbeat_timeout,
@@ -340,6 +372,9 @@ def register(app: typer.Typer) -> None:
                 app_options=_parse_params(param or []) if param or not resume else None,
                 allow_pickle=allow_pickle,
                 on_status=lambda status: live.update(status_line(status)),
+                engine=engine,
+                mpiexec=mpiexec,
+                ray_address=ray_address,
             )
         console.print(summary_table(result))
         for rank, items in sorted(result.outputs.items()):

@@ -359,11 +359,16 @@ class ChandyLamport(Protocol):
             "clock": self.clock,
             "last_output_id": self.last_output_id,
         }
-        actions: list[Action] = [TakeCheckpoint(index=index, forced=came_on is not None, meta=meta)]
+        # Markers first: they only have to follow what this rank sent before the checkpoint and
+        # precede what it sends after, and nothing is sent between two actions of one event. A
+        # driver that writes queued frames out before it starts the save (the local runtime
+        # does) thus has the markers on their way while the state is written.
         marker = {"kind": "marker", "id": list(snapshot_id)}
+        actions: list[Action] = []
         for dst in sorted(self.outbound):
             actions.append(SendControl(dst=dst, control=marker))
             self.stats["control_messages"] += 1
+        actions.append(TakeCheckpoint(index=index, forced=came_on is not None, meta=meta))
         return actions + self._maybe_complete(part)
 
     def _maybe_complete(self, part: _Part) -> list[Action]:

@@ -37,6 +37,7 @@ def check_all() -> list[Finding]:
         Finding(area="engine", name="sim", ok=True, detail="deterministic simulator"),
         Finding(area="engine", name="local", ok=True, detail="OS processes on this machine"),
         _mpi(),
+        _ray(),
     ]
     criu = find_criu()
     kernel_ok = Path("/proc/sys/kernel/ns_last_pid").exists()
@@ -128,3 +129,20 @@ def _mpi() -> Finding:
     except ConfigError as exc:
         return Finding(area="engine", name="mpi", ok=False, detail=str(exc))
     return Finding(area="engine", name="mpi", ok=True, detail=f"mpi4py, {where}")
+
+
+def _ray() -> Finding:
+    # The installed version, without importing ray (seconds): the doctor must stay quick.
+    from importlib import metadata
+
+    try:
+        version = metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        return Finding(
+            area="engine",
+            name="ray",
+            ok=False,
+            detail="ray is not installed",
+            fix="pip install 'snapline[ray]'",
+        )
+    return Finding(area="engine", name="ray", ok=True, detail=f"ray {version} is installed")

@@ -15,6 +15,12 @@ Architecture (why it is built this way):
   shared ``RankEngine`` with the unchanged protocol class; recovery calls the protocol's pure
   ``plan_recovery`` on a ``RecoveryView`` built from the ledgers (``ledger``) and the
   survivors' volatile records.
+* **Shared with the MPI engine.** Only the Unix-socket channels (``channels``) and starting one
+  worker process per rank (``Supervisor.spawn``) are particular to this engine. The recovery
+  coordinator (``job``), the rank's loop and ``EnginePort`` (``worker``), stable storage
+  (``ledger``, ``stable``) and the recovery line from stable storage (``jobdir``) are what
+  ``snapline.runtime.mpi`` runs too, with its own transport (``worker.ChannelTransport``) and
+  its own ``Supervisor`` (one ``mpiexec``; a death ends every rank): ``run(engine="mpi")``.
 * **Stable storage is the store plus a ledger.** States go to ``open_store(<store>/rank-N)``;
   checkpoint records, attachments, commit markers, message logs and released output go to an
   fsynced append-only ledger per rank, written in protocol order by one thread (``stable``).
@@ -50,8 +56,9 @@ from snapline.runtime.local.config import (
     parse_duration_s,
     parse_kill,
 )
-from snapline.runtime.local.job import LocalJob, RunResult
+from snapline.runtime.local.job import LocalJob, RunResult, SupervisorFactory
 from snapline.runtime.local.status import JobStatus, read_status
+from snapline.runtime.local.supervisor import Supervisor
 from snapline.runtime.process import Process
 from snapline.topology import Topology
 
@@ -96,6 +103,9 @@ def run(
     protocol_options: Mapping[str, Any] | None = None,
     allow_pickle: bool = False,
     on_status: Callable[[JobStatus], None] | None = None,
+    engine: str = "local",
+    mpiexec: str | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
 
@@ -117,6 +127,13 @@ def run(
     state stops the job at its first checkpoint with ``ApplicationError`` naming the value.
     A resumed job keeps it once set. An exception raised again by a rank's code after a
     restore also stops the job with ``ApplicationError`` (see ``LocalJob``).
+
+    ``engine="mpi"`` runs the ranks as the processes of one ``mpiexec`` (``mpiexec`` names
+    it; default: the mpich wheel's next to this Python, else PATH's) with channels over MPI
+    point-to-point; a failure then ends and relaunches the whole job from the recovery line
+    in ``store`` (see ``snapline.runtime.mpi``). ``engine="ray"`` runs each rank as a Ray
+    actor (``ray_address``: an existing cluster; default a local Ray), restarted alone as a new
+    actor after a failure (see ``snapline.runtime.ray``). A store can be resumed on any engine.
     """
     store_path = Path(store).resolve()
     kills = [parse_kill(k) if isinstance(k, str) else (int(k[0]), float(k[1])) for k in kill]
@@ -172,7 +189,40 @@ def run(
             timeout_s=knobs["timeout_s"],
             allow_pickle=allow_pickle,
         )
-    return LocalJob(config, resume=resume, kills=kills, on_status=on_status).run()
+    return LocalJob(
+        config,
+        resume=resume,
+        kills=kills,
+        on_status=on_status,
+        supervisor=_supervisor_factory(engine, mpiexec, ray_address),
+    ).run()
+
+
+ENGINES = ("local", "mpi", "ray")
+
+
+def _supervisor_factory(
+    engine: str, mpiexec: str | None, ray_address: str | None = None
+) -> SupervisorFactory:
+    if ray_address is not None and engine != "ray":
+        raise ConfigError("--ray-address applies only to --engine ray")
+    if engine == "ray":
+        if mpiexec is not None:
+            raise ConfigError("--mpiexec applies only to --engine mpi")
+        from snapline.runtime.ray import supervisor_factory as ray_factory
+
+        made: SupervisorFactory = ray_factory(ray_address)
+        return made
+    if engine == "local":
+        if mpiexec is not None:
+            raise ConfigError("--mpiexec applies only to --engine mpi")
+        return Supervisor
+    if engine == "mpi":
+        from snapline.runtime.mpi import supervisor_factory
+
+        factory: SupervisorFactory = supervisor_factory(mpiexec)
+        return factory
+    raise ConfigError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
 def _default_topology(spec: str) -> str:

@@ -272,6 +272,13 @@ class Transport:
         self.selector.register(sock, selectors.EVENT_READ, ("out", dst))
         return None
 
+    def poll_interval_s(self) -> float:
+        """Sockets wake the loop's selector themselves: no polling."""
+        return float("inf")
+
+    def pump(self) -> None:
+        """Nothing to poll (see ``poll_interval_s``)."""
+
     def connected_all(self) -> bool:
         """True when every outbound channel is connected."""
         return all(link.sock is not None for link in self.out.values())
@@ -389,7 +396,7 @@ class Transport:
         try:
             frames = inb.reader.feed(data)
             for count, f in enumerate(frames):
-                if not _is_channel_frame(f):
+                if not is_channel_frame(f):
                     # The frames before it are good and in order: keep them.
                     inb.frames.extend(frames[:count])
                     self.stats.frames_received += count
@@ -569,7 +576,7 @@ class Transport:
             self._close_inbound(inb)
 
 
-def _is_channel_frame(f: object) -> bool:
+def is_channel_frame(f: object) -> bool:
     """``[APP, epoch, seq, payload, piggyback]`` or ``[CONTROL, epoch, control]``.
 
     What ``next_frame`` and the worker index into, checked once per frame as it arrives (the

@@ -13,7 +13,10 @@ coordinator*. Recovery is stop-the-world, in rounds:
    the protocol class's pure ``plan_recovery``, the very function the simulator calls.
 3. **Restore**: respawn each failed rank (after a backoff if it keeps failing; past the
    restart limit the job ends with ``RuntimeFailure``) and rebuild every rank the plan rolls
-   back -- survivors in place, from the store -- under a new recovery epoch.
+   back -- survivors in place, from the store -- under a new recovery epoch. On an engine
+   where one death ends every rank (MPI: ``Supervisor.restarts_whole_job``) every rank has
+   failed, there is no volatile record, and the respawn is one relaunch of the whole job,
+   counted once against the restart limit: the ``--resume`` procedure below.
 4. **Reconnect and resume**: channels to new processes are reopened (unacknowledged messages
    are resent; see ``channels``); each rank learns the channel cuts of the rolled-back ranks,
    restored ranks replay the plan's messages before anything new, and every rank is told
@@ -61,7 +64,12 @@ from snapline.runtime.local.config import JobConfig, app_factory, load_job, save
 from snapline.runtime.local.ledger import LedgerView, LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.plain import record_from_plain, replay_to_plain
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
-from snapline.runtime.local.supervisor import STARTUP_TIMEOUT_S, Supervisor, write_log_line
+from snapline.runtime.local.supervisor import (
+    STARTUP_TIMEOUT_S,
+    RankSlot,
+    Supervisor,
+    write_log_line,
+)
 from snapline.runtime.local.tracefile import merge_trace
 from snapline.runtime.sim.checks import CheckFailed, RecoveryChecker
 from snapline.topology import Topology
@@ -78,6 +86,11 @@ _REQUEST_OF = {
 #: A job whose ranks all report no activity, no timers and nothing queued, while some channel
 #: has sent more than was delivered, for this long, has lost a message: it can never finish.
 _STALL_S = 10.0
+
+
+SupervisorFactory = Callable[..., Supervisor]
+"""Builds the job's ``Supervisor`` (process control and failure notification of an engine)
+from ``Supervisor``'s keyword arguments."""
 
 
 class _RoundAborted(Exception):
@@ -128,8 +141,11 @@ class LocalJob:
         resume: bool = False,
         kills: list[tuple[int, float]] | None = None,
         on_status: Callable[[JobStatus], None] | None = None,
+        supervisor: SupervisorFactory = Supervisor,
     ) -> None:
         config.validate()
+        #: Which engine's process control and failure notification the job runs on.
+        self._make_supervisor = supervisor
         self.config = config
         self.store_dir = Path(config.store).resolve()
         self.resume = resume
@@ -349,7 +365,7 @@ class LocalJob:
             started_at=started,
             socket_dir=str(self._socket_dir),
         )
-        self._sup = Supervisor(
+        self._sup = self._make_supervisor(
             n=self.config.n,
             socket_dir=self._socket_dir,
             store_dir=self.store_dir,
@@ -398,6 +414,7 @@ class LocalJob:
         ranks = list(range(self.config.n))
         for rank in ranks:
             sup.spawn(rank, self._boot(rank))
+        sup.launch()
         if self.resume:
             self._recover(set(ranks), whole_job=True)
             return
@@ -674,8 +691,7 @@ class LocalJob:
         }
         ledgers = {r: read_ledger(ledger_path(self.store_dir, r), r) for r in range(n)}
         plan = self._plan(failed, volatile, ledgers)
-        for rank in sorted(failed):
-            self._restart(rank)
+        self._restart_ranks(sorted(failed))
         respawned = sorted(r for r in failed if not sup.slots[r].alive or sup.slots[r].sock is None)
         self._wait_hello(sorted(failed))
         del respawned
@@ -790,16 +806,47 @@ class LocalJob:
             "ledger does not hold as committed"
         )
 
+    def _restart_ranks(self, ranks: list[int]) -> None:
+        """Start the failed ``ranks`` again: one by one, or as one relaunch of the whole job
+        on an engine where one death ends every rank (``Supervisor.restarts_whole_job``)."""
+        sup = self._sup
+        # Ranks alive already were started by a resumed job's first round or rebuilt in place.
+        dead = [r for r in ranks if not sup.slots[r].alive]
+        if dead and sup.restarts_whole_job:
+            # One relaunch is one restart (of every rank), with one back-off.
+            self.restarts += 1
+            for rank in dead:
+                sup.slots[rank].restarts += 1
+            # The rank that raised, if one did: its exception is what the user must see.
+            self._check_restart_limit(
+                next((r for r in dead if sup.slots[r].fatal_report is not None), dead[0])
+            )
+            self._back_off([sup.slots[r] for r in dead])
+            for rank in dead:
+                sup.slots[rank].state = "restarting"
+                sup.spawn(rank, self._boot(rank))
+        else:
+            for rank in dead:
+                self._restart(rank)
+        sup.launch()
+
     def _restart(self, rank: int) -> None:
         sup = self._sup
         slot = sup.slots[rank]
-        if slot.alive:
-            return  # started already (a resumed job's first round), or rebuilt in place
         # Every respawn counts, a resumed job's included: ``--resume`` starts all ranks at
         # once (not here), but a rank that dies again while the job is being resumed is
         # respawned here, and must neither loop forever nor skip the back-off.
         self.restarts += 1
         slot.restarts += 1
+        self._check_restart_limit(rank)
+        self._back_off([slot])
+        slot.state = "restarting"
+        sup.spawn(rank, self._boot(rank))
+
+    def _check_restart_limit(self, rank: int) -> None:
+        """``RuntimeFailure`` once ``self.restarts`` is past the limit (``rank`` restarts)."""
+        sup = self._sup
+        slot = sup.slots[rank]
         if self.restarts > self.config.max_restarts:
             history = ", ".join(
                 f"rank {f['rank']} at {f['t']:.2f}s" + (f" ({f['why']})" if f.get("why") else "")
@@ -819,21 +866,27 @@ class LocalJob:
                     else ""
                 )
             )
-        since_start = time.monotonic() - slot.last_start_s
-        slot.recent_failures = slot.recent_failures + 1 if since_start < 5.0 else 1
+
+    def _back_off(self, slots: list[RankSlot]) -> None:
+        """Wait before starting ``slots`` again if they keep failing (doubling, capped)."""
+        sup = self._sup
+        first = slots[0]
+        since_start = time.monotonic() - first.last_start_s
+        recent = first.recent_failures + 1 if since_start < 5.0 else 1
+        for slot in slots:
+            slot.recent_failures = recent
         delay_s = min(
-            self.config.backoff_initial_s * 2 ** (slot.recent_failures - 1),
+            self.config.backoff_initial_s * 2 ** (recent - 1),
             self.config.backoff_max_s,
         )
-        if slot.recent_failures > 1:
-            self.log("backoff", rank=rank, delay_s=delay_s)
+        if recent > 1:
+            more = {"ranks": [s.rank for s in slots]} if len(slots) > 1 else {}
+            self.log("backoff", rank=first.rank, delay_s=delay_s, **more)
             end = time.monotonic() + delay_s
             while time.monotonic() < end:
                 sup.poll(min(0.05, end - time.monotonic()))
                 if sup.dead:
                     raise _RoundAborted
-        slot.state = "restarting"
-        sup.spawn(rank, self._boot(rank))
 
     # ------------------------------------------------------------------ finish
 

@@ -74,9 +74,9 @@ def write_status(store_dir: Path, status: JobStatus) -> None:
     os.replace(tmp, path)
 
 
-def read_status(store_dir: Path) -> JobStatus:
+def read_status(store_dir: str | os.PathLike[str]) -> JobStatus:
     """Read the status file of the job whose store is ``store_dir``."""
-    path = store_dir / STATUS_NAME
+    path = Path(store_dir) / STATUS_NAME
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -87,6 +87,9 @@ class RankSlot:
 class Supervisor:
     """Spawns workers, carries control messages, detects exits and hangs."""
 
+    #: True when one death ends every rank (MPI): a restart is then a relaunch of the job.
+    restarts_whole_job = False
+
     def __init__(
         self,
         *,
@@ -148,7 +151,7 @@ class Supervisor:
                 return
             rank, pid = hello.rank, hello.pid
             slot = self.slots[rank] if 0 <= rank < self.n else None
-            if slot is None or slot.pid != pid or not slot.alive:
+            if slot is None or not self._expects(slot, pid):
                 self.log("control_unexpected", rank=rank, pid=pid)
                 conn.close()
                 continue
@@ -161,6 +164,10 @@ class Supervisor:
             slot.writing = False
             slot.last_hb_s = time.monotonic()
             self.sel.register(conn, selectors.EVENT_READ, ("ctl", slot.rank))
+
+    def _expects(self, slot: RankSlot, pid: int) -> bool:
+        """True when ``pid`` is the worker this supervisor started for ``slot``."""
+        return slot.alive and slot.pid == pid
 
     def _drop_sock(self, slot: RankSlot) -> None:
         if slot.sock is not None:
@@ -187,8 +194,18 @@ class Supervisor:
         assert proc.stdin is not None
         proc.stdin.write(pack(boot))
         proc.stdin.close()
+        self.starting(slot, proc.pid)
         slot.proc = proc
-        slot.pid = proc.pid
+        self.watch_pid(slot)
+        self.log("spawned", rank=rank, pid=proc.pid)
+
+    def launch(self) -> None:
+        """Start what ``spawn`` queued (each ``spawn`` here starts its worker at once)."""
+
+    def starting(self, slot: RankSlot, pid: int | None) -> None:
+        """Reset ``slot`` for a worker being started (``pid`` None: not known yet)."""
+        slot.proc = None
+        slot.pid = pid
         slot.alive = True
         slot.state = "starting"
         slot.counters = {}
@@ -198,12 +215,15 @@ class Supervisor:
         slot.fatal_report = None
         slot.last_start_s = time.monotonic()
         slot.last_hb_s = time.monotonic()
+
+    def watch_pid(self, slot: RankSlot) -> None:
+        """Put a pidfd of ``slot``'s worker in the selector: its exit is seen at once."""
+        assert slot.pid is not None
         try:
-            slot.pidfd = os.pidfd_open(proc.pid)
-            self.sel.register(slot.pidfd, selectors.EVENT_READ, ("pid", rank))
+            slot.pidfd = os.pidfd_open(slot.pid)
+            self.sel.register(slot.pidfd, selectors.EVENT_READ, ("pid", slot.rank))
         except (AttributeError, OSError):
             slot.pidfd = None  # fall back to polling waitpid in check_children
-        self.log("spawned", rank=rank, pid=proc.pid)
 
     def send(self, rank: int, msg: dict[str, Any]) -> None:
         """Queue a control message to ``rank`` (dropped if it is not connected)."""
@@ -289,6 +309,8 @@ class Supervisor:
                     self._wake_r.recv(4096)
             elif kind == "pid":
                 self._reap(rank, "exited")
+            elif kind == "other":
+                self._on_other(rank)
             else:
                 if mask & selectors.EVENT_WRITE:
                     self._flush(self.slots[rank])
@@ -296,6 +318,9 @@ class Supervisor:
                     self._read(self.slots[rank])
         self._adopt()
         self.check_children()
+
+    def _on_other(self, token: int) -> None:
+        """A selector key an engine registered as ``("other", token)`` is ready."""
 
     def check_children(self) -> None:
         """Notice exits (when pidfds are unavailable) and hangs."""

@@ -39,23 +39,23 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from snapline.errors import EncodeError, SnaplineError
 from snapline.protocols import protocol_class
 from snapline.protocols.base import (
     CheckpointRecord,
     PlainData,
-    Protocol,
     Redelivery,
     initial_record,
 )
+from snapline.protocols.base import Protocol as CheckpointProtocol
 from snapline.runtime.engine import CheckpointImage, RankEngine
-from snapline.runtime.local.channels import APP, CONTROL, Transport
+from snapline.runtime.local.channels import APP, CONTROL, Transport, TransportStats
 from snapline.runtime.local.config import (
     JobConfig,
     app_factory,
@@ -117,10 +117,62 @@ class _ConnectPhase:
     failures: dict[int, int] = field(default_factory=dict)
 
 
+class ChannelTransport(Protocol):
+    """What the worker's loop needs of an engine's channels (``channels.Transport`` on Unix
+    sockets; ``snapline.runtime.mpi.transport.MpiTransport`` on MPI point-to-point).
+
+    Frames handed over by ``next_frame`` are ``[APP, epoch, seq, payload, piggyback]`` or
+    ``[CONTROL, epoch, control]``. A transport without file descriptors (MPI) is polled:
+    the loop sleeps at most ``poll_interval_s()`` and then calls ``pump()``.
+    """
+
+    @property
+    def inn(self) -> Mapping[int, object]:
+        """The inbound channels, by source rank."""
+        ...
+
+    @property
+    def out(self) -> Mapping[int, object]:
+        """The outbound channels, by destination rank."""
+        ...
+
+    @property
+    def stats(self) -> TransportStats:
+        """Counters for reports."""
+        ...
+
+    def listen(self) -> None: ...
+    def close(self) -> None: ...
+    def poll_interval_s(self) -> float: ...
+    def pump(self) -> None: ...
+    def on_event(self, tag: tuple[str, int], mask: int) -> None: ...
+    def adopt_accepted(self) -> None: ...
+    def connect(self, dst: int) -> str | None: ...
+    def disconnected_outbound(self) -> list[int]: ...
+    def send_app(self, dst: int, seq: int, payload: object, piggyback: object) -> None: ...
+    def send_control(self, dst: int, control: object) -> None: ...
+    def flush(self) -> None: ...
+    def flush_blocking(self, timeout_s: float) -> bool: ...
+    def has_frames(self) -> bool: ...
+    def next_frame(self, src: int) -> list[Any] | None: ...
+    def restart_outbound(self, sent_cut: dict[int, int]) -> None: ...
+    def begin_recovery(
+        self, *, epoch: int, self_restored: bool, rolled_back: dict[int, int]
+    ) -> None: ...
+    def set_expected(
+        self, received: dict[int, int], *, all_sources: bool, only: dict[int, int]
+    ) -> None: ...
+    def drain_dead(self, dead: set[int]) -> None: ...
+
+
+TransportFactory = Callable[..., ChannelTransport]
+"""Builds a rank's transport from ``Transport``'s keyword arguments."""
+
+
 class Worker:
     """The event loop and ``EnginePort`` of one rank (see the module docstring)."""
 
-    def __init__(self, boot: dict[str, Any]) -> None:
+    def __init__(self, boot: dict[str, Any], *, transport: TransportFactory | None = None) -> None:
         self.config = JobConfig.from_json(boot["config"])
         self.rank = int(boot["rank"])
         self.n = self.config.n
@@ -136,7 +188,7 @@ class Worker:
         self.edges = topology.edges
         self.inbound = topology.inbound(self.rank)
         self.outbound = topology.outbound(self.rank)
-        self.protocol_cls: type[Protocol] = protocol_class(self.config.protocol)
+        self.protocol_cls: type[CheckpointProtocol] = protocol_class(self.config.protocol)
         self.factory = app_factory(self.config.app, self.config.app_options)
         self.protocol_options: dict[str, PlainData] = {
             "edges": sorted([list(e) for e in self.edges]),
@@ -156,7 +208,8 @@ class Worker:
             open_for_append(rank_trace_path(self.store_dir, self.rank)) if self.config.trace else -1
         )
         self._trace_buf: list[str] = []
-        self.transport = Transport(
+        make_transport: TransportFactory = Transport if transport is None else transport
+        self.transport = make_transport(
             rank=self.rank,
             inbound=self.inbound,
             outbound=self.outbound,
@@ -178,6 +231,8 @@ class Worker:
         self.generation = 0
         self.frozen = True
         self.stopping = False
+        #: The supervisor said ``exit`` (a normal end, not a lost supervisor or a bad frame).
+        self.exit_requested = False
         self.incarnation = 0
         self._resume_plan: dict[str, Any] | None = None
         self._timers: list[tuple[float, int, str, Any, int]] = []
@@ -452,7 +507,9 @@ class Worker:
 
     # ------------------------------------------------------------------------------ life cycle
 
-    def _new_protocol(self, record: CheckpointRecord | None, incarnation: int) -> Protocol:
+    def _new_protocol(
+        self, record: CheckpointRecord | None, incarnation: int
+    ) -> CheckpointProtocol:
         if record is None:
             return self.protocol_cls(
                 rank=self.rank,
@@ -586,6 +643,7 @@ class Worker:
         elif op == "stop":
             self._stop()
         elif op == "exit":
+            self.exit_requested = True
             self.stopping = True
         else:
             self.log("unknown_control", op=op)
@@ -807,6 +865,7 @@ class Worker:
             deadline = min(deadline, self._next_checkpoint_s)
             if self.transport.has_frames() or self._completions:
                 deadline = now
+        deadline = min(deadline, now + self.transport.poll_interval_s())
         for key, mask in self.sel.select(max(0.0, deadline - now)):
             kind, peer = key.data
             if kind == "wake":
@@ -819,6 +878,7 @@ class Worker:
                     self._read_control()
             else:
                 self.transport.on_event((kind, peer), mask)
+        self.transport.pump()
         self.transport.adopt_accepted()
         self._connect_step()
         if not self.frozen and self.engine is not None:
@@ -968,7 +1028,11 @@ def main() -> None:
 
     boot = unpack(sys.stdin.buffer.read())
     sys.stdin.close()
-    worker = Worker(boot)
+    run_worker(Worker(boot))
+
+
+def run_worker(worker: Worker) -> None:
+    """Run ``worker``; on an exception tell the supervisor why, then exit with status 3."""
     try:
         worker.run()
     except Exception as exc:

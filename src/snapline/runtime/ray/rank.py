@@ -1,0 +1,30 @@
+"""One rank of a job on Ray: a Ray actor whose process runs the local runtime's worker loop.
+
+The actor is created by the supervisor (``supervisor.RaySupervisor``) with ``max_restarts=0``:
+snapline, not Ray, restarts a failed rank, as a new actor booted for the recovery. ``run`` blocks
+for the rank's whole life. A worker that fails exits its process as a local worker would (the
+supervisor sees its control link close); one that finishes returns and the supervisor removes
+the actor.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class RankActor:
+    """Runs one rank's worker (``snapline.runtime.local.worker``) inside a Ray actor."""
+
+    def run(self, boot: bytes) -> int:
+        """Boot the worker from ``boot`` (msgpack, as a local worker reads from stdin); run it."""
+        from snapline.runtime.local.wire import unpack
+        from snapline.runtime.local.worker import Worker, run_worker
+
+        worker = Worker(unpack(boot))
+        try:
+            run_worker(worker)
+        except SystemExit as exc:
+            # A failed rank ends its process, like a local worker: Ray must not keep it (and
+            # its half-torn sockets) alive as an idle actor.
+            os._exit(exc.code if isinstance(exc.code, int) else 3)
+        return 0

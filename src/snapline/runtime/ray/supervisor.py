@@ -1,0 +1,207 @@
+"""Process control and failure notification of a job on Ray: one actor per rank.
+
+Theory of operation
+-------------------
+``spawn`` takes a Ray actor (``rank.RankActor``, ``max_restarts=0``, no CPU held, spread over
+the cluster's nodes) and calls its ``run`` with the rank's boot data, which the actor's
+process uses exactly as a local worker uses its stdin. The worker connects its control link to
+this supervisor and its channels to the other ranks as a local worker does; its hello names
+its pid, which is how ``snapline ps`` can show it for a ``kill -9`` from outside. One idle
+actor is always started ahead (a spare) and the next ``spawn`` takes it: a new Ray worker
+process needs seconds to start and import on a busy machine, which a recovery should not wait.
+
+Failures: a rank's process that dies (``kill -9``, ``ray.kill``, the loss of its Ray node)
+closes its control link, which the base supervisor reports at once; the ``run`` call's result
+(an error for a dead actor) is a second notice, polled with ``ray.wait``; heartbeats on the
+control link show hangs. A failed rank's actor is killed with ``ray.kill`` and the rank
+restarted as a new actor, one rank at a time as on the local runtime, so only what the
+protocol says rolls back. Ray places the new actor on a node that is still there.
+
+Where it runs: the channels and control links are the local runtime's Unix sockets, so every
+rank must run on the host of the supervisor. Actors are only placed on Ray nodes whose address
+is this host's (several raylets on one machine form such a cluster); a cluster with other hosts
+is refused at start with a clear error until the channels speak TCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from typing import Any
+
+from snapline.errors import ConfigError
+from snapline.runtime.local.supervisor import RankSlot, Supervisor
+from snapline.runtime.local.wire import pack
+
+_INSTALL = "install Ray with pip install 'snapline[ray]'"
+
+
+class RaySupervisor(Supervisor):
+    """A ``Supervisor`` whose ranks are Ray actors (see the module docstring)."""
+
+    def __init__(self, *, address: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        try:
+            import ray
+        except ImportError as exc:
+            raise ConfigError(f"--engine ray: {_INSTALL}") from exc
+        self._ray: Any = ray
+        self._started_ray = False
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            self._started_ray = True
+        self._nodes = _local_nodes(ray)
+        from snapline.runtime.ray.rank import RankActor
+
+        self._actor_class: Any = ray.remote(max_restarts=0, max_task_retries=0)(RankActor)
+        self._actors: dict[int, Any] = {}
+        self._runs: dict[int, Any] = {}
+        self._spawned = 0
+        #: An actor started ahead, idle, that the next restarted rank takes over: a new Ray
+        #: worker process takes seconds to start and import, which a recovery should not wait.
+        self._spare: Any = None
+        self.log("ray_connected", nodes=len(self._nodes), started=self._started_ray)
+
+    # ------------------------------------------------------------------ starting
+
+    def spawn(self, rank: int, boot: dict[str, Any]) -> None:
+        """Start ``rank`` as a new actor (its pid is learnt from its hello)."""
+        slot = self.slots[rank]
+        self._forget_actor(rank)
+        self.starting(slot, None)
+        actor, self._spare = self._spare, None
+        took_spare = actor is not None
+        if actor is None:
+            actor = self._new_actor()
+        self._actors[rank] = actor
+        self._runs[rank] = actor.run.remote(pack(boot))
+        self.log("spawned", rank=rank, pid=None, spare=took_spare)
+        self._spare = self._new_actor()
+
+    def _new_actor(self) -> Any:
+        """A new rank actor, on the next node of this host's Ray nodes in turn."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        alive = _local_nodes(self._ray) or self._nodes
+        node = alive[self._spawned % len(alive)]
+        self._spawned += 1
+        return self._actor_class.options(
+            num_cpus=0,
+            # soft: a node that died a moment ago may still be listed alive; Ray then places
+            # the actor on another node rather than failing it.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+        ).remote()
+
+    def _expects(self, slot: RankSlot, pid: int) -> bool:
+        """The rank's actor introduces itself: learn its pid (for ``ps`` and ``kill``)."""
+        if not slot.alive or slot.rank not in self._actors:
+            return False
+        if slot.pid is None:
+            slot.pid = pid
+            self.watch_pid(slot)  # the actor runs on this host: a pidfd shows its exit at once
+            self.log("rank_started", rank=slot.rank, pid=pid)
+        return slot.pid == pid
+
+    # ------------------------------------------------------------------ failures
+
+    def kill(self, rank: int, why: str) -> None:
+        """Kill ``rank``'s actor process (``ray.kill`` if its pid is not known yet)."""
+        slot = self.slots[rank]
+        if slot.alive and slot.pid is None:
+            slot.kill_reason = why
+            self.log("kill", rank=rank, pid=None, why=why)
+            self._forget_actor(rank)
+            self._reap(rank, why)
+            return
+        super().kill(rank, why)
+
+    def _reap(self, rank: int, why: str) -> None:
+        slot = self.slots[rank]
+        if not slot.alive:
+            return
+        if not slot.stopped and slot.pidfd is not None:
+            # A hung (SIGSTOPped) rank must not outlive its replacement; ray.kill alone asks
+            # its raylet, which may wait for the stopped process. Through the pidfd: a pid
+            # alone could name a reused process.
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+        super()._reap(rank, why)
+        self._forget_actor(rank)
+
+    def check_children(self) -> None:
+        """Notice actors Ray reports dead, then hangs (heartbeats)."""
+        if self._runs:
+            refs = list(self._runs.values())
+            ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0)
+            if ready:
+                done = {id(ref) for ref in ready}
+                for rank, ref in list(self._runs.items()):
+                    slot = self.slots[rank]
+                    if id(ref) in done and slot.alive and not slot.stopped:
+                        self._reap(rank, _why_ended(self._ray, ref))
+        super().check_children()
+
+    def _forget_actor(self, rank: int) -> None:
+        actor = self._actors.pop(rank, None)
+        self._runs.pop(rank, None)
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+
+    # ------------------------------------------------------------------ the end
+
+    def reap_finished(self, timeout_s: float) -> None:
+        """Wait for ranks that reported their result to return from ``run``; remove them."""
+        deadline = time.monotonic() + timeout_s
+        for slot in self.slots:
+            if not (slot.alive and slot.stopped):
+                continue
+            ref = self._runs.get(slot.rank)
+            if ref is not None:
+                with contextlib.suppress(Exception):
+                    self._ray.wait([ref], timeout=max(0.0, deadline - time.monotonic()))
+            self._reap(slot.rank, "finished")
+
+    def close(self) -> None:
+        """Remove every actor, then release what the base holds (and Ray, if we started it)."""
+        for slot in self.slots:
+            if slot.alive:
+                slot.stopped = True
+        for rank in list(self._actors):
+            self._forget_actor(rank)
+        if self._spare is not None:
+            with contextlib.suppress(Exception):
+                self._ray.kill(self._spare, no_restart=True)
+            self._spare = None
+        super().close()
+        if self._started_ray:
+            with contextlib.suppress(Exception):
+                self._ray.shutdown()
+
+
+def _why_ended(ray: Any, ref: Any) -> str:
+    try:
+        ray.get(ref, timeout=0)
+    except Exception as exc:
+        return f"actor died ({type(exc).__name__})"
+    return "returned without being told to stop"
+
+
+def _local_nodes(ray: Any) -> list[str]:
+    """Ids of the live Ray nodes on this host; ``ConfigError`` if the cluster spans hosts."""
+    here = ray.util.get_node_ip_address()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    others = sorted({node["NodeManagerAddress"] for node in nodes} - {here})
+    if others:
+        raise ConfigError(
+            f"--engine ray: this Ray cluster has nodes on other hosts ({', '.join(others)}); "
+            "snapline's channels are Unix sockets for now, so every rank must run on this "
+            f"host ({here}). Use a cluster of raylets on this machine, or --engine local"
+        )
+    return [str(node["NodeID"]) for node in nodes]
