@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,17 +105,113 @@ def _trace_hint_on_failure(store: Path, traced: bool) -> Iterator[None]:
         raise
 
 
+def _job_file_commands(path: Path) -> list[list[str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--job-file {path}: {exc}") from exc
+    out = [shlex.split(ln) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not out:
+        raise ConfigError(f"--job-file {path} names no command")
+    return out
+
+
+def _run_process_level(
+    first: str | None,
+    rest: list[str],
+    *,
+    n: int | None,
+    store: Path,
+    interval: str | None,
+    resume: bool,
+    backend: str,
+    job_file: Path | None,
+    hang: str | None,
+    max_restarts: int,
+    timeout: str | None,
+) -> None:
+    """``snapline run --level process``: see ``snapline.levels.process``."""
+    import sys
+
+    from snapline.cli.options import duration_s, optional_duration_s
+    from snapline.levels.process import ProcessJobSpec, run_process_job
+
+    spec = None
+    if not resume:
+        if job_file is not None:
+            if first is not None:
+                raise ConfigError("give either --job-file or a command, not both")
+            commands = _job_file_commands(job_file)
+            if n is not None and n != len(commands):
+                raise ConfigError(f"-n {n} but --job-file lists {len(commands)} commands")
+        elif first is None:
+            raise ConfigError(
+                "give the command to run after --, e.g. snapline run --level process -n 2 "
+                "--store DIR -- python train.py (or --resume a job in --store)"
+            )
+        else:
+            commands = [[first, *rest]] * (n or 1)
+        spec = ProcessJobSpec(
+            commands=commands,
+            backend=backend,
+            interval_s=duration_s(interval or "30s", "--interval"),
+            max_restarts=max_restarts,
+            hang_timeout_s=optional_duration_s(hang, "--heartbeat-timeout"),
+            timeout_s=optional_duration_s(timeout, "--timeout"),
+        )
+
+    def echo(pipe: str, data: bytes) -> None:
+        stream = sys.stdout if pipe.startswith("out") else sys.stderr
+        stream.flush()
+        stream.buffer.write(data)
+        stream.buffer.flush()
+
+    result = run_process_job(spec, store, resume=resume, echo=echo)
+    pauses = sorted(result.pauses_s)
+    median = f", median pause {pauses[len(pauses) // 2]:.2f}s" if pauses else ""
+    Console(stderr=True).print(
+        f"finished in {result.elapsed_s:.2f}s: {result.n} ranks, {result.checkpoints} "
+        f"checkpoints{median}, {result.recoveries} recoveries; output in {result.output_dir}",
+        highlight=False,
+    )
+    for note in result.notes:
+        Console(stderr=True).print(f"note: {note}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``run`` and ``ps`` to ``app``."""
 
-    @app.command("run")
+    # Extra arguments: with --level process, what follows the command's name (after --).
+    @app.command("run", context_settings={"allow_extra_args": True})
     def run_cmd(
+        ctx: typer.Context,
         app_name: Annotated[
             str | None,
             typer.Argument(
                 metavar="APP",
                 help="A built-in app (bank), path/file.py:Class or module:Class. "
-                "Optional with --resume.",
+                "Optional with --resume. With --level process: -- and the command to run "
+                "with its arguments.",
+            ),
+        ] = None,
+        level: Annotated[
+            str,
+            typer.Option(
+                "--level",
+                help="application (Process classes) or process (any program, "
+                "checkpointed from outside by CRIU).",
+            ),
+        ] = "application",
+        backend: Annotated[
+            str,
+            typer.Option("--backend", help="With --level process: the checkpointer (criu)."),
+        ] = "criu",
+        job_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--job-file",
+                metavar="FILE",
+                help="With --level process: one command per line, one rank each (# comments).",
             ),
         ] = None,
         store: Annotated[
@@ -130,11 +227,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         interval: Annotated[
-            str,
+            str | None,
             typer.Option(
-                "--interval", metavar=DURATION, help=f"Checkpoint interval ({DURATION_FORMAT})."
+                "--interval",
+                metavar=DURATION,
+                help=f"Checkpoint interval ({DURATION_FORMAT}; default 1s, process level 30s).",
             ),
-        ] = "1s",
+        ] = None,
         topology: Annotated[
             str | None,
             typer.Option(
@@ -161,22 +260,27 @@ def register(app: typer.Typer) -> None:
             typer.Option("--param", "-p", metavar="KEY=VALUE", help="App parameter (repeatable)."),
         ] = None,
         heartbeat_timeout: Annotated[
-            str,
+            str | None,
             typer.Option(
                 "--heartbeat-timeout",
                 metavar=DURATION,
-                help="Declare a silent rank hung after this long.",
+                help="Declare a silent rank hung after this long (default 3s). Process level: "
+                "declare the job hung when none of its processes wrote output for this long "
+                "(default: never).",
             ),
-        ] = "3s",
+        ] = None,
         max_restarts: Annotated[
             int, typer.Option("--max-restarts", help="Give up after this many restarts.")
         ] = 10,
         timeout: Annotated[
-            str,
+            str | None,
             typer.Option(
-                "--timeout", metavar=DURATION, help="Give up if the job has not finished by then."
+                "--timeout",
+                metavar=DURATION,
+                help="Give up if the job has not finished by then (default 10m; process level: "
+                "no limit).",
             ),
-        ] = "10m",
+        ] = None,
         no_trace: Annotated[
             bool, typer.Option("--no-trace", metavar=FLAG, help="Do not record a trace.")
         ] = False,
@@ -217,7 +321,34 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure."""
+        """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure.
+
+        With --level process, run any command instead: snapline run --level process -n 2
+        --store DIR -- python train.py. Each copy learns its rank from SNAPLINE_RANK (and
+        RANK); all are checkpointed together from outside and restored after a failure.
+        """
+        from snapline.levels.process.supervisor import JOB_FILE as PROCESS_JOB_FILE
+
+        args = list(ctx.args)
+        if level == "process" or (resume and (store / PROCESS_JOB_FILE).is_file()):
+            if engine not in (None, "local"):
+                raise ConfigError(
+                    f"--engine {engine} runs application-level jobs; --level process runs its "
+                    "processes on this machine"
+                )
+            _run_process_level(
+                app_name, args, n=n, store=store, interval=interval, resume=resume,
+                backend=backend, job_file=job_file, hang=heartbeat_timeout,
+                max_restarts=max_restarts, timeout=timeout,
+            )  # fmt: skip
+            return
+        if level != "application":
+            raise ConfigError(f"--level {level!r}: choose application or process")
+        if args or job_file is not None:
+            raise ConfigError(
+                "extra arguments and --job-file belong to --level process; an application-level "
+                "job takes one APP"
+            )
         from snapline.runtime.local import run
 
         if app_name is None and not resume:
@@ -229,14 +360,14 @@ def register(app: typer.Typer) -> None:
                 n,
                 store=store,
                 protocol=protocol,
-                interval=interval,
+                interval=interval or "1s",
                 topology=topology,
                 seed=seed,
                 resume=resume,
                 kill=kill or [],
-                heartbeat_timeout=heartbeat_timeout,
+                heartbeat_timeout=heartbeat_timeout or "3s",
                 max_restarts=max_restarts,
-                timeout=timeout,
+                timeout=timeout or "10m",
                 trace=not no_trace,
                 app_options=_parse_params(param or []) if param or not resume else None,
                 allow_pickle=allow_pickle,

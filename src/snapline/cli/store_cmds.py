@@ -72,6 +72,10 @@ def _open(directory: str) -> Store:
             f"rank: use {path / 'rank-0'} (and rank-1, ...); `snapline ls {directory}` lists "
             "them all with the recovery line"
         )
+    from snapline.levels.process.supervisor import JOB_FILE as PROCESS_JOB_FILE
+
+    if (path / PROCESS_JOB_FILE).is_file():  # a process-level job keeps its images here
+        return open_store(path / "images", create=False)
     return open_store(directory, create=False)
 
 

@@ -1,1 +1,1 @@
-"""Checkpoint levels coarser than the application: process (CRIU, DMTCP) and system (QEMU VMs)."""
+"""Checkpoint levels coarser than the application: process (CRIU) and system (QEMU VMs)."""

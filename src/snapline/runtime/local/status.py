@@ -54,6 +54,8 @@ class JobStatus:
     socket_dir: str = ""
     ranks: list[RankStatus] = field(default_factory=list)
     note: str = ""
+    #: Process-level jobs: the pid (and session) of the process all ranks descend from.
+    job_root_pid: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form."""

@@ -1,0 +1,99 @@
+"""The process level's pure pieces: job spec, job files, output repair, image round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snapline.cli.run_cmds import _job_file_commands
+from snapline.errors import ConfigError, RuntimeFailure
+from snapline.levels.process.images import load_global, newest_global, save_global
+from snapline.levels.process.supervisor import (
+    ProcessJobSpec,
+    _repair,
+    output_path,
+    rank_env,
+)
+from snapline.store import open_store
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = ProcessJobSpec(
+        commands=[["python", "a.py"], ["python", "b.py", "--x"]],
+        interval_s=2.5,
+        max_restarts=3,
+        hang_timeout_s=9.0,
+        keep_checkpoints=4,
+    )
+    assert ProcessJobSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ConfigError):
+        ProcessJobSpec.from_json({"format": "something else"})
+
+
+def test_job_file_lists_one_command_per_rank(tmp_path: Path) -> None:
+    path = tmp_path / "job.txt"
+    path.write_text("# servers\npython server.py --port 9000\n\n  python 'client x.py' 1\n")
+    assert _job_file_commands(path) == [
+        ["python", "server.py", "--port", "9000"],
+        ["python", "client x.py", "1"],
+    ]
+    path.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="names no command"):
+        _job_file_commands(path)
+
+
+def test_ranks_learn_rank_and_size_from_the_environment() -> None:
+    env = rank_env(2, 5)
+    assert (env["SNAPLINE_RANK"], env["SNAPLINE_WORLD_SIZE"]) == ("2", "5")
+    assert (env["RANK"], env["WORLD_SIZE"]) == ("2", "5")
+
+
+def test_output_paths() -> None:
+    assert output_path(Path("j"), "out3") == Path("j/output/rank-3.out")
+    assert output_path(Path("j"), "err12") == Path("j/output/rank-12.err")
+
+
+def test_repair_cuts_rolled_back_output_and_adds_what_a_dead_supervisor_did_not_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rank-0.out"
+    path.write_bytes(b"a\nb\nc\nrolled back\n")
+    _repair(path, 6, b"c\n")
+    assert path.read_bytes() == b"a\nb\nc\n"
+    path.write_bytes(b"a\n")
+    _repair(path, 6, b"b\nc\n")  # committed, then the supervisor died before releasing
+    assert path.read_bytes() == b"a\nb\nc\n"
+    path.write_bytes(b"")
+    with pytest.raises(RuntimeFailure, match="lacks 6 bytes"):
+        _repair(path, 6, b"c\n")
+
+
+def test_images_round_trip_through_the_store_and_share_unchanged_chunks(tmp_path: Path) -> None:
+    images = tmp_path / "dump"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    pages = rng.integers(0, 255, 12 * 2**20, dtype=np.uint8)
+    (images / "pages-1.img").write_bytes(pages.tobytes())
+    (images / "core-1.img").write_bytes(b"core")
+    (images / "empty.img").write_bytes(b"")
+    (images / "dump.log").write_text("not an image")
+    store = open_store(tmp_path / "images")
+    first = save_global(store, 1, images, {"out0": b"held\n"}, {"root": 7})
+    pages[:100] += 1  # one 4 MiB chunk changes
+    (images / "pages-1.img").write_bytes(pages.tobytes())
+    second = save_global(store, 2, images, {}, {"root": 7})
+    assert first.written_bytes >= 12 * 2**20
+    assert second.written_bytes < 5 * 2**20
+    assert newest_global(store) == 2
+    meta, output = load_global(store, 1, tmp_path / "back")
+    assert meta == {"root": 7}
+    assert output == {"out0": b"held\n"}
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == [
+        "core-1.img",
+        "empty.img",
+        "pages-1.img",
+    ]
+    assert (tmp_path / "back" / "core-1.img").read_bytes() == b"core"
+    store.close()
