@@ -99,15 +99,42 @@ def check_all() -> list[Finding]:
             fix="use --backend criu (CRIU and DMTCP replaced BLCR)",
         )
     )
-    out.append(
-        Finding(
+    out.append(_system())
+    return out
+
+
+def _system() -> Finding:
+    """The system level: QEMU, the QMP client and a static busybox for the guest image."""
+    from snapline.errors import ConfigError
+    from snapline.levels.system.image import BUSYBOX_CANDIDATES
+    from snapline.levels.system.machine import find_qemu, qmp_client_class
+
+    try:
+        qemu = find_qemu()
+        qmp_client_class()
+    except ConfigError as exc:
+        return Finding(
             area="level",
             name="system",
             ok=False,
-            detail="whole-VM checkpoints (QEMU) are not part of this version",
+            detail=str(exc),
+            fix="apt-get install qemu-system-x86 qemu-utils busybox-static; "
+            "pip install 'snapline[vm]'",
         )
+    if not any(Path(b).is_file() for b in BUSYBOX_CANDIDATES):
+        return Finding(
+            area="level",
+            name="system",
+            ok=False,
+            detail="no static busybox for the guest image",
+            fix="apt-get install busybox-static",
+        )
+    return Finding(
+        area="level",
+        name="system",
+        ok=True,
+        detail=f"QEMU at {qemu} (guests run under TCG), qemu.qmp importable",
     )
-    return out
 
 
 def _mpi() -> Finding:
