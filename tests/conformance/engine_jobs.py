@@ -23,16 +23,21 @@ import pytest
 
 from snapline.runtime.local import RunResult, read_status, run
 
-_SUPPORT = Path(__file__).resolve().parents[1] / "integration" / "mpi_support.py"
+_SUPPORT = Path(__file__).resolve().parents[1] / "integration"
+
+
+def _support(name: str) -> Any:
+    """``tests/integration/<name>.py``, the helpers the integration tests share."""
+    spec = importlib.util.spec_from_file_location(f"snapline_tests_{name}", _SUPPORT / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_mpi() -> str:
     """The mpiexec the MPI engine will use (skip, or fail under CI, without the extra)."""
-    spec = importlib.util.spec_from_file_location("snapline_tests_mpi_support", _SUPPORT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    found: str = module.require_mpi()
+    found: str = _support("mpi_support").require_mpi()
     return found
 
 
@@ -49,16 +54,8 @@ def use_engine(engine: str) -> str:
 
 
 def ray_address() -> str:
-    """The local Ray every ray-engine test shares (started once, by the first that asks)."""
-    try:
-        import ray
-    except ImportError as exc:
-        message = f"needs the ray extra (pip install -e '.[test,ray]'): {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """The address of the local Ray every ray-engine test shares (started by the first)."""
+    ray = _support("ray_support").local_ray()
     address: str = ray.get_runtime_context().gcs_address
     return address
 

@@ -26,11 +26,17 @@ def require_ray() -> ModuleType:
     return ray
 
 
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[ModuleType]:
-    """A local Ray (2 CPUs, no dashboard), shut down at the end of the session."""
+def local_ray() -> ModuleType:
+    """``ray``, connected to the session's local Ray (2 CPUs, no dashboard; started if needed)."""
     ray = require_ray()
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[ModuleType]:
+    """The session's local Ray, shut down at the end of the session."""
+    ray = local_ray()
     yield ray
     ray.shutdown()
