@@ -30,7 +30,7 @@ def test_a_node_lost_mid_run_is_recovered_with_the_correct_result(tmp_path: Path
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(lines[-1])
     assert "error" not in report, report
-    # One rank ran on each node; the lost node's rank failed, was restarted elsewhere.
+    # The lost node ran one rank: it failed once and was restarted on another node.
     assert len(report["failures"]) == 1, report
     assert report["recoveries"] == 1, report
     assert report["problems"] == [], report

@@ -57,7 +57,10 @@ def main(store: str) -> None:
         if status.state == "running" and status.messages_delivered >= 100:
             break
         time.sleep(0.05)
-    victim = workers[0]
+    # A node that runs a rank (one may hold only the engine's spare actor): Ray's workers are
+    # children of their node's raylet.
+    parents = {_parent(r.pid) for r in read_status(Path(store)).ranks if r.pid is not None}
+    victim = next(node for node in workers if _raylet_pid(node) in parents)
     cluster.remove_node(victim, allow_graceful=False)  # its raylet and workers: SIGKILL
     thread.join(200)
     if "error" in outcome:
@@ -77,6 +80,15 @@ def main(store: str) -> None:
     )
     ray.shutdown()
     cluster.shutdown()
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _raylet_pid(node: Any) -> int:
+    return next(int(proc.pid) for kind, proc in node.live_processes() if kind == "raylet")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ this supervisor and its channels to the other ranks as a local worker does; its 
 its pid, which is how ``snapline ps`` can show it for a ``kill -9`` from outside. One idle
 actor is always started ahead (a spare) and the next ``spawn`` takes it: a new Ray worker
 process needs seconds to start and import on a busy machine, which a recovery should not wait.
+For some seconds after a rank died on a node, new actors (and the spare) avoid that node: it
+may have been lost, though Ray still lists it alive until its health checks time out.
 
 Failures: a rank's process that dies (``kill -9``, ``ray.kill``, the loss of its Ray node)
 closes its control link, which the base supervisor reports at once; the ``run`` call's result
@@ -35,6 +37,8 @@ from snapline.runtime.local.supervisor import RankSlot, Supervisor
 from snapline.runtime.local.wire import pack
 
 _INSTALL = "install Ray with pip install 'snapline[ray]'"
+#: How long after a rank died on a node new actors avoid that node (it may be lost).
+_SUSPECT_S = 30.0
 
 
 class RaySupervisor(Supervisor):
@@ -66,6 +70,11 @@ class RaySupervisor(Supervisor):
         #: An actor started ahead, idle, that the next restarted rank takes over: a new Ray
         #: worker process takes seconds to start and import, which a recovery should not wait.
         self._spare: Any = None
+        #: The node each actor (spare included) was placed on, and the nodes where a rank died
+        #: recently: such a node may be lost, though Ray lists it alive for a few seconds more.
+        self._spare_node = ""
+        self._rank_node: dict[int, str] = {}
+        self._suspect: dict[str, float] = {}
         self.log("ray_connected", nodes=len(self._nodes), started=self._started_ray)
 
     # ------------------------------------------------------------------ starting
@@ -75,28 +84,41 @@ class RaySupervisor(Supervisor):
         slot = self.slots[rank]
         self._forget_actor(rank)
         self.starting(slot, None)
-        actor, self._spare = self._spare, None
+        actor, node, self._spare = self._spare, self._spare_node, None
+        if actor is not None and node in self._avoid():
+            with contextlib.suppress(Exception):  # it may have died with its node
+                self._ray.kill(actor, no_restart=True)
+            actor = None
         took_spare = actor is not None
         if actor is None:
-            actor = self._new_actor()
-        self._actors[rank] = actor
+            actor, node = self._new_actor()
+        self._actors[rank], self._rank_node[rank] = actor, node
         self._runs[rank] = actor.run.remote(pack(boot))
-        self.log("spawned", rank=rank, pid=None, spare=took_spare)
-        self._spare = self._new_actor()
+        self.log("spawned", rank=rank, pid=None, spare=took_spare, node=node)
+        self._spare, self._spare_node = self._new_actor()
 
-    def _new_actor(self) -> Any:
-        """A new rank actor, on the next node of this host's Ray nodes in turn."""
+    def _avoid(self) -> set[str]:
+        """Nodes where a rank died in the last seconds (none if that would be every node)."""
+        now = time.monotonic()
+        self._suspect = {n: t for n, t in self._suspect.items() if now - t < _SUSPECT_S}
+        alive = set(_local_nodes(self._ray) or self._nodes)
+        return set(self._suspect) if alive - set(self._suspect) else set()
+
+    def _new_actor(self) -> tuple[Any, str]:
+        """A new rank actor and its node: the next of this host's Ray nodes in turn."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        alive = _local_nodes(self._ray) or self._nodes
+        avoid = self._avoid()
+        alive = [n for n in _local_nodes(self._ray) or self._nodes if n not in avoid]
         node = alive[self._spawned % len(alive)]
         self._spawned += 1
-        return self._actor_class.options(
+        actor = self._actor_class.options(
             num_cpus=0,
-            # soft: a node that died a moment ago may still be listed alive; Ray then places
-            # the actor on another node rather than failing it.
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+            # Hard, so the node recorded is where it runs: a node where a rank just died is
+            # avoided for a while (``_avoid``), as Ray may list a lost node alive for seconds.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
         ).remote()
+        return actor, node
 
     def _expects(self, slot: RankSlot, pid: int) -> bool:
         """The rank's actor introduces itself: learn its pid (for ``ps`` and ``kill``)."""
@@ -131,6 +153,8 @@ class RaySupervisor(Supervisor):
             # alone could name a reused process.
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+        if not slot.stopped and rank in self._rank_node:
+            self._suspect[self._rank_node[rank]] = time.monotonic()
         super()._reap(rank, why)
         self._forget_actor(rank)
 
@@ -143,8 +167,16 @@ class RaySupervisor(Supervisor):
                 done = {id(ref) for ref in ready}
                 for rank, ref in list(self._runs.items()):
                     slot = self.slots[rank]
-                    if id(ref) in done and slot.alive and not slot.stopped:
-                        self._reap(rank, _why_ended(self._ray, ref))
+                    if id(ref) not in done or not slot.alive or slot.stopped:
+                        continue
+                    why = _why_ended(self._ray, ref)
+                    if why is None:
+                        # Unavailable for a moment (Ray lost the link to it, e.g. while a node
+                        # goes): not a death. The control link, pidfd and heartbeats still watch.
+                        del self._runs[rank]
+                        self.log("actor_unavailable", rank=rank)
+                    else:
+                        self._reap(rank, why)
         super().check_children()
 
     def _forget_actor(self, rank: int) -> None:
@@ -185,9 +217,12 @@ class RaySupervisor(Supervisor):
                 self._ray.shutdown()
 
 
-def _why_ended(ray: Any, ref: Any) -> str:
+def _why_ended(ray: Any, ref: Any) -> str | None:
+    """Why a rank's finished ``run`` call ended; None if Ray only lost sight of the actor."""
     try:
         ray.get(ref, timeout=0)
+    except ray.exceptions.ActorUnavailableError:
+        return None
     except Exception as exc:
         return f"actor died ({type(exc).__name__})"
     return "returned without being told to stop"
