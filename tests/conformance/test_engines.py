@@ -43,6 +43,7 @@ from snapline.apps import APPS
 from snapline.errors import RuntimeFailure
 from snapline.protocols import protocol_names
 from snapline.runtime.local import RunResult, read_status, run
+from snapline.runtime.local.chaos.inject import process_state
 from snapline.runtime.local.status import pid_alive
 from snapline.runtime.local.verify import check_run
 from snapline.runtime.sim import SimConfig, run_simulation
@@ -184,7 +185,9 @@ def test_a_hung_rank_is_found_by_heartbeats_and_recovered(tmp_path: Path, engine
     result = job.outcome()
     problem = check_failed_as_engine_says(result, engine, victim, pid, "no heartbeat")
     assert problem is None, problem
-    assert not pid_alive(pid), "the hung rank outlived its replacement"
+    # Dead is gone or a zombie: an MPI rank orphaned by its killed hydra proxy stays a zombie
+    # until whoever adopts it gets round to reaping it, which can be after the job returned.
+    assert process_state(pid) in (None, "Z", "X"), "the hung rank outlived its replacement"
     assert check_run(result, app="bank", app_params=params, topology="complete") == []
 
 
