@@ -268,6 +268,15 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def _sigkill(self, slot: RankSlot) -> None:
+        """SIGKILL ``slot``'s worker through its pidfd (a pid alone could name a reused process)."""
+        if slot.pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+        elif slot.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(slot.pid, signal.SIGKILL)
+
     def _reap(self, rank: int, why: str) -> None:
         slot = self.slots[rank]
         if not slot.alive:

@@ -135,7 +135,7 @@ class MpiSupervisor(Supervisor):
         if not slot.alive:
             return
         if not slot.stopped:
-            self._signal(slot)  # a hung rank must not outlive the job (base: proc.kill())
+            self._sigkill(slot)  # a hung rank must not outlive the job (base: proc.kill())
         super()._reap(rank, why)
         if not slot.stopped:
             self._end_world(f"rank {rank} failed ({slot.failure})")
@@ -171,19 +171,10 @@ class MpiSupervisor(Supervisor):
         self._end_world_process()
         for slot in self.slots:
             if slot.alive and not slot.stopped:
-                self._signal(slot)
+                self._sigkill(slot)
         for slot in self.slots:
             if slot.alive and not slot.stopped:
                 super()._reap(slot.rank, f"the MPI job ended: {why}")
-
-    def _signal(self, slot: RankSlot) -> None:
-        # Through the pidfd when there is one: a pid alone could name a reused process.
-        if slot.pidfd is not None:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
-        elif slot.pid is not None:
-            with contextlib.suppress(OSError):
-                os.kill(slot.pid, signal.SIGKILL)
 
     def _end_world_process(self) -> None:
         world = self._world

@@ -28,7 +28,6 @@ is refused at start with a clear error until the channels speak TCP.
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from typing import Any
 
@@ -149,10 +148,8 @@ class RaySupervisor(Supervisor):
             return
         if not slot.stopped and slot.pidfd is not None:
             # A hung (SIGSTOPped) rank must not outlive its replacement; ray.kill alone asks
-            # its raylet, which may wait for the stopped process. Through the pidfd: a pid
-            # alone could name a reused process.
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+            # its raylet, which may wait for the stopped process.
+            self._sigkill(slot)
         if not slot.stopped and rank in self._rank_node:
             self._suspect[self._rank_node[rank]] = time.monotonic()
         super()._reap(rank, why)
