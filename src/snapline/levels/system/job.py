@@ -113,7 +113,7 @@ class VmJob:
         self.on_output = on_output or (lambda rank, data: None)
         self.on_event = on_event or (lambda line: None)
         self._prepare_dir(resume)
-        self.image: GuestImage = build_image(spec.workload)
+        self.image: GuestImage = build_image(spec.workload, rootfs=spec.rootfs)
         self.run_dir = Path(tempfile.mkdtemp(prefix="snapline-vm-"))
         self.switch = Switch(self.run_dir, spec.guests) if spec.network == "switch" else None
         self.monitors = Monitors(timeout_s=hang_timeout_s)
