@@ -55,7 +55,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from snapline.errors import SnaplineError
+from snapline.errors import ConfigError, SnaplineError
 from snapline.levels.process import BACKENDS, make_backend, procs
 from snapline.levels.process.images import load_global, save_global
 from snapline.levels.process.supervisor import scratch_dir, shm_dir
@@ -216,10 +216,7 @@ def application_level(program: Path, work: Path, mib: int, checkpoints: int, res
 def process_level(
     backend_name: str, program: Path, work: Path, mib: int, checkpoints: int, restores: int
 ) -> Any:
-    try:
-        backend = make_backend(backend_name)
-    except SnaplineError as exc:
-        return {"level": f"process ({backend_name})", "available": False, "why": str(exc)}
+    backend = make_backend(backend_name)  # ConfigError: not available here
     read, write = os.pipe()
     pipe_name = f"pipe:[{os.fstat(write).st_ino}]"
     argv = ["/bin/sh", "-c", f'exec "$0" "$@" >&{write} 2>&1', sys.executable, str(program)]
@@ -329,11 +326,13 @@ def system_level(program: Path, work: Path, mib: int, checkpoints: int, restores
 
 
 def _guarded(name: str, run: Callable[[], Any]) -> Any:
-    """A level that cannot run here is reported with the reason; the others still run."""
+    """A level that cannot run here (or fails) is reported with the reason; the others run."""
     try:
         return run()
-    except SnaplineError as exc:
+    except ConfigError as exc:
         return {"level": name, "available": False, "why": str(exc)}
+    except SnaplineError as exc:
+        return {"level": name, "available": False, "why": f"failed: {exc}"}
 
 
 def main() -> None:
@@ -348,7 +347,7 @@ def main() -> None:
         procs.enter_private_network()  # before any thread; the process level needs it
         procs.become_subreaper()
         isolated = None
-    except SnaplineError as exc:
+    except ConfigError as exc:
         isolated = str(exc)
     work = Path(tempfile.mkdtemp(prefix="snapline-levels-"))
     program = work / "counter.py"
