@@ -95,6 +95,7 @@ if [ -n "$ROOT" ]; then
     mount -t sysfs sys $R/sys
     mount -t devtmpfs dev $R/dev
     cp /workload.sh $R/tmp/workload.sh
+    if [ -f $R/snapline.env ]; then . $R/snapline.env; fi
     chroot $R /bin/sh /tmp/workload.sh </dev/null >/dev/ttyS1 2>&1
   else
     echo "snapline init: cannot mount the root disk $ROOT" >/dev/ttyS1

@@ -9,7 +9,10 @@ interpreter that runs snapline (``sys.base_prefix``: its binary, its standard li
 tests, IDLE, tkinter and the like), the packages asked for (numpy by default, copied from
 wherever this interpreter imports them), every shared library ``ldd`` says those files need,
 the static busybox with its applet links (the shell), and a ``/etc/passwd``. Everything sits
-at the path it has on the host, so the interpreter finds its prefix as it does here.
+at the path it has on the host, so the interpreter finds its prefix as it does here; the
+directories the packages came from (a virtual environment's ``site-packages``, Debian's
+``dist-packages``) are put on the guest's ``PYTHONPATH`` by ``/snapline.env``, which ``/init``
+reads before it runs the workload.
 
 The image is built by ``mke2fs -d`` from a staging directory (no mount, no root needed) and
 cached under a key of what it would hold (the interpreter, the packages' files with their
@@ -33,7 +36,7 @@ from pathlib import Path
 from snapline.errors import ConfigError
 from snapline.levels.system.image import cache_dir, find_busybox
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 DEFAULT_PACKAGES = ("numpy",)
 # Parts of the standard library a program in a guest does not need (and that are large).
 _SKIP_DIRS = frozenset(
@@ -51,6 +54,7 @@ _SKIP_DIRS = frozenset(
 )
 _SKIP_SUFFIXES = (".opt-1.pyc", ".opt-2.pyc", ".a")
 _LABEL = "snapline-py"
+ENV_FILE = "snapline.env"  # at the disk's root: sourced by /init (image.py) before the workload
 
 
 def python_rootfs(*, packages: Iterable[str] = DEFAULT_PACKAGES, cache: Path | None = None) -> Path:
@@ -73,9 +77,9 @@ def python_rootfs(*, packages: Iterable[str] = DEFAULT_PACKAGES, cache: Path | N
         )
     stdlib = prefix / "lib" / f"python{version}"
     trees = [(stdlib, stdlib)]
-    site = stdlib / "site-packages"
     for name in packages:
-        trees += [(src, site / src.name) for src in _package_dirs(name)]
+        trees += [(src, src) for src in _package_dirs(name)]
+    search_path = sorted({str(src.parent) for src, _ in trees[1:]})
     key = _key(executable, trees, busybox)
     image = cache / "rootfs" / f"python{version}-{key}.ext4"
     if image.exists():
@@ -84,6 +88,8 @@ def python_rootfs(*, packages: Iterable[str] = DEFAULT_PACKAGES, cache: Path | N
     with tempfile.TemporaryDirectory(prefix="snapline-rootfs-", dir=image.parent) as tmp:
         stage = Path(tmp) / "root"
         _stage(stage, executable, trees, busybox)
+        env = f"export PYTHONPATH={':'.join(search_path)}\n" if search_path else ""
+        (stage / ENV_FILE).write_text(env)
         staged = sum(_sizes(stage))
         # ext4 needs room for its metadata besides the files: 30% and 32 MiB was enough for
         # every staging tried (a full disk fails the build with mke2fs's message).
