@@ -331,7 +331,7 @@ def _guarded(name: str, run: Callable[[], Any]) -> Any:
         return run()
     except ConfigError as exc:
         return {"level": name, "available": False, "why": str(exc)}
-    except SnaplineError as exc:
+    except (SnaplineError, TimeoutError) as exc:
         return {"level": name, "available": False, "why": f"failed: {exc}"}
 
 
