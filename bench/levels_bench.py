@@ -391,8 +391,9 @@ def print_table(result: dict[str, Any]) -> None:
     missing = []
     for level in result["levels"]:
         if not level["available"]:
-            table.add_row(level["level"], "not available", "", "", "", "", "")
-            missing.append(f"{level['level']} not available: {level['why']}")
+            failed = level["why"].startswith("failed: ")
+            table.add_row(level["level"], "failed" if failed else "not available", *[""] * 5)
+            missing.append(f"{level['level']} {'' if failed else 'not available: '}{level['why']}")
             continue
         table.add_row(
             level["level"],
