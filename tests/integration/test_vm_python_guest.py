@@ -5,14 +5,19 @@ the output the host collected holds every count exactly once."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from vm_support import kill_all, records, released, require_python_guest, snapline, status, wait_for
+
+from snapline.errors import ConfigError
+from snapline.levels.system import CheckpointRecord, VmJob, VmSpec
 
 
 def _spec(tmp_path: Path, workload: str) -> Path:
@@ -77,3 +82,27 @@ def test_a_python_guest_killed_is_restored_with_its_disk(tmp_path: Path) -> None
     sums = re.findall(r"^count (\d+) (\d+)$", released(job, 0), re.MULTILINE)
     assert all(int(s) == int(i) * (int(i) + 1) // 2 for i, s in sums)
     assert records(job)
+
+
+def test_a_checkpoint_of_guests_on_another_disk_is_not_restored(tmp_path: Path) -> None:
+    """The guests' page caches hold blocks of their disk: restoring them over another one
+    (the host's Python or numpy changed since) is refused before any QEMU starts."""
+    require_python_guest()
+    spec = VmSpec(guests=1, memory_mib=128, workload="true\n", network="none", rootfs="python")
+    job = VmJob(spec, tmp_path / "job", interval_s=None)
+    try:
+        old = "python3.11-0123456789abcdef.ext4"
+        state = {"stream": [np.zeros(4, np.uint8)], "frames": [], "output": np.zeros(0, np.uint8)}
+        job.stores[0].save({**state, "output_base": 0}, step=1, meta={"disk": old})
+        record = CheckpointRecord(
+            step=1, created_unix_s=0.0, pause_s=0.1, stop_skew_s=0.0, save_s=0.1,
+            stream_bytes=[4], written_bytes=[4], in_flight_frames=[0], frames_consumed=True,
+        )  # fmt: skip
+        (tmp_path / "job" / "checkpoints" / "00000001.json").write_text(
+            json.dumps(record.to_json())
+        )
+        with pytest.raises(ConfigError, match=f"taken with the guest disk {old}"):
+            job.start(step=1)
+        assert job.machines == []
+    finally:
+        job.close()
