@@ -1,7 +1,8 @@
 """System-level guests with ``rootfs = "python"``: the host's Python and numpy on a read-only
 disk. A guest boots, runs a Python line and powers off; under ``-m slow``, a Python counter
 guest is killed with kill -9 and restored from its checkpoint (the disk stays attached), and
-the output the host collected holds every count exactly once."""
+the output the host collected holds every count exactly once. A checkpoint taken on another
+disk is refused."""
 
 from __future__ import annotations
 
