@@ -140,6 +140,13 @@ def _read_cut(base: Path, store_dir: Path, config: JobConfig, new_n: int) -> _Cu
         tentative={r: lv.tentative_records() for r, lv in ledgers.items()},
     )
     plan = protocol_class(config.protocol).plan_recovery(view)
+    if plan.replay_timers_only:
+        raise ConfigError(
+            f"{config.protocol} recovers by re-executing the messages each rank logged after "
+            "its checkpoint, so its checkpoints are no consistent cut that keys could be "
+            f"split from: a job under it can only resume on {n} ranks (resume with -n {n}; "
+            "docs/howto/resize.md lists the protocols that can resize)"
+        )
     records: dict[int, CheckpointRecord] = {}
     for r in range(n):
         index = int(plan.restore.get(r, 0))
