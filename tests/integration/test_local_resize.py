@@ -204,3 +204,32 @@ def test_second_resize_and_prune(tmp_path: Path) -> None:
     # Every rank of the 3-rank job checkpointed: a later resume prunes the old ranks' files.
     resume_on(store, 3)
     assert not (store / "resize" / "1" / "previous").exists()
+
+
+def test_a_resize_cut_short_after_its_commit_is_finished_by_the_next_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapline.runtime.local import resize
+
+    store = tmp_path / "job"
+    run("wordcount", 3, store=store, app_options=PARAMS, interval="0.1s", timeout="120s")
+    real_finish = resize._finish
+
+    def crash_after_moving_the_ledgers(*args: Any) -> Any:
+        # The start states are committed; the process dies having moved the ledgers only.
+        (store / "resize" / "1" / "previous").mkdir()
+        os.replace(store / "ledger", store / "resize" / "1" / "previous" / "ledger")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resize, "_finish", crash_after_moving_the_ledgers)
+    with pytest.raises(KeyboardInterrupt):
+        run("wordcount", 5, store=store, resume=True)
+    assert json.loads((store / "job.json").read_text())["n"] == 3
+    monkeypatch.setattr(resize, "_finish", real_finish)
+    # A plain --resume finishes the resize (to 5 ranks), then runs.
+    result = run("wordcount", store=store, resume=True, timeout="120s")
+    assert result.n == 5
+    assert counts(result) == expected_counts()
+    assert sorted(p.name for p in (store / "resize" / "1" / "previous").iterdir()) == [
+        "ledger", "rank-0", "rank-1", "rank-2",
+    ]  # fmt: skip
