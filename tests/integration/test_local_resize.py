@@ -233,3 +233,23 @@ def test_a_resize_cut_short_after_its_commit_is_finished_by_the_next_resume(
     assert sorted(p.name for p in (store / "resize" / "1" / "previous").iterdir()) == [
         "ledger", "rank-0", "rank-1", "rank-2",
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["mpi", "ray"])
+def test_a_store_resized_resumes_on_the_mpi_and_ray_engines(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    # The engines share the local runtime's resume path: the resize happens before any rank
+    # starts, and each engine's ranks build their start states the same way.
+    kwargs: dict[str, Any] = {"engine": engine}
+    if engine == "mpi":
+        from mpi_support import require_mpi
+
+        require_mpi()
+    else:
+        ray = request.getfixturevalue("ray_session")
+        kwargs["ray_address"] = ray.get_runtime_context().gcs_address
+    store = tmp_path / "job"
+    start_and_kill(store, 4, "chandy-lamport")
+    resume_on(store, 3, **kwargs)
