@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snapline.errors import ConfigError
+from snapline.protocols.base import CheckpointRecord
 from snapline.runtime import keyed
-from snapline.runtime.local.resize import plan_starts
+from snapline.runtime.local.resize import in_transit_messages, plan_starts
 
 keys = st.one_of(st.text(max_size=12), st.integers(-(10**12), 10**12))
 
@@ -78,3 +79,23 @@ def test_resize_gives_every_key_and_message_to_its_new_owner(
 def test_more_ranks_than_key_groups_is_refused() -> None:
     with pytest.raises(ConfigError, match="at most key_groups ranks; choose -n <= 4"):
         plan_starts({"a": 1}, [], new_n=5, key_groups=4, message_key=str)
+
+
+def _record(rank: int, sent: dict[int, int], received: dict[int, int]) -> CheckpointRecord:
+    return CheckpointRecord(rank=rank, index=1, forced=False, sent=sent, received=received)
+
+
+def test_in_transit_messages_are_collected_in_channel_order() -> None:
+    records = {0: _record(0, {1: 3}, {1: 1}), 1: _record(1, {0: 1}, {0: 1})}
+    at_hand = {(0, 1): {2: "b", 3: "c", 9: "sent after the cut"}}
+    got = in_transit_messages(records, [[0, 1], [1, 0]], at_hand, protocol="chandy-lamport")
+    assert got == [(0, "b"), (0, "c")]
+
+
+def test_an_orphan_or_a_lost_in_transit_message_is_refused() -> None:
+    orphan = {0: _record(0, {1: 1}, {}), 1: _record(1, {}, {0: 2})}
+    with pytest.raises(ConfigError, match="received 2 messages from rank 0, which sent only 1"):
+        in_transit_messages(orphan, [[0, 1]], {}, protocol="p")
+    lost = {0: _record(0, {1: 2}, {}), 1: _record(1, {}, {0: 0})}
+    with pytest.raises(ConfigError, match="message 2 on channel 0->1 is in transit"):
+        in_transit_messages(lost, [[0, 1]], {(0, 1): {1: "a"}}, protocol="p")

@@ -38,7 +38,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -199,12 +199,39 @@ def _read_cut(base: Path, store_dir: Path, config: JobConfig, new_n: int) -> _Cu
                 )
             items[key] = value
         in_transit.extend(held)
-    for src, dst in sorted((int(s), int(d)) for s, d in config.edges):
+    # Per sender, what was on its channels comes before what its checkpoint still held.
+    in_transit = [
+        *in_transit_messages(records, config.edges, at_hand, protocol=config.protocol),
+        *in_transit,
+    ]
+    return _Cut(
+        items=items,
+        in_transit=in_transit,
+        key_groups=int(probe.key_groups),
+        message_key=probe.message_key,
+    )
+
+
+def in_transit_messages(
+    records: Mapping[int, CheckpointRecord],
+    edges: Iterable[Sequence[int]],
+    at_hand: Mapping[tuple[int, int], Mapping[int, object]],
+    *,
+    protocol: str,
+) -> list[tuple[int, object]]:
+    """``(src, payload)`` of every message in transit in the cut ``records``, channel order.
+
+    ``at_hand[(src, dst)][seq]`` are the payloads the recovery plan can deliver again. Raises
+    ``ConfigError`` when the cut has an orphan or a message in transit is not at hand.
+    """
+    n = len(records)
+    out: list[tuple[int, object]] = []
+    for src, dst in sorted((int(s), int(d)) for s, d in edges):
         sent = int(records[src].sent.get(dst, 0))
         got = int(records[dst].received.get(src, 0))
         if got > sent:
             raise ConfigError(
-                f"the recovery line of {config.protocol} restores rank {dst} after it received "
+                f"the recovery line of {protocol} restores rank {dst} after it received "
                 f"{got} messages from rank {src}, which sent only {sent} in it: not a "
                 "consistent cut of checkpoints, so the job cannot resize (resume with "
                 f"-n {n}; see docs/howto/resize.md for the protocols that can)"
@@ -214,17 +241,12 @@ def _read_cut(base: Path, store_dir: Path, config: JobConfig, new_n: int) -> _Cu
             if seq not in channel:
                 raise ConfigError(
                     f"message {seq} on channel {src}->{dst} is in transit in the recovery line, "
-                    f"and {config.protocol} recorded no copy of it that the runtime could "
-                    f"re-route: the job cannot resize (resume with -n {n}; see "
-                    "docs/howto/resize.md for the protocols that can)"
+                    f"and {protocol} recorded no copy of it that the runtime could re-route: "
+                    f"the job cannot resize (resume with -n {n}; see docs/howto/resize.md for "
+                    "the protocols that can)"
                 )
-            in_transit.append((src, channel[seq]))
-    return _Cut(
-        items=items,
-        in_transit=in_transit,
-        key_groups=int(probe.key_groups),
-        message_key=probe.message_key,
-    )
+            out.append((src, channel[seq]))
+    return out
 
 
 def plan_starts(
