@@ -122,6 +122,9 @@ def run(
     line in ``store``, under the configuration stored with it (``app``, ``n``, ``protocol``,
     ``app_options`` ... may be left out; if given they must match). The fault-handling knobs
     (``kill``, ``timeout``, ``heartbeat_*``, ``max_restarts``) apply to the resumed run.
+    An ``n`` other than the stored one resizes the job first: its keyed state is split over
+    the new ranks (``snapline.runtime.keyed``; see ``runtime.local.resize``), and an app
+    without keyed state is refused with ``ConfigError``.
 
     ``allow_pickle=True`` pickles the parts of a state the safe codec cannot encode. Unsafe
     for checkpoints from untrusted sources (loading a pickle runs code); without it such a
