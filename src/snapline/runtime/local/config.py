@@ -221,6 +221,9 @@ class JobConfig:
     #: Pickle what the safe codec cannot encode (unsafe for untrusted checkpoints: loading
     #: a pickle runs code).
     allow_pickle: bool = False
+    #: The resize generation (``<store>/resize/<g>``) whose start states are this job's
+    #: initial states; empty for a job never resized (see ``runtime.local.resize``).
+    resized: str = ""
 
     def validate(self) -> None:
         """Raise ``ConfigError`` on values that cannot work."""
