@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from snapline.errors import RuntimeFailure
+from snapline.errors import ConfigError, RuntimeFailure
 from snapline.runtime.local import RunResult, read_status, run
 from snapline.runtime.local.status import pid_alive
 from snapline.runtime.local.verify import check_run
@@ -120,6 +120,25 @@ def test_whole_job_kill_then_resume_continues_from_recovery_line(tmp_path: Path)
         check=True,
     )
     assert "finished" in ps.stdout
+
+
+def test_resume_of_a_job_that_still_runs_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    cmd = [sys.executable, "-m", "snapline", "run", "bank", "-n", "2", "--store", str(store)]
+    cmd += ["-p", "messages=100000", "-p", "step_s=0.01"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        status = wait_for(store, lambda s: s.state == "running")
+        # Two supervisors on one store would each restart the other's ranks.
+        with pytest.raises(ConfigError, match=f"still runs \\(supervisor pid {proc.pid}\\)"):
+            run("bank", n=2, store=store, resume=True)
+        assert proc.poll() is None and read_status(store).supervisor_pid == status.supervisor_pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_resume_after_recoveries_continues_the_incarnations(tmp_path: Path) -> None:

@@ -43,7 +43,6 @@ ps``), ``rank-N/`` (checkpoint states), ``ledger/``, ``logs/*.jsonl`` (structure
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -57,7 +56,7 @@ from snapline.runtime.local.config import (
     parse_duration_s,
     parse_kill,
 )
-from snapline.runtime.local.job import LocalJob, RunResult, SupervisorFactory, _pid_is_supervisor
+from snapline.runtime.local.job import LocalJob, RunResult, SupervisorFactory, refuse_if_running
 from snapline.runtime.local.status import JobStatus, read_status
 from snapline.runtime.local.supervisor import Supervisor
 from snapline.runtime.process import Process
@@ -219,14 +218,7 @@ def _resized_if_asked(store: Path, n: int | None) -> JobConfig:
     resize.prune_previous(store, config)
     if n is None or n == config.n:
         return config
-    old: JobStatus | None = None
-    with contextlib.suppress(ConfigError):
-        old = read_status(store)
-    if old is not None and old.state in ("running", "recovering") and _pid_is_supervisor(old):
-        raise ConfigError(
-            f"the job in {store} still runs (supervisor pid {old.supervisor_pid}); "
-            "stop it before resuming it on another number of ranks"
-        )
+    refuse_if_running(store, "stop it before resuming it on another number of ranks")
     return resize.resize_job(store, config, n)
 
 

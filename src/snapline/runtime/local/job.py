@@ -210,13 +210,8 @@ class LocalJob:
                     f"{store} holds a job of app {previous.app!r}, n={previous.n}, protocol "
                     f"{previous.protocol!r}; resume it with the same app, -n and --protocol"
                 )
-            with contextlib.suppress(ConfigError):
-                old = read_status(store)
-                if old.state in ("running", "recovering") and _pid_is_supervisor(old):
-                    raise ConfigError(
-                        f"the job in {store} still runs (supervisor pid {old.supervisor_pid}); "
-                        "stop it before resuming"
-                    )
+            old = refuse_if_running(store, "stop it before resuming")
+            if old is not None:
                 self.epoch = max(self.epoch, old.incarnation)
             self.epoch = max(self.epoch, self._newest_incarnation())
         elif (store / "job.json").exists():
@@ -1073,6 +1068,18 @@ def _jsonable(obj: object) -> object:
     if isinstance(obj, bytes):
         return obj.hex()
     return repr(obj)
+
+
+def refuse_if_running(store: Path, what_to_do: str) -> JobStatus | None:
+    """The job's last status (None if unreadable); ``ConfigError`` if its supervisor still runs."""
+    old: JobStatus | None = None
+    with contextlib.suppress(ConfigError):  # no status yet (a job killed while starting)
+        old = read_status(store)
+    if old is not None and old.state in ("running", "recovering") and _pid_is_supervisor(old):
+        raise ConfigError(
+            f"the job in {store} still runs (supervisor pid {old.supervisor_pid}); {what_to_do}"
+        )
+    return old
 
 
 def _pid_is_supervisor(status: JobStatus) -> bool:
