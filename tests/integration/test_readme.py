@@ -91,7 +91,7 @@ def test_every_readme_block_runs_in_order_in_a_fresh_shell(tmp_path: Path) -> No
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,  # a hang guard: about 100 s on a quiet 2-core machine, 225 s at load 6
     )
     assert done.returncode == 0, (
         f"the README's blocks fail when run in order (exit {done.returncode}); the last block "
@@ -110,6 +110,11 @@ def test_every_readme_block_runs_in_order_in_a_fresh_shell(tmp_path: Path) -> No
         assert summary["results"] == expected, f"{job}: {summary['results']}"
     killed = json.loads((work / "job-kill" / "summary.json").read_text())
     assert len(killed["failures"]) == 1, killed["failures"]
+
+    # The word count killed on 4 ranks and resumed on 6 counted every word once.
+    resized = json.loads((work / "wc" / "summary.json").read_text())
+    words = sum(sum(counts.values()) for counts in resized["results"].values())
+    assert (resized["n"], resized["violations"], words) == (6, [], 12 * 150), resized
 
 
 def test_the_domino_figures_quoted_in_the_readme_are_what_compare_reports(
