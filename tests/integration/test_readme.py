@@ -91,7 +91,7 @@ def test_every_readme_block_runs_in_order_in_a_fresh_shell(tmp_path: Path) -> No
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=420,  # a hang guard: about 100 s on a quiet 2-core machine, 225 s at load 6
+        timeout=420,  # a hang guard: the script took 225 s at load 6 on 2 cores
     )
     assert done.returncode == 0, (
         f"the README's blocks fail when run in order (exit {done.returncode}); the last block "
