@@ -44,7 +44,7 @@ ps``), ``rank-N/`` (checkpoint states), ``ledger/``, ``logs/*.jsonl`` (structure
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,9 @@ def run(
     engine: str = "local",
     mpiexec: str | None = None,
     ray_address: str | None = None,
+    levels: str | None = None,
+    flush_every: int | None = None,
+    node_of: str | Sequence[str] | None = None,
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
 
@@ -134,6 +137,12 @@ def run(
     in ``store`` (see ``snapline.runtime.mpi``). ``engine="ray"`` runs each rank as a Ray
     actor (``ray_address``: an existing cluster; default a local Ray), restarted alone as a new
     actor after a failure (see ``snapline.runtime.ray``). A store can be resumed on any engine.
+
+    ``levels`` (e.g. ``"local:/scratch,partner,xor:4,remote:s3://b/p"``) writes checkpoints
+    to node-local directories first, protects them on other nodes and flushes every
+    ``flush_every``-th to the remote level (``snapline.store.multilevel``); ``node_of``
+    (``"0,0,1,1"`` or a list: rank r's node) says which node each rank is on (default: this
+    host). The job directory ``store`` keeps the ledgers and must survive a node.
     """
     store_path = Path(store).resolve()
     kills = [parse_kill(k) if isinstance(k, str) else (int(k[0]), float(k[1])) for k in kill]
@@ -152,6 +161,9 @@ def run(
             "topology": topology,
             "app_options": None if app_options is None else dict(app_options),
             "protocol_options": None if protocol_options is None else dict(protocol_options),
+            "levels": levels,
+            "flush_every": flush_every,
+            "node_of": None if node_of is None else _node_list(node_of),
         }
         for key, value in given.items():
             if value is not None and value != getattr(config, key):
@@ -188,6 +200,9 @@ def run(
             max_restarts=max_restarts,
             timeout_s=knobs["timeout_s"],
             allow_pickle=allow_pickle,
+            levels=levels or "",
+            flush_every=flush_every or 0,
+            node_of=[] if node_of is None else _node_list(node_of),
         )
     return LocalJob(
         config,
@@ -199,6 +214,12 @@ def run(
 
 
 ENGINES = ("local", "mpi", "ray")
+
+
+def _node_list(node_of: str | Sequence[str]) -> list[str]:
+    if isinstance(node_of, str):
+        return [part.strip() for part in node_of.split(",")]
+    return [str(node) for node in node_of]
 
 
 def _supervisor_factory(

@@ -66,6 +66,7 @@ from snapline.runtime.local.config import (
 )
 from snapline.runtime.local.control import check_from_supervisor
 from snapline.runtime.local.ledger import ledger_path, read_ledger
+from snapline.runtime.local.levels import flushed_record, load_checkpoint
 from snapline.runtime.local.plain import (
     record_to_plain,
     replay_from_plain,
@@ -219,9 +220,9 @@ class Worker:
             wake=self._wake,
             log=self.log,
         )
-        from snapline.store import open_store  # imported late: the store is heavier
+        from snapline.runtime.local.levels import rank_store  # late: the store is heavier
 
-        self.store = open_store(self.store_dir / f"rank-{self.rank}")
+        self.store = rank_store(self.config, self.rank, self._flushed)
         self._completions: deque[Completion] = deque()
         self._completions_lock = threading.Lock()
         self.writer = StableWriter(ledger_path(self.store_dir, self.rank), self.rank, self._post)
@@ -559,6 +560,12 @@ class Worker:
             incarnation=0,
         )
 
+    def _flushed(self, index: int, checkpoint_id: str) -> None:
+        # From the store's flusher thread: the remote level now holds checkpoint ``index``.
+        self.writer.put(
+            LedgerJob(generation=self.generation, record=flushed_record(index, checkpoint_id))
+        )
+
     def _build_restored(self, index: int, incarnation: int) -> None:
         self._reset_timers()
         # Void the ledger's records of later checkpoints (an undone future) before anything new.
@@ -584,7 +591,7 @@ class Worker:
         else:
             view = read_ledger(ledger_path(self.store_dir, self.rank), self.rank)
             record = view.persisted[index]
-            state = self.store.load(index, allow_pickle=self.config.allow_pickle)
+            state = load_checkpoint(self.store, view, index, allow_pickle=self.config.allow_pickle)
             image = CheckpointImage(record=record, state=state, extras=view.extras[index])
             self.engine = RankEngine.restored(
                 image=image,

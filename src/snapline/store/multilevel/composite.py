@@ -128,6 +128,9 @@ class MultiLevelStore:
         self._flush_wanted: int | None = None
         self._pending: LevelledSave | None = None
         self._closed = False
+        #: The remote level's steps, listed once and then kept up to date (listing an object
+        #: store on every ``steps()`` would cost a request each time).
+        self._remote_steps: set[int] | None = None
         #: Which level served each step loaded (``local``, ``partner``, ``xor``, ``remote``).
         self.served: dict[int, str] = {}
 
@@ -245,6 +248,8 @@ class MultiLevelStore:
             )
             self._drop("remote")
             return
+        if self._remote_steps is not None:
+            self._remote_steps.add(step)
         if self.on_flushed is not None:
             self.on_flushed(step, ident)
 
@@ -266,8 +271,13 @@ class MultiLevelStore:
         if self.xor is not None:
             out.append(("xor", self.xor.steps))
         if self.levels.remote:
-            out.append(("remote", lambda: self._store_steps("remote")))
+            out.append(("remote", self._listed_remote_steps))
         return out
+
+    def _listed_remote_steps(self) -> list[int]:
+        if self._remote_steps is None:
+            self._remote_steps = set(self._store_steps("remote"))
+        return sorted(self._remote_steps)
 
     def _store_steps(self, level: str) -> list[int]:
         try:
@@ -387,33 +397,31 @@ class MultiLevelStore:
 
     # -- deleting -------------------------------------------------------------------------
     def delete(self, step: int) -> None:
-        """Remove ``step`` from every level (the remote level's in the background)."""
+        """Remove ``step`` from the local level now and from the others in the background."""
         self.wait()
-        found = False
         with contextlib.suppress(CheckpointNotFound):
             self.local.delete(step)
-            found = True
-        partner = self._quiet(self.partner)
-        if partner is not None and step in partner.steps():
-            partner.delete(step)
-            found = True
+        self._flusher.submit(self._delete_elsewhere, step)
+
+    def _delete_elsewhere(self, step: int) -> None:
+        for level in ("partner", "remote"):
+            try:
+                store = self.partner() if level == "partner" else self.remote()
+                if store is not None and step in store.steps():
+                    store.delete(step)
+                if level == "remote" and self._remote_steps is not None:
+                    self._remote_steps.discard(step)
+            except (SnaplineError, OSError) as exc:
+                log.warning(
+                    "rank %d: deleting step %d on the %s level failed: %s",
+                    self.rank,
+                    step,
+                    level,
+                    exc,
+                )
+                self._drop(level)
         if self.xor is not None:
             self.xor.delete(step)
-        if self.levels.remote:
-            self._flusher.submit(self._delete_remote, step)
-        if not found and not self.levels.remote:
-            raise CheckpointNotFound(f"no level of rank {self.rank} holds step {step}")
-
-    def _delete_remote(self, step: int) -> None:
-        try:
-            remote = self.remote()
-            if remote is not None and step in remote.steps():
-                remote.delete(step)
-        except (SnaplineError, OSError) as exc:
-            log.warning(
-                "rank %d: deleting step %d on the remote level failed: %s", self.rank, step, exc
-            )
-            self._drop("remote")
 
     def _quiet(self, opener: Callable[[], Store | None]) -> Store | None:
         try:
