@@ -18,8 +18,11 @@ The runtime sees one store (``save_async``, ``load``, ``steps``, ``delete`` ...)
   flush still running when the next falls due is not queued behind: only the newest due
   checkpoint waits (the remote level is for the newest state, not for every state). A flush
   commits the remote manifest last, so one killed halfway leaves the remote store
-  consistent (nothing visible, orphan files for its gc). ``on_flushed(step)`` is called once
-  the remote copy is committed.
+  consistent (nothing visible, orphan files for its gc). ``on_flushed(step, id)`` is called
+  once the remote copy is committed.
+* **Delete.** ``delete`` removes a step from the local level at once and from the others in
+  the flusher thread -- except the remote level's newest step, kept until a newer one is
+  flushed, so that losing every node never leaves the remote level empty.
 * **Load.** ``load(step)`` tries the levels fastest first -- local, partner, XOR, remote --
   each verified as ``Store.load`` verifies (hashes of every chunk). The first intact copy
   wins; a copy served by a slower level is also written back to the local level (so the
@@ -131,6 +134,8 @@ class MultiLevelStore:
         #: The remote level's steps, listed once and then kept up to date (listing an object
         #: store on every ``steps()`` would cost a request each time).
         self._remote_steps: set[int] | None = None
+        #: Steps deleted everywhere else but kept on the remote level as its newest one.
+        self._remote_doomed: set[int] = set()
         #: Which level served each step loaded (``local``, ``partner``, ``xor``, ``remote``).
         self.served: dict[int, str] = {}
 
@@ -250,6 +255,9 @@ class MultiLevelStore:
             return
         if self._remote_steps is not None:
             self._remote_steps.add(step)
+        for older in sorted(d for d in self._remote_doomed if d < step):
+            self._remote_doomed.discard(older)
+            self._delete_elsewhere(older)
         if self.on_flushed is not None:
             self.on_flushed(step, ident)
 
@@ -406,6 +414,11 @@ class MultiLevelStore:
     def _delete_elsewhere(self, step: int) -> None:
         for level in ("partner", "remote"):
             try:
+                if level == "remote" and not self._remote_newer(step):
+                    # The newest flushed checkpoint stays until a newer one is flushed: the
+                    # remote level must hold something when every node is lost.
+                    self._remote_doomed.add(step)
+                    continue
                 store = self.partner() if level == "partner" else self.remote()
                 if store is not None and step in store.steps():
                     store.delete(step)
@@ -422,6 +435,9 @@ class MultiLevelStore:
                 self._drop(level)
         if self.xor is not None:
             self.xor.delete(step)
+
+    def _remote_newer(self, step: int) -> bool:
+        return self.levels.remote != "" and any(s > step for s in self._listed_remote_steps())
 
     def _quiet(self, opener: Callable[[], Store | None]) -> Store | None:
         try:

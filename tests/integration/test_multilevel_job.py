@@ -1,0 +1,104 @@
+"""``snapline run --levels ... --node-of ...``: a node's local directory is deleted and its
+rank killed with kill -9 from outside; the job must end with the failure-free result, the
+rank restored from another level.
+
+The CLI runs as its own process (the real entry point); the test reads the job's status
+file for the victim's pid, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snapline.runtime.local import read_status
+from snapline.runtime.local.job import summary_json
+from snapline.runtime.local.ledger import ledger_path, read_ledger
+from snapline.runtime.sim import SimConfig, reference_results
+from snapline.store import open_store
+
+pytestmark = pytest.mark.timeout(150)
+
+PARAMS = {"messages": 60, "step_s": 0.01}
+
+
+def _wait_delivered(store: Path, job: subprocess.Popen[str], delivered: int) -> dict[int, int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert job.poll() is None, job.communicate()[0]
+        try:
+            status = read_status(store)
+        except Exception:
+            time.sleep(0.05)
+            continue
+        running = status.state == "running" and all(r.state == "running" for r in status.ranks)
+        if running and status.messages_delivered >= delivered:
+            return {r.rank: int(r.pid) for r in status.ranks if r.pid is not None}
+        time.sleep(0.02)
+    raise AssertionError("the job made no progress")
+
+
+def test_a_lost_node_and_its_killed_rank_recover_from_the_partner_level(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    scratch = tmp_path / "scratch"
+    command = [
+        sys.executable, "-m", "snapline", "run", "bank", "-n", "3",
+        "--store", str(store), "--interval", "0.2s", "--timeout", "90s",
+        "-p", f"messages={PARAMS['messages']}", "-p", f"step_s={PARAMS['step_s']}",
+        "--levels", f"local:{scratch},partner,xor:3,remote:{tmp_path / 'shared'}",
+        "--flush-every", "2", "--node-of", "a,b,c",
+    ]  # fmt: skip
+    job = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        pids = _wait_delivered(store, job, 40)
+        # Wait for a checkpoint of rank 1 that its partner holds, then lose node b.
+        deadline = time.monotonic() + 30
+        while not any(
+            "partner" in levels for levels in read_ledger(ledger_path(store, 1), 1).levels.values()
+        ):
+            assert time.monotonic() < deadline, "rank 1 never had a partner copy"
+            time.sleep(0.05)
+        # All at once, as a node is lost (rank 0 may be writing its partner copy there).
+        (scratch / "b").rename(tmp_path / "lost-b")
+        shutil.rmtree(tmp_path / "lost-b")
+        os.kill(pids[1], signal.SIGKILL)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, output
+    summary = json.loads((store / "summary.json").read_text())
+    assert [f["rank"] for f in summary["failures"]] == [1], summary["failures"]
+    assert [f["pid"] for f in summary["failures"]] == [pids[1]]
+    expected = reference_results(
+        SimConfig(app="bank", n=3, app_params=PARAMS, topology="complete", interval_s=None)
+    )
+    assert summary["results"] == summary_json({str(r): v for r, v in enumerate(expected)})
+    # Rank 1's restore was served by a slower level (its node's directory was gone).
+    said = "".join(p.read_text(errors="replace") for p in (store / "logs").glob("rank-1*"))
+    assert "restored from the partner level" in said or "restored from the xor level" in said
+    # The ledger says which levels hold each checkpoint (rank 0's partner copies went to node
+    # b: those written while it was gone are not listed there).
+    held = list(read_ledger(ledger_path(store, 0), 0).levels.values())
+    assert held and all(levels[0] == "local" for levels in held)
+    assert ["local", "partner", "xor"] in held
+    # Every 2nd checkpoint went to the remote level in the background, and is intact there.
+    for rank in range(3):
+        with open_store(tmp_path / "shared" / f"rank-{rank}", create=False) as remote:
+            assert remote.steps() and remote.verify().ok
