@@ -136,6 +136,7 @@ class MultiLevelStore:
         self._remote_steps: set[int] | None = None
         #: Steps deleted everywhere else but kept on the remote level as its newest one.
         self._remote_doomed: set[int] = set()
+        self._fetched: dict[int, str] = {}
         #: Which level served each step loaded (``local``, ``partner``, ``xor``, ``remote``).
         self.served: dict[int, str] = {}
 
@@ -312,7 +313,7 @@ class MultiLevelStore:
         try:
             return self.local.manifest(step)
         except (CorruptCheckpoint, CheckpointNotFound) as exc:
-            self._fetch(step, exc, None)
+            self._fetched[step] = self._fetch(step, exc, None)
         return self.local.manifest(step)
 
     def load(
@@ -333,7 +334,8 @@ class MultiLevelStore:
         except (CorruptCheckpoint, CheckpointNotFound) as exc:
             self.served[step] = self._fetch(step, exc, expect)
             return self.local.load(step, allow_pickle=allow_pickle)
-        self.served[step] = "local"
+        # Fetched into the local level by ``manifest`` just before: served by that level.
+        self.served[step] = self._fetched.pop(step, "local")
         return state
 
     def _check_id(self, store: Store, step: int, expect: str | None, level: str) -> None:
