@@ -46,7 +46,17 @@ def _wait_delivered(store: Path, job: subprocess.Popen[str], delivered: int) -> 
     raise AssertionError("the job made no progress")
 
 
-def test_a_lost_node_and_its_killed_rank_recover_from_the_partner_level(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "local",
+        "mpi",
+        pytest.param("ray", marks=pytest.mark.slow),
+    ],
+)
+def test_a_lost_node_and_its_killed_rank_recover_from_the_partner_level(
+    tmp_path: Path, engine: str
+) -> None:
     store = tmp_path / "job"
     scratch = tmp_path / "scratch"
     command = [
@@ -54,7 +64,7 @@ def test_a_lost_node_and_its_killed_rank_recover_from_the_partner_level(tmp_path
         "--store", str(store), "--interval", "0.2s", "--timeout", "90s",
         "-p", f"messages={PARAMS['messages']}", "-p", f"step_s={PARAMS['step_s']}",
         "--levels", f"local:{scratch},partner,xor:3,remote:{tmp_path / 'shared'}",
-        "--flush-every", "2", "--node-of", "a,b,c",
+        "--flush-every", "1", "--node-of", "a,b,c", "--engine", engine,
     ]  # fmt: skip
     job = subprocess.Popen(
         command,
@@ -84,21 +94,28 @@ def test_a_lost_node_and_its_killed_rank_recover_from_the_partner_level(tmp_path
             job.wait()
     assert job.returncode == 0, output
     summary = json.loads((store / "summary.json").read_text())
-    assert [f["rank"] for f in summary["failures"]] == [1], summary["failures"]
-    assert [f["pid"] for f in summary["failures"]] == [pids[1]]
+    failed = [(f["rank"], f["pid"]) for f in summary["failures"]]
+    if engine == "mpi":  # one rank's failure ends the mpiexec: every rank is relaunched
+        assert sorted(failed) == sorted(pids.items()), failed
+    else:
+        assert failed == [(1, pids[1])], failed
     expected = reference_results(
         SimConfig(app="bank", n=3, app_params=PARAMS, topology="complete", interval_s=None)
     )
     assert summary["results"] == summary_json({str(r): v for r, v in enumerate(expected)})
     # Rank 1's restore was served by a slower level (its node's directory was gone).
-    said = "".join(p.read_text(errors="replace") for p in (store / "logs").glob("rank-1*"))
-    assert "restored from the partner level" in said or "restored from the xor level" in said
+    served = [
+        json.loads(line)
+        for line in (store / "logs" / "rank-1.jsonl").read_text().splitlines()
+        if '"checkpoint_served"' in line
+    ]
+    assert served and served[0]["level"] in ("partner", "xor"), served
     # The ledger says which levels hold each checkpoint (rank 0's partner copies went to node
     # b: those written while it was gone are not listed there).
     held = list(read_ledger(ledger_path(store, 0), 0).levels.values())
     assert held and all(levels[0] == "local" for levels in held)
-    assert ["local", "partner", "xor"] in held
-    # Every 2nd checkpoint went to the remote level in the background, and is intact there.
+    assert any(levels[:3] == ["local", "partner", "xor"] for levels in held)
+    # Checkpoints went to the remote level in the background, and are intact there.
     for rank in range(3):
         with open_store(tmp_path / "shared" / f"rank-{rank}", create=False) as remote:
             assert remote.steps() and remote.verify().ok

@@ -84,7 +84,7 @@ def test_layout_refuses_levels_the_nodes_cannot_hold() -> None:
 def test_the_remote_level_is_flushed_by_checkpoint_number() -> None:
     assert [s for s in range(1, 11) if flush_due(s, 5)] == [5, 10]
     incarnation_1 = 1 << 32
-    assert flush_due(incarnation_1 + 5, 5) and not flush_due(incarnation_1, 5)
+    assert flush_due(incarnation_1 + 5, 5) and not flush_due(incarnation_1 + 6, 5)
     assert not flush_due(5, 0)
 
 

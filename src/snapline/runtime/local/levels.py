@@ -53,14 +53,22 @@ def rank_store(
 
 
 def load_checkpoint(
-    store: Store | MultiLevelStore, view: LedgerView, index: int, *, allow_pickle: bool
+    store: Store | MultiLevelStore,
+    view: LedgerView,
+    index: int,
+    *,
+    allow_pickle: bool,
+    log: Callable[..., None],
 ) -> Any:
-    """The state of checkpoint ``index`` -- on levels, exactly the one the ledger recorded."""
+    """The state of checkpoint ``index`` -- on levels, exactly the one the ledger recorded
+    (``log`` says which level served it)."""
     from snapline.store.multilevel import MultiLevelStore
 
-    if isinstance(store, MultiLevelStore):
-        return store.load(index, allow_pickle=allow_pickle, expect=view.checkpoint_ids.get(index))
-    return store.load(index, allow_pickle=allow_pickle)
+    if not isinstance(store, MultiLevelStore):
+        return store.load(index, allow_pickle=allow_pickle)
+    state = store.load(index, allow_pickle=allow_pickle, expect=view.checkpoint_ids.get(index))
+    log("checkpoint_served", index=index, level=store.served.get(index, "local"))
+    return state
 
 
 def flushed_record(index: int, checkpoint_id: str) -> dict[str, Any]:

@@ -591,7 +591,9 @@ class Worker:
         else:
             view = read_ledger(ledger_path(self.store_dir, self.rank), self.rank)
             record = view.persisted[index]
-            state = load_checkpoint(self.store, view, index, allow_pickle=self.config.allow_pickle)
+            state = load_checkpoint(
+                self.store, view, index, allow_pickle=self.config.allow_pickle, log=self.log
+            )
             image = CheckpointImage(record=record, state=state, extras=view.extras[index])
             self.engine = RankEngine.restored(
                 image=image,

@@ -66,7 +66,7 @@ def flush_due(step: int, every: int) -> bool:
     ``every``. The number is the step's low 32 bits (protocols that restart their numbering
     in each incarnation keep the incarnation in the high bits)."""
     number = step & _NUMBER_MASK
-    return every > 0 and number > 0 and number % every == 0
+    return every > 0 and number % every == 0
 
 
 def checkpoint_id(store: Store, step: int) -> str:
