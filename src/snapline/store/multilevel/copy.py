@@ -96,7 +96,7 @@ def pack_checkpoint(src: Store, step: int) -> bytes:
     return b"".join([_MAGIC, _LEN.pack(len(header)), header, raw_manifest, *parts])
 
 
-def _split(blob: bytes) -> tuple[dict[str, Any], memoryview, int]:
+def _split(blob: bytes | memoryview) -> tuple[dict[str, Any], memoryview, int]:
     view = memoryview(blob)
     if bytes(view[: len(_MAGIC)]) != _MAGIC:
         raise CorruptCheckpoint("not a packed checkpoint (bad magic)")
@@ -112,7 +112,7 @@ def _split(blob: bytes) -> tuple[dict[str, Any], memoryview, int]:
     return header, view, pos + head_len
 
 
-def packed_id(blob: bytes) -> str:
+def packed_id(blob: bytes | memoryview) -> str:
     """The checkpoint id (digest of the manifest bytes) of a packed checkpoint."""
     header, view, pos = _split(blob)
     try:
@@ -122,7 +122,7 @@ def packed_id(blob: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(view[pos : pos + manifest_len])
 
 
-def unpack_checkpoint(blob: bytes, dst: Store) -> int:
+def unpack_checkpoint(blob: bytes | memoryview, dst: Store) -> int:
     """Write a ``pack_checkpoint`` blob into ``dst`` (files first, manifest last); its step.
 
     Every file is (re)written: this restores a damaged or lost copy."""

@@ -20,18 +20,23 @@ def segment_bytes(length: int, k: int) -> int:
     return max(1, -(-length // (k - 1)))
 
 
-def encode(blob: bytes | memoryview, k: int) -> list[bytes]:
+def encode(blob: bytes | memoryview, k: int) -> list[memoryview]:
     """Segments ``0 .. k-2`` hold ``blob`` (the last zero-padded), segment ``k-1`` their XOR."""
     if k < 2:
         raise ConfigError(f"XOR needs k >= 2 segments, got {k}")
     size = segment_bytes(len(blob), k)
-    data = np.zeros((k - 1, size), np.uint8)
-    data.reshape(-1)[: len(blob)] = np.frombuffer(blob, np.uint8)
-    parity = np.bitwise_xor.reduce(data, axis=0)
-    return [row.tobytes() for row in data] + [parity.tobytes()]
+    data = np.empty((k, size), np.uint8)
+    flat = data[: k - 1].reshape(-1)
+    flat[: len(blob)] = np.frombuffer(blob, np.uint8)
+    flat[len(blob) :] = 0
+    parity = data[k - 1]
+    np.copyto(parity, data[0])
+    for row in data[1 : k - 1]:
+        np.bitwise_xor(parity, row, out=parity)
+    return [memoryview(row) for row in data]  # type: ignore[arg-type]
 
 
-def rebuild(segments: Sequence[bytes | None], length: int) -> bytes:
+def rebuild(segments: Sequence[bytes | memoryview | None], length: int) -> memoryview:
     """The blob of ``length`` bytes from ``k`` segments of which at most one is None."""
     k = len(segments)
     missing = [i for i, s in enumerate(segments) if s is None]
@@ -41,14 +46,16 @@ def rebuild(segments: Sequence[bytes | None], length: int) -> bytes:
             f"(segments {', '.join(map(str, missing))})"
         )
     size = segment_bytes(length, k)
-    present = [s for s in segments if s is not None]
-    if any(len(s) != size for s in present):
+    if any(s is not None and len(s) != size for s in segments):
         raise CorruptCheckpoint(f"XOR segments must be {size} bytes each for {length} bytes")
-    rows = [np.frombuffer(s, np.uint8) if s is not None else None for s in segments[: k - 1]]
+    out = np.empty((k - 1, size), np.uint8)
+    for i, s in enumerate(segments[: k - 1]):
+        if s is not None:
+            out[i] = np.frombuffer(s, np.uint8)
     if missing and missing[0] < k - 1:
-        lost = np.zeros(size, np.uint8)
-        for s in present:
+        lost = out[missing[0]]
+        present = [s for s in segments if s is not None]
+        np.copyto(lost, np.frombuffer(present[0], np.uint8))
+        for s in present[1:]:
             np.bitwise_xor(lost, np.frombuffer(s, np.uint8), out=lost)
-        rows[missing[0]] = lost
-    out = np.concatenate([r for r in rows if r is not None])
-    return out[:length].tobytes()
+    return memoryview(out.reshape(-1)[:length])  # type: ignore[arg-type]

@@ -53,7 +53,7 @@ class XorLevel:
             }
             path = self._path(j, step)
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(header).encode() + b"\n" + segment)
+            write_atomic(path, b"".join([json.dumps(header).encode(), b"\n", segment]))
 
     def steps(self) -> list[int]:
         """Steps with at least ``k - 1`` segment files (enough to rebuild, if intact)."""
@@ -66,7 +66,7 @@ class XorLevel:
                         counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
         return sorted(s for s, c in counts.items() if c >= self.k - 1)
 
-    def read(self, step: int) -> bytes:
+    def read(self, step: int) -> memoryview:
         """The blob of ``step``, rebuilt if one segment is lost or damaged."""
         segments: list[bytes | None] = []
         lengths: set[int] = set()
