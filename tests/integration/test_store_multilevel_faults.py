@@ -96,6 +96,29 @@ def test_every_local_directory_lost_is_served_by_the_remote_level(tmp_path: Path
             assert open_store(tmp_path / "shared" / f"rank-{rank}").verify().ok
 
 
+def test_old_steps_leave_the_remote_level_only_once_a_newer_one_is_there(
+    tmp_path: Path,
+) -> None:
+    lay = layout(tmp_path, "local:{tmp}/scratch,remote:{tmp}/shared", flush_every=2)
+    remote = open_store(tmp_path / "shared" / "rank-0")
+    with MultiLevelStore(lay, 0) as store:
+        for step in (1, 2, 3):
+            store.save_async(state(0, step), step=step).result()
+        store.wait_flushed()
+        assert remote.steps() == [2]
+        store.delete(1)
+        store.delete(2)  # step 3 is newer, but only locally: the remote level keeps 2
+        store.wait_flushed()
+        assert remote.steps() == [2] and store.steps() == [2, 3]
+        store.save_async(state(0, 4), step=4).result()
+        store.wait_flushed()
+        assert remote.steps() == [4]  # 2 went once 4 was flushed
+        store.delete(4)  # the newest step undone (a rollback): gone from every level
+        store.wait_flushed()
+        assert remote.steps() == [] and store.steps() == [3]
+    remote.close()
+
+
 def _flip_a_bit(store_dir: Path, step: int) -> None:
     """Flip one bit inside the largest chunk of ``step`` in the store at ``store_dir``."""
     with open_store(store_dir, create=False) as store:

@@ -441,8 +441,7 @@ def levels_env(
         if flush_every is not None or node_of is not None:
             raise ConfigError("--flush-every and --node-of need --levels")
         return {}
-    parse_levels(levels, flush_every=flush_every)
-    env = {LEVELS_ENV: levels}
+    env = {LEVELS_ENV: parse_levels(levels, flush_every=flush_every).absolute().spec()}
     if flush_every is not None:
         env[FLUSH_EVERY_ENV] = str(flush_every)
     if node_of is not None:

@@ -161,7 +161,7 @@ def run(
             "topology": topology,
             "app_options": None if app_options is None else dict(app_options),
             "protocol_options": None if protocol_options is None else dict(protocol_options),
-            "levels": levels,
+            "levels": None if levels is None else _absolute_levels(levels, flush_every),
             "flush_every": flush_every,
             "node_of": None if node_of is None else _node_list(node_of),
         }
@@ -200,7 +200,7 @@ def run(
             max_restarts=max_restarts,
             timeout_s=knobs["timeout_s"],
             allow_pickle=allow_pickle,
-            levels=levels or "",
+            levels=_absolute_levels(levels, flush_every),
             flush_every=flush_every or 0,
             node_of=[] if node_of is None else _node_list(node_of),
         )
@@ -214,6 +214,14 @@ def run(
 
 
 ENGINES = ("local", "mpi", "ray")
+
+
+def _absolute_levels(levels: str | None, flush_every: int | None) -> str:
+    if not levels:
+        return ""
+    from snapline.store.multilevel import parse_levels
+
+    return parse_levels(levels, flush_every=flush_every).absolute().spec()
 
 
 def _node_list(node_of: str | Sequence[str]) -> list[str]:

@@ -21,8 +21,9 @@ The runtime sees one store (``save_async``, ``load``, ``steps``, ``delete`` ...)
   consistent (nothing visible, orphan files for its gc). ``on_flushed(step, id)`` is called
   once the remote copy is committed.
 * **Delete.** ``delete`` removes a step from the local level at once and from the others in
-  the flusher thread -- except the remote level's newest step, kept until a newer one is
-  flushed, so that losing every node never leaves the remote level empty.
+  the flusher thread -- except, when an older step is deleted, the remote level's newest
+  step, kept until a newer one is flushed, so that losing every node never leaves the remote
+  level empty.
 * **Load.** ``load(step)`` tries the levels fastest first -- local, partner, XOR, remote --
   each verified as ``Store.load`` verifies (hashes of every chunk). The first intact copy
   wins; a copy served by a slower level is also written back to the local level (so the
@@ -407,16 +408,22 @@ class MultiLevelStore:
 
     # -- deleting -------------------------------------------------------------------------
     def delete(self, step: int) -> None:
-        """Remove ``step`` from the local level now and from the others in the background."""
+        """Remove ``step`` from the local level now and from the others in the background.
+
+        Deleting an old step (a newer one is kept) keeps the remote level's newest step until
+        a newer one is flushed; deleting the newest (undoing it, as after a rollback) removes
+        it from the remote level too, so that no stale copy of that step outlives it.
+        """
         self.wait()
+        undo = not any(s > step for s in self.local.steps())
         with contextlib.suppress(CheckpointNotFound):
             self.local.delete(step)
-        self._flusher.submit(self._delete_elsewhere, step)
+        self._flusher.submit(self._delete_elsewhere, step, undo)
 
-    def _delete_elsewhere(self, step: int) -> None:
+    def _delete_elsewhere(self, step: int, undo: bool = False) -> None:
         for level in ("partner", "remote"):
             try:
-                if level == "remote" and not self._remote_newer(step):
+                if level == "remote" and not undo and not self._remote_newer(step):
                     # The newest flushed checkpoint stays until a newer one is flushed: the
                     # remote level must hold something when every node is lost.
                     self._remote_doomed.add(step)

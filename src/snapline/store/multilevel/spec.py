@@ -20,8 +20,10 @@ that says what was wrong and how to write it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from snapline.errors import ConfigError
@@ -65,6 +67,15 @@ class LevelsConfig:
         if self.remote:
             parts.append(f"remote:{self.remote}")
         return ",".join(parts)
+
+    def absolute(self) -> LevelsConfig:
+        """The same levels with relative directories made absolute (from the current one),
+        so that ranks started elsewhere (MPI, Ray) find them."""
+        remote = self.remote
+        if remote and ("://" not in remote or remote.startswith("file://")):
+            plain = remote[len("file://") :] if remote.startswith("file://") else remote
+            remote = str(Path(plain).absolute())
+        return dataclasses.replace(self, local=str(Path(self.local).absolute()), remote=remote)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form (``from_json`` reads it back)."""
