@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import xxhash
@@ -70,12 +71,18 @@ def copy_checkpoint(src: Store, dst: Store, step: int, *, rewrite: bool = False)
     """
     manifest = src.manifest(step)
     raw_manifest = src.backend.read(manifest_key(step))
+
+    def copy_file(item: tuple[str, list[ChunkRef]]) -> None:
+        key, refs = item
+        if not rewrite and dst.backend.size(key) == refs[0].file_size:
+            return  # content-addressed: the same name holds the same bytes
+        dst.backend.write(key, [memoryview(read_checked(src.backend.read, key, refs, step=step))])
+
+    files = list(checkpoint_files(manifest).items())
     with dst.backend.writer_lock(dst.lock_timeout_s):
-        for key, refs in checkpoint_files(manifest).items():
-            data = read_checked(src.backend.read, key, refs, step=step)
-            if not rewrite and dst.backend.size(key) == len(data):
-                continue  # content-addressed: the same name holds the same bytes
-            dst.backend.write(key, [memoryview(data)])
+        # Files in parallel, as the store writes them (each write is its own fsync).
+        with ThreadPoolExecutor(max(1, min(dst.io_threads, len(files)))) as pool:
+            list(pool.map(copy_file, files))
         dst.backend.sync()
         dst.backend.finalizer.commit(dst.backend, manifest_key(step), raw_manifest, replace=True)
 
