@@ -137,6 +137,9 @@ class MultiLevelStore:
         self._remote_steps: set[int] | None = None
         #: Steps deleted everywhere else but kept on the remote level as its newest one.
         self._remote_doomed: set[int] = set()
+        #: Steps ``delete`` was called for (until saved again): hidden from ``steps()`` while
+        #: the slower levels drop them in the background, or keep them as the remote newest.
+        self._deleted: set[int] = set()
         self._fetched: dict[int, str] = {}
         #: Which level served each step loaded (``local``, ``partner``, ``xor``, ``remote``).
         self.served: dict[int, str] = {}
@@ -195,6 +198,7 @@ class MultiLevelStore:
     ) -> LevelledSave:
         """Capture ``state`` into the local level; protect and flush it in the background."""
         self.wait()
+        self._deleted.discard(step)
         local = self.local.save_async(
             state,
             step=step,
@@ -298,11 +302,12 @@ class MultiLevelStore:
             return []
 
     def steps(self) -> list[int]:
-        """Steps some level holds (a listing; whether intact is known on load)."""
+        """Steps some level holds (a listing; whether intact is known on load), less those
+        deleted through this store."""
         found: set[int] = set()
         for _level, steps in self._level_steps():
             found.update(steps())
-        return sorted(found)
+        return sorted(found - self._deleted)
 
     def where(self, step: int) -> list[str]:
         """The levels whose listing has ``step`` (fastest first; not verified)."""
@@ -416,6 +421,7 @@ class MultiLevelStore:
         """
         self.wait()
         undo = not any(s > step for s in self.local.steps())
+        self._deleted.add(step)
         with contextlib.suppress(CheckpointNotFound):
             self.local.delete(step)
         self._flusher.submit(self._delete_elsewhere, step, undo)
