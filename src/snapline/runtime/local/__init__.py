@@ -21,7 +21,8 @@ Architecture (why it is built this way):
   (``ledger``, ``stable``) and the recovery line from stable storage (``jobdir``) are what
   ``snapline.runtime.mpi`` runs too, with its own transport (``worker.ChannelTransport``) and
   its own ``Supervisor`` (one ``mpiexec``; a death ends every rank): ``run(engine="mpi")``.
-* **Stable storage is the store plus a ledger.** States go to ``open_store(<store>/rank-N)``;
+* **Stable storage is the store plus a ledger.** States go to ``open_store(<store>/rank-N)``
+  (or, with ``levels``, to node-local, partner, XOR and remote levels: ``levels.py``);
   checkpoint records, attachments, commit markers, message logs and released output go to an
   fsynced append-only ledger per rank, written in protocol order by one thread (``stable``).
 

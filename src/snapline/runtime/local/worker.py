@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 The worker reads its boot data (job config, rank, the job secret) from stdin, opens its store
-(``<store>/rank-N``) and ledger, listens for channels, and connects to the supervisor's control
-socket. From then on it runs one single-threaded event loop (``selectors``) that multiplexes
-the channel sockets, the control link, timers (application, protocol, the basic checkpoint
-schedule, heartbeats) and completions posted by the stable-storage thread. Application code
-and protocol code therefore run on one thread, one event at a time, exactly as in the simulator
--- both go through the same ``RankEngine``; this module is only the ``EnginePort`` and the loop.
+(``<store>/rank-N``, or its storage levels: ``levels.py``) and ledger, listens for channels,
+and connects to the supervisor's control socket. From then on it runs one single-threaded event
+loop (``selectors``) that multiplexes the channel sockets, the control link, timers
+(application, protocol, the basic checkpoint schedule, heartbeats) and completions posted by
+the stable-storage thread. Application code and protocol code therefore run on one thread, one
+event at a time, exactly as in the simulator -- both go through the same ``RankEngine``; this
+module is only the ``EnginePort`` and the loop.
 
 The supervisor drives the life cycle with control messages:
 
