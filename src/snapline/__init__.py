@@ -38,6 +38,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "mpi": ("snapline", "mpi"),
     "testing": ("snapline", "testing"),
     "run": ("snapline.runtime.local", "run"),
+    "KeyedProcess": ("snapline.runtime.keyed", "KeyedProcess"),
 }
 
 
@@ -59,6 +60,7 @@ __all__ = [
     "CorruptCheckpoint",
     "EncodeError",
     "JournalError",
+    "KeyedProcess",
     "NotAStore",
     "Process",
     "ProtocolError",

@@ -45,7 +45,7 @@ def _env() -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("page", ["howto/store.md", "howto/journal.md"])
+@pytest.mark.parametrize("page", ["howto/store.md", "howto/journal.md", "howto/resize.md"])
 def test_howto_python_blocks_run_and_print_what_they_say(page: str, tmp_path: Path) -> None:
     blocks = [code for language, code, _ in _blocks(page) if language == "python"]
     assert blocks, f"no python block in docs/{page}"

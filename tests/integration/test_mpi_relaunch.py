@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from mpi_support import EXAMPLES, python, require_mpi, run, start, stop
 
+from snapline.mpi._shm import PREFIX, SHM_DIR, mapped_segments
+
 HEAT = str(EXAMPLES / "heat_mpi.py")
 ARGS = ["--steps", "600", "--cells", "20000", "--every", "50"]
 
@@ -50,6 +52,7 @@ def test_a_rank_killed_mid_run_is_relaunched_and_the_final_grid_is_the_failure_f
     progress = tmp_path / "progress"
     progress.mkdir()
     out = tmp_path / "killed.npy"
+    began = time.time()
     job = start(
         [
             *_snapline(),
@@ -90,6 +93,14 @@ def test_a_rank_killed_mid_run_is_relaunched_and_the_final_grid_is_the_failure_f
     assert (progress / "rank-1").read_text().split()[1] == "600"
     final, clean = np.load(out), np.load(clean_out)
     assert final.tobytes() == clean.tobytes()
+    # The killed launch's MPICH segment was swept from /dev/shm, not leaked into memory.
+    in_use = mapped_segments()
+    left = [
+        p.name
+        for p in SHM_DIR.glob(PREFIX + "*")
+        if p.stat().st_mtime >= began and str(p) not in in_use
+    ]
+    assert left == [], left
 
 
 def test_mpirun_gives_up_after_the_restart_limit_with_a_clear_message(tmp_path: Path) -> None:

@@ -44,6 +44,21 @@ def require_qemu() -> None:
         pytest.skip(message)
 
 
+def require_python_guest() -> None:
+    """``require_qemu`` and what the Python guest disk is built with (mke2fs, ldd, numpy)."""
+    require_qemu()
+    from snapline.errors import ConfigError
+    from snapline.levels.system.rootfs import python_rootfs
+
+    try:
+        python_rootfs()  # built once and cached: later calls are a lookup
+    except ConfigError as exc:
+        message = f"the Python guest disk cannot be built here: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def snapline(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     """``python -m snapline ARGS`` in its own session (so ``stop`` can end all of it)."""
     env = {

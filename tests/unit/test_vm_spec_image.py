@@ -62,3 +62,14 @@ def test_the_initramfs_archive_is_newc_with_its_directories() -> None:
     assert entries["init"] == (0o100755, b"#!/bin/sh\n")
     assert entries["mod/a.ko"] == (0o100644, b"xxxxx")
     assert entries["mod"] == (0o040755, b"")
+
+
+def test_a_spec_asks_for_the_python_root_disk(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, 'workload = "w.sh"\nrootfs = "python"\n'))
+    assert spec.rootfs == "python"
+    assert VmSpec.from_json(spec.to_json()) == spec
+    # A job file written before rootfs existed reads as a guest without a disk.
+    old = {k: v for k, v in spec.to_json().items() if k != "rootfs"}
+    assert VmSpec.from_json(old).rootfs == "none"
+    with pytest.raises(ConfigError, match="rootfs must be one of"):
+        load_spec(_spec(tmp_path, 'workload = "w.sh"\nrootfs = "debian"\n'))

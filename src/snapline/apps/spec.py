@@ -46,6 +46,9 @@ class AppSpec:
     outputs_deterministic: bool = False
     check_cut: Callable[[CutView], str | None] | None = None
     check_final: Callable[[Sequence[object], Mapping[str, Any], int], str | None] | None = None
+    #: Parameters fixed when a job of ``n`` ranks starts, so that resuming it on another
+    #: number of ranks keeps them (``params, n -> params``); None: nothing to fix.
+    pin_params: Callable[[Mapping[str, Any], int], dict[str, Any]] | None = None
 
     def resolve_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults updated by ``overrides``; strings (from the CLI) take the default's type."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,15 +195,12 @@ def register(app: typer.Typer) -> None:
                     bar.advance(task)
 
             interrupted = False
-            # SIGTERM (a CI timeout, a plain `kill`) stops the campaign like Ctrl-C: the run in
-            # progress is killed with all its processes, and the table still printed.
-            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            # Ctrl-C, or SIGTERM (a CI timeout, a plain `kill`; `main` turns it into Ctrl-C):
+            # the run in progress is killed with all its processes, and the table still printed.
             try:
                 run_campaign(config, on_start=started, on_done=done)
             except KeyboardInterrupt:
                 interrupted = True  # the runs done so far are still worth a table
-            finally:
-                signal.signal(signal.SIGTERM, previous)
         console.print(results_table(records))
         failed = [r for r in records if r.verdict != "pass"]
         for record in failed:
@@ -232,10 +228,6 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130)
         if counts["fail"]:
             raise typer.Exit(1)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def results_table(records: Sequence[RunRecord]) -> Table:

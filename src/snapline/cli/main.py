@@ -6,7 +6,10 @@ after the subcommand) shows the traceback instead.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -88,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args[:end]
     if debug:
         args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+    # SIGTERM (a plain `kill`, a CI or `timeout` limit) stops a command as Ctrl-C does, so its
+    # clean-up runs: a supervisor kills the ranks, job roots or QEMUs it started (QEMU runs in a
+    # session of its own and would otherwise outlive `snapline vm run`). Only SIGKILL skips it;
+    # `--resume` cleans up after that.
+    previous = _stop_on_sigterm()
     try:
         # Standalone mode: typer reports usage errors itself and exits with their code.
         app(args=args, prog_name="snapline")
@@ -97,3 +105,17 @@ def main(argv: list[str] | None = None) -> None:
         # soft_wrap: a traceback in the message must keep its lines as Python wrote them.
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM raise ``KeyboardInterrupt``; the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signal handlers can only be set there (the CLI called from a test thread)
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

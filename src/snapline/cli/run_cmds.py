@@ -218,7 +218,13 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--store", metavar="DIR", help="Store directory of the job.")
         ] = Path("snapline-job"),
         n: Annotated[
-            int | None, typer.Option("-n", "--ranks", help="Number of ranks (processes).")
+            int | None,
+            typer.Option(
+                "-n",
+                "--ranks",
+                help="Number of ranks (processes). With --resume, another number resizes a "
+                "job with keyed state (see docs/howto/resize.md).",
+            ),
         ] = None,
         protocol: Annotated[
             str | None,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from snapline.errors import ConfigError, RuntimeFailure
+from snapline.mpi._shm import sweep_orphaned_segments
 
 ATTEMPT_ENV = "SNAPLINE_MPI_ATTEMPT"
 MAX_BACKOFF_S = 300.0
@@ -83,9 +84,13 @@ def relaunch_loop(
         raise ConfigError(f"--max-restarts must be >= 0, got {max_restarts}")
     command = [mpiexec, "-n", str(ranks), *program]
     attempt = 0
+    started = time.time()
     while True:
         env = {**os.environ, **(extra_env or {}), ATTEMPT_ENV: str(attempt)}
-        code = _run(command, env)
+        try:
+            code = _run(command, env)
+        finally:
+            sweep_orphaned_segments(started)  # what killed ranks left in /dev/shm (see _shm)
         if code == 0:
             if attempt:
                 say(f"snapline mpirun: the job finished after {attempt} relaunch(es)")

@@ -32,6 +32,7 @@ from snapline.store.manifest import FORMAT_VERSION, Manifest
 from snapline.store.memory import Memory, drop_memory_store
 from snapline.store.objectstore import ConditionalPutFinalizer, ObjectStore, StoreUnreachable
 from snapline.store.retention import Retention, RetentionPolicy
+from snapline.store.sharded import ShardSpec, load_shard, save_shard, shard_bounds
 from snapline.store.store import PendingSave, Store, open_backend
 from snapline.store.types import (
     CheckpointInfo,
@@ -118,10 +119,14 @@ __all__ = [
     "RenameFinalizer",
     "Retention",
     "RetentionPolicy",
+    "ShardSpec",
     "Store",
     "StoreUnreachable",
     "VerifyReport",
     "backend_for",
     "drop_memory_store",
+    "load_shard",
     "open_store",
+    "save_shard",
+    "shard_bounds",
 ]

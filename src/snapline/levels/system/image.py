@@ -5,8 +5,11 @@ Theory of operation
 A system-level rank is a QEMU guest. Under TCG (no KVM) boot time is what matters, so the guest
 is as small as a Linux can be: Debian's generic kernel, unpacked from its ``.deb`` without
 installing it, and an initramfs of one static busybox, the eight virtio modules the network card
-needs, an ``/init`` and the workload script. No disk, no 9p share (a mounted 9p share forbids
-migration), no Python: the workload is a busybox shell script.
+needs, an ``/init`` and the workload script. No 9p share (a mounted 9p share forbids
+migration). By default no disk and no Python: the workload is a busybox shell script. A spec
+with ``rootfs = "python"`` adds a read-only disk holding the host's Python and numpy
+(``rootfs.py``) and the modules that mount it; ``/init`` then runs the workload ``chroot``-ed
+into that disk (``snapline.root=/dev/vda`` on the kernel command line).
 
 The kernel package is fetched with ``apt-get download`` once and its few needed files are cached
 under ``cache_dir()`` (``$SNAPLINE_VM_CACHE``, default ``~/.cache/snapline/vm``); an initramfs is
@@ -42,6 +45,22 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # What a guest on snapline's virtual network needs (all modules in Debian's generic kernel).
 MODULES = ("virtio_pci", "virtio_net")
+# What a guest with a root disk needs besides: the disk and its file system (crc32c for
+# ext4's metadata checksums, requested by name at mount time, so no module depends on it).
+DISK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
+ROOTFS = ("none", "python")
+# Files unpacked from the kernel package: the image and the modules above with their
+# dependencies (a cache missing any of them is unpacked again).
+_KERNEL_FILES = (
+    "./boot/vmlinuz-*",
+    "*/virtio*",
+    "*failover*",
+    "*/fs/ext4/*",
+    "*/fs/jbd2/*",
+    "*/fs/mbcache.ko",
+    "*/lib/crc16.ko",
+    "*/crypto/crc32c_generic.ko",
+)
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
@@ -55,6 +74,7 @@ for kv in $(cat /proc/cmdline); do
     snapline.rank=*) RANK=${kv#snapline.rank=} ;;
     snapline.n=*) N=${kv#snapline.n=} ;;
     snapline.ip=*) IP=${kv#snapline.ip=} ;;
+    snapline.root=*) ROOT=${kv#snapline.root=} ;;
   esac
 done
 export RANK N IP PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/tmp
@@ -64,7 +84,26 @@ if [ -n "$IP" ] && [ -e /sys/class/net/eth0 ]; then
   ip addr add "$IP/24" dev eth0
 fi
 echo "snapline guest $RANK up at $(cut -d' ' -f1 /proc/uptime)s"
-sh /workload.sh </dev/null >/dev/ttyS1 2>&1
+if [ -n "$ROOT" ]; then
+  # The root disk (read-only) with writable /tmp and /run; the workload runs inside it.
+  R=/newroot
+  mkdir -p $R
+  if mount -t ext4 -o ro "$ROOT" $R; then
+    mount -t tmpfs tmp $R/tmp
+    mount -t tmpfs run $R/run
+    mount -t proc proc $R/proc
+    mount -t sysfs sys $R/sys
+    mount -t devtmpfs dev $R/dev
+    cp /workload.sh $R/tmp/workload.sh
+    if [ -f $R/snapline.env ]; then . $R/snapline.env; fi
+    chroot $R /bin/sh /tmp/workload.sh </dev/null >/dev/ttyS1 2>&1
+  else
+    echo "snapline init: cannot mount the root disk $ROOT" >/dev/ttyS1
+    false
+  fi
+else
+  sh /workload.sh </dev/null >/dev/ttyS1 2>&1
+fi
 echo "snapline guest $RANK: workload exited with $?"
 sync
 poweroff -f
@@ -82,10 +121,11 @@ class Kernel:
 
 @dataclass(frozen=True, slots=True)
 class GuestImage:
-    """What QEMU boots: ``-kernel`` and ``-initrd``."""
+    """What QEMU boots: ``-kernel`` and ``-initrd``, and the read-only root disk if any."""
 
     kernel: Path
     initrd: Path
+    disk: Path | None = None
 
 
 def cache_dir() -> Path:
@@ -129,14 +169,17 @@ def kernel(*, cache: Path | None = None) -> Kernel:
         tar_in = subprocess.run(
             ["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True
         ).stdout
-        patterns = ["./boot/vmlinuz-*", "*/virtio*", "*failover*"]
-        _run(["tar", "-x", "--wildcards", *patterns], cwd=stage, input=tar_in)
+        _run(["tar", "-x", "--wildcards", *_KERNEL_FILES], cwd=stage, input=tar_in)
         root.parent.mkdir(parents=True, exist_ok=True)
         partial = root.with_name(f"{root.name}.{os.getpid()}.partial")
         shutil.move(str(stage), partial)
         if _unpacked_kernel(root) is None:
-            shutil.rmtree(root, ignore_errors=True)
+            # An older cache (fewer modules) is moved aside first: a reader sees either tree.
+            old = root.with_name(f"{root.name}.{os.getpid()}.old")
+            if root.exists():
+                os.replace(root, old)
             os.replace(partial, root)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             shutil.rmtree(partial)  # another process unpacked it meanwhile
     found = _unpacked_kernel(root)
@@ -163,8 +206,8 @@ def _unpacked_kernel(root: Path) -> Kernel | None:
         return None
     version = images[-1].name[len("vmlinuz-") :]
     modules = root / "lib" / "modules" / version
-    if not modules.is_dir():
-        return None
+    if not (modules / "kernel" / "fs" / "ext4" / "ext4.ko").is_file():
+        return None  # missing, or unpacked by an older snapline without the disk modules
     return Kernel(version=version, vmlinuz=images[-1], modules=modules)
 
 
@@ -191,12 +234,20 @@ def module_order(modules: Path, wanted: tuple[str, ...] = MODULES) -> list[Path]
     return order
 
 
-def build_image(workload: str, *, cache: Path | None = None) -> GuestImage:
-    """A guest image whose ``/workload.sh`` is ``workload`` (cached by content)."""
+def build_image(workload: str, *, rootfs: str = "none", cache: Path | None = None) -> GuestImage:
+    """A guest image whose ``/workload.sh`` is ``workload`` (cached by content); with
+    ``rootfs="python"`` also the Python root disk (``rootfs.python_rootfs``)."""
+    if rootfs not in ROOTFS:
+        raise ConfigError(f"rootfs must be one of {ROOTFS}, got {rootfs!r}")
     cache = cache or cache_dir()
     kern = kernel(cache=cache)
     busybox = find_busybox()
-    mods = module_order(kern.modules)
+    disk = None
+    if rootfs == "python":
+        from snapline.levels.system.rootfs import python_rootfs
+
+        disk = python_rootfs(cache=cache)
+    mods = module_order(kern.modules, MODULES + (DISK_MODULES if disk else ()))
     files: dict[str, tuple[bytes, int]] = {
         "init": (INIT.encode(), 0o755),
         "workload.sh": (workload.encode(), 0o755),
@@ -213,7 +264,7 @@ def build_image(workload: str, *, cache: Path | None = None) -> GuestImage:
         initrd.parent.mkdir(parents=True, exist_ok=True)
         data = gzip.compress(newc_archive(files), compresslevel=1, mtime=0)
         write_atomic(initrd, data, temp=initrd.with_name(f"{initrd.name}.{os.getpid()}.tmp"))
-    return GuestImage(kernel=kern.vmlinuz, initrd=initrd)
+    return GuestImage(kernel=kern.vmlinuz, initrd=initrd, disk=disk)
 
 
 def newc_archive(files: dict[str, tuple[bytes, int]]) -> bytes:

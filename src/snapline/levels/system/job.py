@@ -113,7 +113,7 @@ class VmJob:
         self.on_output = on_output or (lambda rank, data: None)
         self.on_event = on_event or (lambda line: None)
         self._prepare_dir(resume)
-        self.image: GuestImage = build_image(spec.workload)
+        self.image: GuestImage = build_image(spec.workload, rootfs=spec.rootfs)
         self.run_dir = Path(tempfile.mkdtemp(prefix="snapline-vm-"))
         self.switch = Switch(self.run_dir, spec.guests) if spec.network == "switch" else None
         self.monitors = Monitors(timeout_s=hang_timeout_s)
@@ -332,9 +332,8 @@ class VmJob:
                 "output": np.frombuffer(covered[m.rank], dtype=np.uint8),
                 "output_base": released_before[m.rank],
             }
-            info = self.stores[m.rank].save(
-                state, step=step, meta={"level": "system", "incarnation": self.incarnation}
-            )
+            meta = {"level": "system", "incarnation": self.incarnation, "disk": self._disk_name()}
+            info = self.stores[m.rank].save(state, step=step, meta=meta)
             written.append(info.written_bytes)
             sizes.append(len(data))
         record = CheckpointRecord(
@@ -447,12 +446,24 @@ class VmJob:
             self._recover(f"checkpoint failed: {why}")
             return {"ok": False, "error": f"checkpoint failed: {why}; every guest was restored"}
 
+    def _disk_name(self) -> str | None:
+        return self.image.disk.name if self.image.disk is not None else None
+
     def _restore(self, step: int) -> float:
         t0 = time.monotonic()
         self._set_state("recovering")
         incoming: dict[int, Path] = {}
         frames: dict[int, list[bytes]] = {}
         for r, s in enumerate(self.stores):
+            disk = s.manifest(step).meta.get("disk")
+            if disk is not None and disk != self._disk_name():
+                # The guest's page cache holds blocks of the disk it had: another disk under
+                # it would be corrupt in ways no check in the guest would notice.
+                raise ConfigError(
+                    f"checkpoint {step} was taken with the guest disk {disk}, but this host "
+                    f"builds {self._disk_name()} (its Python or packages changed): restore it "
+                    "where that disk is in the cache (SNAPLINE_VM_CACHE)"
+                )
             state = s.load(step=step)
             path = self.run_dir / f"incoming-{r}.bin"
             with open(path, "wb") as fh:

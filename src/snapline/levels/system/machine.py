@@ -87,6 +87,11 @@ class Machine:
             f"console=ttyS0 quiet panic=-1 snapline.rank={self.rank} snapline.n={config.n} "
             f"snapline.ip={config.ip}"
         )
+        disk: list[str] = []
+        if config.image.disk is not None:
+            append += " snapline.root=/dev/vda"
+            # Read-only: the disk is shared by every guest and incarnation and never saved.
+            disk = ["-drive", f"file={config.image.disk},format=raw,if=virtio,readonly=on"]
         argv = [
             find_qemu(),
             "-accel", "tcg",
@@ -104,6 +109,7 @@ class Machine:
             "-kernel", str(config.image.kernel),
             "-initrd", str(config.image.initrd),
             "-append", append,
+            *disk,
             *config.netdev,
         ]  # fmt: skip
         if incoming is not None:

@@ -7,6 +7,8 @@
     workload = "pingpong.sh"   # busybox shell script run in every guest (path relative to
                                # this file); it sees RANK, N and IP (10.77.0.<rank+1>)
     network = "switch"     # "switch": every guest on snapline's switch; "none": no network
+    rootfs = "none"        # "python": a read-only root disk with the host's Python and numpy;
+                           # the workload (still a shell script) then has python3 on its PATH
 
 The workload's standard output and error are the guest output the host collects.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from snapline.errors import ConfigError
+from snapline.levels.system.image import ROOTFS
 
 NETWORKS = ("switch", "none")
 
@@ -31,6 +34,7 @@ class VmSpec:
     memory_mib: int
     workload: str
     network: str = "switch"
+    rootfs: str = "none"
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form (kept in the job directory)."""
@@ -39,6 +43,7 @@ class VmSpec:
             "memory_mib": self.memory_mib,
             "workload": self.workload,
             "network": self.network,
+            "rootfs": self.rootfs,
         }
 
     @classmethod
@@ -64,7 +69,7 @@ def load_spec(path: Path) -> VmSpec:
 
 
 def _checked(raw: dict[str, Any], where: str) -> VmSpec:
-    unknown = set(raw) - {"guests", "memory_mib", "workload", "network"}
+    unknown = set(raw) - {"guests", "memory_mib", "workload", "network", "rootfs"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     guests, memory, network = (
@@ -78,4 +83,9 @@ def _checked(raw: dict[str, Any], where: str) -> VmSpec:
         raise ConfigError(f"{where}: memory_mib must be an int in 64..65536, got {memory!r}")
     if network not in NETWORKS:
         raise ConfigError(f"{where}: network must be one of {NETWORKS}, got {network!r}")
-    return VmSpec(guests=guests, memory_mib=memory, workload=raw["workload"], network=network)
+    rootfs = raw.get("rootfs", "none")
+    if rootfs not in ROOTFS:
+        raise ConfigError(f"{where}: rootfs must be one of {ROOTFS}, got {rootfs!r}")
+    return VmSpec(
+        guests=guests, memory_mib=memory, workload=raw["workload"], network=network, rootfs=rootfs
+    )

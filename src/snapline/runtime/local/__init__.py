@@ -44,6 +44,7 @@ ps``), ``rank-N/`` (checkpoint states), ``ledger/``, ``logs/*.jsonl`` (structure
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -57,7 +58,7 @@ from snapline.runtime.local.config import (
     parse_duration_s,
     parse_kill,
 )
-from snapline.runtime.local.job import LocalJob, RunResult, SupervisorFactory
+from snapline.runtime.local.job import LocalJob, RunResult, SupervisorFactory, _pid_is_supervisor
 from snapline.runtime.local.status import JobStatus, read_status
 from snapline.runtime.local.supervisor import Supervisor
 from snapline.runtime.process import Process
@@ -125,6 +126,9 @@ def run(
     line in ``store``, under the configuration stored with it (``app``, ``n``, ``protocol``,
     ``app_options`` ... may be left out; if given they must match). The fault-handling knobs
     (``kill``, ``timeout``, ``heartbeat_*``, ``max_restarts``) apply to the resumed run.
+    An ``n`` other than the stored one resizes the job first: its keyed state is split over
+    the new ranks (``snapline.runtime.keyed``; see ``runtime.local.resize``), and an app
+    without keyed state is refused with ``ConfigError``.
 
     ``allow_pickle=True`` pickles the parts of a state the safe codec cannot encode. Unsafe
     for checkpoints from untrusted sources (loading a pickle runs code); without it such a
@@ -154,7 +158,8 @@ def run(
         "timeout_s": parse_duration_s(timeout),
     }
     if resume:
-        config = load_job(store_path)
+        _no_resize_on_levels(store_path, n)
+        config = _resized_if_asked(store_path, n)
         given: dict[str, object] = {
             "app": None if app is None else app_spec(app),
             "n": n,
@@ -181,6 +186,7 @@ def run(
         if app is None or n is None:
             raise ConfigError("give the app to run and the number of ranks (-n)")
         spec = app_spec(app)
+        app_options = _pinned_options(spec, app_options, n)
         if topology is None:
             topology = _default_topology(spec)
         topo = Topology.parse(topology, n, seed=seed)
@@ -225,10 +231,60 @@ def _absolute_levels(levels: str | None, flush_every: int | None) -> str:
     return parse_levels(levels, flush_every=flush_every).absolute().spec()
 
 
+def _no_resize_on_levels(store: Path, n: int | None) -> None:
+    # A resize reads and moves the ranks' stores in the job directory; a job on storage
+    # levels keeps them on the nodes, which the resize does not know yet.
+    config = load_job(store)
+    if config.levels and n is not None and n != config.n:
+        raise ConfigError(
+            f"--resume -n {n}: the job in {store} keeps its checkpoints on storage levels "
+            f"({config.levels}), and resizing such a job is not supported; resume it with "
+            f"-n {config.n}"
+        )
+
+
 def _node_list(node_of: str | Sequence[str]) -> list[str]:
     if isinstance(node_of, str):
         return [part.strip() for part in node_of.split(",")]
     return [str(node) for node in node_of]
+
+
+def _resized_if_asked(store: Path, n: int | None) -> JobConfig:
+    """The stored job's config, resized first when ``n`` differs from its -n.
+
+    A resize an earlier ``--resume`` left unfinished (a crash) is finished first; the old
+    ranks' files of past resizes are pruned once the job has a committed checkpoint of every
+    rank (see ``runtime.local.resize``).
+    """
+    from snapline.runtime.local import resize
+
+    config = resize.finish_interrupted(store, load_job(store))
+    resize.prune_previous(store, config)
+    if n is None or n == config.n:
+        return config
+    old: JobStatus | None = None
+    with contextlib.suppress(ConfigError):
+        old = read_status(store)
+    if old is not None and old.state in ("running", "recovering") and _pid_is_supervisor(old):
+        raise ConfigError(
+            f"the job in {store} still runs (supervisor pid {old.supervisor_pid}); "
+            "stop it before resuming it on another number of ranks"
+        )
+    return resize.resize_job(store, config, n)
+
+
+def _pinned_options(
+    spec: str, app_options: Mapping[str, Any] | None, n: int
+) -> dict[str, Any] | None:
+    # Built-in apps may fix parameters at the start, so that a resize does not change them.
+    if not is_builtin_app(spec):
+        return None if app_options is None else dict(app_options)
+    from snapline.apps import app_spec as builtin
+
+    pin = builtin(spec).pin_params
+    if pin is None:
+        return None if app_options is None else dict(app_options)
+    return pin(dict(app_options or {}), n)
 
 
 def _supervisor_factory(

@@ -227,6 +227,9 @@ class JobConfig:
     levels: str = ""
     flush_every: int = 0
     node_of: list[str] = field(default_factory=list)
+    #: The resize generation (``<store>/resize/<g>``) whose start states are this job's
+    #: initial states; empty for a job never resized (see ``runtime.local.resize``).
+    resized: str = ""
 
     def validate(self) -> None:
         """Raise ``ConfigError`` on values that cannot work."""

@@ -73,6 +73,7 @@ from snapline.runtime.local.plain import (
     replay_from_plain,
     requests_basic_checkpoints,
 )
+from snapline.runtime.local.resize import start_factory
 from snapline.runtime.local.stable import (
     Completion,
     LedgerJob,
@@ -191,7 +192,10 @@ class Worker:
         self.inbound = topology.inbound(self.rank)
         self.outbound = topology.outbound(self.rank)
         self.protocol_cls: type[CheckpointProtocol] = protocol_class(self.config.protocol)
-        self.factory = app_factory(self.config.app, self.config.app_options)
+        # A resized job's ranks start from the resize's start states, not from scratch.
+        self.factory = start_factory(
+            app_factory(self.config.app, self.config.app_options), self.store_dir, self.config
+        )
         self.protocol_options: dict[str, PlainData] = {
             "edges": sorted([list(e) for e in self.edges]),
             **self.config.protocol_options,

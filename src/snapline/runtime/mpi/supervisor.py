@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from snapline.mpi._shm import sweep_orphaned_segments
 from snapline.runtime.local.supervisor import RankSlot, Supervisor
 from snapline.runtime.local.wire import pack
 
@@ -56,6 +57,7 @@ class MpiSupervisor(Supervisor):
         self._ending = False
         #: How many MPI jobs were started (the first launch and every relaunch).
         self.launches = 0
+        self._first_launch_at = time.time()
 
     # ------------------------------------------------------------------ starting
 
@@ -73,6 +75,8 @@ class MpiSupervisor(Supervisor):
                 f"an MPI job starts every rank together, not {sorted(self._queued)}"
             )
         self._end_world_process()
+        # MPICH segments the previous launch's killed ranks left in /dev/shm (see mpi._shm).
+        sweep_orphaned_segments(self._first_launch_at)
         shared = {k: v for k, v in self._queued[0].items() if k != "rank"}
         self._queued.clear()
         env = {**os.environ, BOOT_ENV: base64.b64encode(pack(shared)).decode("ascii")}
@@ -218,6 +222,7 @@ class MpiSupervisor(Supervisor):
                 slot.stopped = True
         self._end_world_process()
         super().close()
+        sweep_orphaned_segments(self._first_launch_at)
 
 
 def _descends_from(pid: int, ancestor: int, *, depth: int = 6) -> bool:
