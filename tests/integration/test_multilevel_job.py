@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from snapline.runtime.local import read_status
+from snapline.errors import ConfigError
+from snapline.runtime.local import read_status, run
+from snapline.runtime.local.config import JobConfig, save_job
 from snapline.runtime.local.job import summary_json
 from snapline.runtime.local.ledger import ledger_path, read_ledger
 from snapline.runtime.sim import SimConfig, reference_results
@@ -119,3 +121,18 @@ def test_a_lost_node_and_its_killed_rank_recover_from_the_partner_level(
     for rank in range(3):
         with open_store(tmp_path / "shared" / f"rank-{rank}", create=False) as remote:
             assert remote.steps() and remote.verify().ok
+
+
+def test_a_job_on_levels_refuses_a_resize_on_resume(tmp_path: Path) -> None:
+    store = tmp_path / "job"
+    store.mkdir()
+    config = JobConfig(
+        app="bank",
+        n=3,
+        store=str(store),
+        levels=f"local:{tmp_path / 'scratch'},partner",
+        node_of=["a", "b", "c"],
+    )
+    save_job(store, config)
+    with pytest.raises(ConfigError, match="resizing such a job is not supported"):
+        run(store=store, resume=True, n=2)
