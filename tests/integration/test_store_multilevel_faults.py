@@ -195,6 +195,15 @@ FLUSHER = textwrap.dedent(
     store.save_async({"step": 1, "w": np.arange(1000.0)}, step=1).result()
     store.wait_flushed()
     print("flushed 1", flush=True)
+    # A slow link from here on: every pack takes a second more, so the flush of step 2 is
+    # still running for seconds after its first pack is up (the test kills it then).
+    from snapline.store import ObjectStore
+    upload = ObjectStore.write
+    def slow_upload(self, key, pieces):
+        upload(self, key, pieces)
+        if "/packs/" in key:
+            time.sleep(1.0)
+    ObjectStore.write = slow_upload
     w = np.random.default_rng(2).random(mib * 131_072)
     store.save_async({"step": 2, "w": w}, step=2).result()
     print("saved 2 locally; flushing", flush=True)

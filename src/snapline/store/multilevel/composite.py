@@ -89,6 +89,8 @@ class LevelledSave:
     def __init__(self, step: int, future: Future[CheckpointInfo]) -> None:
         self.step = step
         self._future = future
+        #: Its error was raised to a caller of ``result()`` (the store does not raise it again).
+        self.observed = False
 
     def done(self) -> bool:
         """True once the checkpoint is durable on its levels, or the local save failed."""
@@ -96,7 +98,12 @@ class LevelledSave:
 
     def result(self, timeout_s: float | None = None) -> CheckpointInfo:
         """Wait; the info's ``meta["levels"]`` lists the levels that hold the checkpoint."""
-        return self._future.result(timeout=timeout_s)
+        try:
+            return self._future.result(timeout=timeout_s)
+        except BaseException:
+            if self._future.done():
+                self.observed = True
+            raise
 
 
 def _open(where: str, *, create: bool = True) -> Store:
@@ -129,6 +136,9 @@ class MultiLevelStore:
         self._protect = ThreadPoolExecutor(1, thread_name_prefix="snapline-protect")
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="snapline-flush")
         self._flush_lock = threading.Lock()
+        # The partner and remote stores are opened (and dropped after an error) from the
+        # caller's, the protect and the flusher threads.
+        self._open_lock = threading.Lock()
         self._flush_wanted: int | None = None
         self._pending: LevelledSave | None = None
         self._closed = False
@@ -163,24 +173,27 @@ class MultiLevelStore:
         """The partner level's store of this rank (None when not configured)."""
         if not self.levels.partner:
             return None
-        if self._partner is None:
-            self._partner = _open(str(self.layout.partner_store(self.rank)))
-        return self._partner
+        with self._open_lock:
+            if self._partner is None:
+                self._partner = _open(str(self.layout.partner_store(self.rank)))
+            return self._partner
 
     def remote(self) -> Store | None:
         """The remote level's store of this rank (None when not configured)."""
         if not self.levels.remote:
             return None
-        if self._remote is None:
-            self._remote = _open(self.layout.remote_store(self.rank))
-        return self._remote
+        with self._open_lock:
+            if self._remote is None:
+                self._remote = _open(self.layout.remote_store(self.rank))
+            return self._remote
 
     def _drop(self, level: str) -> None:
-        store = self._partner if level == "partner" else self._remote
-        if level == "partner":
-            self._partner = None
-        else:
-            self._remote = None
+        with self._open_lock:
+            store = self._partner if level == "partner" else self._remote
+            if level == "partner":
+                self._partner = None
+            else:
+                self._remote = None
         if store is not None:
             with contextlib.suppress(Exception):
                 store.close()
@@ -268,10 +281,14 @@ class MultiLevelStore:
             self.on_flushed(step, ident)
 
     def wait(self) -> None:
-        """Wait for the pending save's fast levels (raising its error)."""
+        """Wait for the pending save's fast levels; raise its error if nobody has seen it."""
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        if pending is None:
+            return
+        error = pending._future.exception()  # waits
+        if error is not None and not pending.observed:
+            pending.observed = True
+            raise error
 
     def wait_flushed(self, timeout_s: float | None = None) -> None:
         """Wait until every flush submitted so far has finished (for tests and ``close``)."""
