@@ -116,6 +116,7 @@ def test_old_steps_leave_the_remote_level_only_once_a_newer_one_is_there(
         store.delete(4)  # the newest step undone (a rollback): gone from every level
         store.wait_flushed()
         assert remote.steps() == [] and store.steps() == [3]
+        assert remote.backend.list_keys("chunks/") == []  # and their chunks reclaimed
     remote.close()
 
 

@@ -454,6 +454,9 @@ class MultiLevelStore:
                 store = self.partner() if level == "partner" else self.remote()
                 if store is not None and step in store.steps():
                     store.delete(step)
+                    # Its chunks too (the writer lock keeps a copy in progress safe from it):
+                    # nothing else reclaims space on the levels this store writes for a rank.
+                    store.gc()
                 if level == "remote" and self._remote_steps is not None:
                     self._remote_steps.discard(step)
             except (SnaplineError, OSError) as exc:
@@ -479,7 +482,8 @@ class MultiLevelStore:
 
     def gc(self, keep_last: int | None = None, keep_every: int | None = None) -> GcReport:
         """Apply retention on the local level and reclaim unreferenced chunks on the partner
-        level (the remote level's gc is its owner's business: ``snapline gc URL``)."""
+        level. (Steps ``delete`` removes from the partner and remote levels have their chunks
+        reclaimed there at once, in the background.)"""
         self.wait()
         report = self.local.gc(keep_last=keep_last, keep_every=keep_every)
         partner = self._quiet(self.partner)
