@@ -59,8 +59,34 @@ def register(app: typer.Typer) -> None:
                 help="The mpiexec to use (default: next to this Python, else on PATH).",
             ),
         ] = None,
+        levels: Annotated[
+            str | None,
+            typer.Option(
+                "--levels",
+                metavar="LEVELS",
+                help="Multi-level checkpoints for the program's Checkpointer, fastest first: "
+                "local:DIR[,partner][,xor:K][,remote:URL] (passed as SNAPLINE_LEVELS).",
+            ),
+        ] = None,
+        flush_every: Annotated[
+            int | None,
+            typer.Option(
+                "--flush-every",
+                metavar="K",
+                help="With a remote level: flush every K-th checkpoint to it (default 1).",
+            ),
+        ] = None,
+        node_of: Annotated[
+            str | None,
+            typer.Option(
+                "--node-of",
+                metavar="NODES",
+                help="Each rank's node, rank 0 first, e.g. 0,0,1,1 (default: its host).",
+            ),
+        ] = None,
     ) -> None:
         """Run a program under mpiexec (the command's help is ``MPIRUN_HELP``)."""
+        from snapline.mpi._checkpointer import levels_env
         from snapline.mpi._launch import find_mpiexec, relaunch_loop
 
         relaunch_loop(
@@ -70,4 +96,5 @@ def register(app: typer.Typer) -> None:
             backoff_s=duration_s(backoff, "--backoff"),
             mpiexec=find_mpiexec(mpiexec),
             say=lambda line: err.print(line, soft_wrap=True),
+            extra_env=levels_env(levels, flush_every, node_of, ranks=n),
         )

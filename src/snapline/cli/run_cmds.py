@@ -326,6 +326,32 @@ def register(app: typer.Typer) -> None:
                 "default: a new local Ray).",
             ),
         ] = None,
+        levels: Annotated[
+            str | None,
+            typer.Option(
+                "--levels",
+                metavar="LEVELS",
+                help="Multi-level checkpoints, fastest first: local:DIR[,partner][,xor:K]"
+                "[,remote:URL], e.g. local:/scratch,partner,remote:s3://bucket/prefix. "
+                "Every engine.",
+            ),
+        ] = None,
+        flush_every: Annotated[
+            int | None,
+            typer.Option(
+                "--flush-every",
+                metavar="K",
+                help="With a remote level: flush every K-th checkpoint to it (default 1).",
+            ),
+        ] = None,
+        node_of: Annotated[
+            str | None,
+            typer.Option(
+                "--node-of",
+                metavar="NODES",
+                help="Each rank's node, rank 0 first, e.g. 0,0,1,1 (default: this host).",
+            ),
+        ] = None,
     ) -> None:
         """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure.
 
@@ -341,6 +367,11 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(
                     f"--engine {engine} runs application-level jobs; --level process runs its "
                     "processes on this machine"
+                )
+            if (levels, flush_every, node_of) != (None, None, None):
+                raise ConfigError(
+                    "--levels, --flush-every and --node-of apply to application-level jobs; "
+                    "--level process keeps its images in --store"
                 )
             _run_process_level(
                 app_name, args, n=n, store=store, interval=interval, resume=resume,
@@ -381,6 +412,9 @@ def register(app: typer.Typer) -> None:
                 engine=engine,
                 mpiexec=mpiexec,
                 ray_address=ray_address,
+                levels=levels,
+                flush_every=flush_every,
+                node_of=node_of,
             )
         console.print(summary_table(result))
         for rank, items in sorted(result.outputs.items()):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -41,10 +41,23 @@ from snapline.mpi._commit import new_record, read_records, remove_record, write_
 from snapline.mpi._debug import CountingComm, check_safe_point
 from snapline.mpi._policy import CheckpointPolicy, make_policy
 from snapline.store import PendingSave, Store, open_store
+from snapline.store.multilevel import (
+    LEVEL_NAMES,
+    LevelledSave,
+    MultiLevelStore,
+    NodeLayout,
+    parse_levels,
+    parse_node_of,
+    this_host,
+)
 
 log = logging.getLogger("snapline.mpi")
 
 T = TypeVar("T")
+
+LEVELS_ENV = "SNAPLINE_LEVELS"
+FLUSH_EVERY_ENV = "SNAPLINE_FLUSH_EVERY"
+NODE_OF_ENV = "SNAPLINE_NODE_OF"
 
 
 class Checkpointer:
@@ -57,7 +70,11 @@ class Checkpointer:
     cost and the job's mean time between failures); default: every 60 s. ``keep_last``: how
     many complete checkpoints to keep (older parts are deleted). ``debug``: check the safe-point
     rule at each checkpoint; the program must then send and receive through ``ckpt.comm``.
-    ``compress``: zstd-compress the parts.
+    ``compress``: zstd-compress the parts. ``levels`` (e.g. ``"local:/scratch,partner"``; default
+    ``$SNAPLINE_LEVELS``, which ``snapline mpirun --levels`` sets) writes the parts to node-local
+    directories first, protected on other nodes and flushed every ``flush_every``-th step to a
+    remote level (``snapline.store.multilevel``); ``node_of`` names each rank's node (default:
+    its host). The commit records stay under ``store``, which every rank must reach.
     """
 
     def __init__(
@@ -72,6 +89,9 @@ class Checkpointer:
         keep_last: int = 2,
         debug: bool = False,
         compress: bool = False,
+        levels: str | None = None,
+        flush_every: int | None = None,
+        node_of: Sequence[str] | None = None,
     ) -> None:
         if comm is None:
             comm = mpi4py_MPI().COMM_WORLD
@@ -100,15 +120,41 @@ class Checkpointer:
         self._counting = CountingComm(comm) if debug else None
         self.comm: Any = self._counting if self._counting is not None else comm
         """The communicator the program should use (counting messages in debug mode)."""
-        self.store: Store = self._agreed(
+        layout = self._layout(levels, flush_every, node_of)
+        self.store: Store | MultiLevelStore = self._agreed(
             "opening the store",
-            lambda: open_store(root / f"rank-{self.rank}", compress=compress),
+            lambda: (
+                open_store(root / f"rank-{self.rank}", compress=compress)
+                if layout is None
+                else MultiLevelStore(layout, self.rank, compress=compress)
+            ),
         )
-        self._pending: PendingSave | None = None
+        self._pending: PendingSave | LevelledSave | None = None
         self._pending_started_s = 0.0
         self._last_checkpoint_s = time.monotonic()
         self._cost_s: float | None = None
         self._closed = False
+
+    def _layout(
+        self, levels: str | None, flush_every: int | None, node_of: Sequence[str] | None
+    ) -> NodeLayout | None:
+        """The levels' layout (arguments, else ``SNAPLINE_LEVELS``...), or None: one store."""
+        if levels is None:
+            levels = os.environ.get(LEVELS_ENV) or None
+            if flush_every is None and os.environ.get(FLUSH_EVERY_ENV):
+                flush_every = int(os.environ[FLUSH_EVERY_ENV])
+            if node_of is None and os.environ.get(NODE_OF_ENV):
+                node_of = os.environ[NODE_OF_ENV].split(",")
+        if levels is None:
+            if flush_every is not None or node_of is not None:
+                raise ConfigError("flush_every and node_of need levels= (e.g. 'local:/scratch')")
+            return None
+        spec = parse_levels(levels, flush_every=flush_every)
+        if node_of is None:
+            nodes = self._collective.allgather(this_host())  # every rank's host
+        else:
+            nodes = parse_node_of(",".join(node_of), self.size)
+        return NodeLayout(levels=spec, node_of=tuple(nodes))
 
     # -- restoring ------------------------------------------------------------------------
     def restore(self) -> Any:
@@ -260,9 +306,7 @@ class Checkpointer:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        outcome = self._gathered(
-            lambda: pending.result().created_unix_s - self._pending_started_s, share=True
-        )
+        outcome = self._gathered(lambda: _written(pending, self._pending_started_s), share=True)
         failures = _failures(outcome)
         if failures:
             raise CheckpointFailed(
@@ -272,17 +316,20 @@ class Checkpointer:
                 "or relaunch to resume"
             )
         # The slowest part decides when the global checkpoint is complete.
-        self._cost_s = max(max(float(cost or 0.0) for cost, _ in outcome), 0.0)
+        self._cost_s = max(max(float(w[0]) if w else 0.0 for w, _ in outcome), 0.0)
+        # The levels every part is durable on (each part's save waited for them).
+        held = [set(w[1]) if w else set() for w, _ in outcome]
+        levels = [name for name in LEVEL_NAMES if all(name in h for h in held)]
         self._agreed(
             f"committing checkpoint step {pending.step}",
-            lambda: self._commit(pending.step),
+            lambda: self._commit(pending.step, levels),
         )
         self._committed.append(pending.step)
         self._agreed("deleting old checkpoints", self._apply_retention)
 
-    def _commit(self, step: int) -> None:
+    def _commit(self, step: int, levels: list[str]) -> None:
         if self.rank == 0:
-            write_record(self.root, new_record(step, self.size))
+            write_record(self.root, new_record(step, self.size, levels=levels))
 
     def _apply_retention(self) -> None:
         doomed = self._committed[: -self.keep_last]
@@ -378,6 +425,28 @@ class Checkpointer:
     def _require_open(self, call: str) -> None:
         if self._closed:
             raise ConfigError(f"{call} on a closed Checkpointer; create a new one")
+
+
+def _written(pending: PendingSave | LevelledSave, started_s: float) -> tuple[float, list[str]]:
+    """A part's write cost and the levels holding it (``[]`` for a one-level store)."""
+    info = pending.result()
+    return info.created_unix_s - started_s, list(info.meta.get("levels", []))
+
+
+def levels_env(
+    levels: str | None, flush_every: int | None, node_of: str | None, *, ranks: int
+) -> dict[str, str]:
+    """What ``snapline mpirun --levels ...`` puts in the program's environment (checked)."""
+    if levels is None:
+        if flush_every is not None or node_of is not None:
+            raise ConfigError("--flush-every and --node-of need --levels")
+        return {}
+    env = {LEVELS_ENV: parse_levels(levels, flush_every=flush_every).absolute().spec()}
+    if flush_every is not None:
+        env[FLUSH_EVERY_ENV] = str(flush_every)
+    if node_of is not None:
+        env[NODE_OF_ENV] = ",".join(parse_node_of(node_of, ranks))
+    return env
 
 
 def _failures(outcome: list[tuple[Any, str | None]]) -> list[tuple[int, str]]:

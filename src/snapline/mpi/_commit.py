@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class CommitRecord:
     step: int
     ranks: int
     created_unix_s: float
+    #: The storage levels every part is durable on (multi-level stores; empty otherwise).
+    levels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.step) is not int or self.step < 0:
@@ -55,6 +58,8 @@ def encode_record(record: CommitRecord) -> bytes:
         "ranks": record.ranks,
         "created_unix_s": record.created_unix_s,
     }
+    if record.levels:
+        body["levels"] = list(record.levels)
     return json.dumps(body, indent=1).encode() + b"\n"
 
 
@@ -78,7 +83,12 @@ def parse_record(data: bytes, *, where: str) -> CommitRecord:
     if type(step) is not int or type(ranks) is not int:
         raise CorruptCheckpoint(f"commit record {where}: step and ranks must be integers")
     try:
-        return CommitRecord(step=step, ranks=ranks, created_unix_s=float(created))
+        levels = body.get("levels", [])
+        if not isinstance(levels, list) or not all(isinstance(x, str) for x in levels):
+            raise ValueError("levels must be a list of level names")
+        return CommitRecord(
+            step=step, ranks=ranks, created_unix_s=float(created), levels=tuple(levels)
+        )
     except ValueError as exc:
         raise CorruptCheckpoint(f"commit record {where}: {exc}") from None
 
@@ -137,6 +147,6 @@ def read_records(root: Path) -> tuple[list[CommitRecord], list[str]]:
     return records, problems
 
 
-def new_record(step: int, ranks: int) -> CommitRecord:
+def new_record(step: int, ranks: int, *, levels: Sequence[str] = ()) -> CommitRecord:
     """A record of step ``step`` stamped with the current time."""
-    return CommitRecord(step=step, ranks=ranks, created_unix_s=time.time())
+    return CommitRecord(step=step, ranks=ranks, created_unix_s=time.time(), levels=tuple(levels))

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from snapline.errors import ConfigError, RuntimeFailure
@@ -67,10 +67,12 @@ def relaunch_loop(
     backoff_s: float,
     mpiexec: str,
     say: Callable[[str], None],
+    extra_env: Mapping[str, str] | None = None,
 ) -> int:
     """Run ``mpiexec -n ranks program`` until it succeeds; return the number of relaunches.
 
-    ``RuntimeFailure`` once it has failed ``max_restarts + 1`` times.
+    ``RuntimeFailure`` once it has failed ``max_restarts + 1`` times. ``extra_env`` goes to
+    every launch's environment (e.g. the ``SNAPLINE_LEVELS`` a ``Checkpointer`` reads).
     """
     if not program:
         raise ConfigError(
@@ -84,7 +86,7 @@ def relaunch_loop(
     attempt = 0
     started = time.time()
     while True:
-        env = {**os.environ, ATTEMPT_ENV: str(attempt)}
+        env = {**os.environ, **(extra_env or {}), ATTEMPT_ENV: str(attempt)}
         try:
             code = _run(command, env)
         finally:

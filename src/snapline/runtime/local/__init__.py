@@ -21,7 +21,8 @@ Architecture (why it is built this way):
   (``ledger``, ``stable``) and the recovery line from stable storage (``jobdir``) are what
   ``snapline.runtime.mpi`` runs too, with its own transport (``worker.ChannelTransport``) and
   its own ``Supervisor`` (one ``mpiexec``; a death ends every rank): ``run(engine="mpi")``.
-* **Stable storage is the store plus a ledger.** States go to ``open_store(<store>/rank-N)``;
+* **Stable storage is the store plus a ledger.** States go to ``open_store(<store>/rank-N)``
+  (or, with ``levels``, to node-local, partner, XOR and remote levels: ``levels.py``);
   checkpoint records, attachments, commit markers, message logs and released output go to an
   fsynced append-only ledger per rank, written in protocol order by one thread (``stable``).
 
@@ -44,7 +45,7 @@ ps``), ``rank-N/`` (checkpoint states), ``ledger/``, ``logs/*.jsonl`` (structure
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,9 @@ def run(
     engine: str = "local",
     mpiexec: str | None = None,
     ray_address: str | None = None,
+    levels: str | None = None,
+    flush_every: int | None = None,
+    node_of: str | Sequence[str] | None = None,
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
 
@@ -137,6 +141,12 @@ def run(
     in ``store`` (see ``snapline.runtime.mpi``). ``engine="ray"`` runs each rank as a Ray
     actor (``ray_address``: an existing cluster; default a local Ray), restarted alone as a new
     actor after a failure (see ``snapline.runtime.ray``). A store can be resumed on any engine.
+
+    ``levels`` (e.g. ``"local:/scratch,partner,xor:4,remote:s3://b/p"``) writes checkpoints
+    to node-local directories first, protects them on other nodes and flushes every
+    ``flush_every``-th to the remote level (``snapline.store.multilevel``); ``node_of``
+    (``"0,0,1,1"`` or a list: rank r's node) says which node each rank is on (default: this
+    host). The job directory ``store`` keeps the ledgers and must survive a node.
     """
     store_path = Path(store).resolve()
     kills = [parse_kill(k) if isinstance(k, str) else (int(k[0]), float(k[1])) for k in kill]
@@ -147,6 +157,7 @@ def run(
         "timeout_s": parse_duration_s(timeout),
     }
     if resume:
+        _no_resize_on_levels(store_path, n)
         config = _resized_if_asked(store_path, n)
         given: dict[str, object] = {
             "app": None if app is None else app_spec(app),
@@ -155,6 +166,9 @@ def run(
             "topology": topology,
             "app_options": None if app_options is None else dict(app_options),
             "protocol_options": None if protocol_options is None else dict(protocol_options),
+            "levels": None if levels is None else _absolute_levels(levels, flush_every),
+            "flush_every": flush_every,
+            "node_of": None if node_of is None else _node_list(node_of),
         }
         for key, value in given.items():
             if value is not None and value != getattr(config, key):
@@ -192,6 +206,9 @@ def run(
             max_restarts=max_restarts,
             timeout_s=knobs["timeout_s"],
             allow_pickle=allow_pickle,
+            levels=_absolute_levels(levels, flush_every),
+            flush_every=flush_every or 0,
+            node_of=[] if node_of is None else _node_list(node_of),
         )
     return LocalJob(
         config,
@@ -203,6 +220,32 @@ def run(
 
 
 ENGINES = ("local", "mpi", "ray")
+
+
+def _absolute_levels(levels: str | None, flush_every: int | None) -> str:
+    if not levels:
+        return ""
+    from snapline.store.multilevel import parse_levels
+
+    return parse_levels(levels, flush_every=flush_every).absolute().spec()
+
+
+def _no_resize_on_levels(store: Path, n: int | None) -> None:
+    # A resize reads and moves the ranks' stores in the job directory; a job on storage
+    # levels keeps them on the nodes, which the resize does not know yet.
+    config = load_job(store)
+    if config.levels and n is not None and n != config.n:
+        raise ConfigError(
+            f"--resume -n {n}: the job in {store} keeps its checkpoints on storage levels "
+            f"({config.levels}), and resizing such a job is not supported; resume it with "
+            f"-n {config.n}"
+        )
+
+
+def _node_list(node_of: str | Sequence[str]) -> list[str]:
+    if isinstance(node_of, str):
+        return [part.strip() for part in node_of.split(",")]
+    return [str(node) for node in node_of]
 
 
 def _resized_if_asked(store: Path, n: int | None) -> JobConfig:

@@ -221,6 +221,12 @@ class JobConfig:
     #: Pickle what the safe codec cannot encode (unsafe for untrusted checkpoints: loading
     #: a pickle runs code).
     allow_pickle: bool = False
+    #: Multi-level checkpoints (``--levels``; empty: one store per rank in the job directory),
+    #: how often the remote level is written (``--flush-every``) and each rank's node
+    #: (``--node-of``; empty: every rank on this host). See ``snapline.store.multilevel``.
+    levels: str = ""
+    flush_every: int = 0
+    node_of: list[str] = field(default_factory=list)
     #: The resize generation (``<store>/resize/<g>``) whose start states are this job's
     #: initial states; empty for a job never resized (see ``runtime.local.resize``).
     resized: str = ""
@@ -237,6 +243,10 @@ class JobConfig:
             raise ConfigError("--max-restarts must be >= 0")
         if not self.store:
             raise ConfigError("a job needs a store directory (--store DIR)")
+        if self.levels or self.flush_every or self.node_of:
+            from snapline.runtime.local.levels import node_layout
+
+            node_layout(self)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form."""

@@ -109,6 +109,9 @@ class LedgerView:
     message_log: list[PlainData] = field(default_factory=list)
     outputs: list[PlainData] = field(default_factory=list)
     released_outputs: int = 0
+    #: Multi-level stores: the levels holding each checkpoint, and its checkpoint id.
+    levels: dict[int, list[str]] = field(default_factory=dict)
+    checkpoint_ids: dict[int, str] = field(default_factory=dict)
 
     def tentative_records(self) -> list[CheckpointRecord]:
         """Persisted checkpoints neither committed nor discarded, oldest first."""
@@ -148,6 +151,7 @@ def read_ledger(path: Path, rank: int) -> LedgerView:
                 attachments=attachments.setdefault(index, {}),
             )
             view.extras[index] = rec.get("extras") or {}
+            _fold_levels(view, index, rec)
         elif kind == "attach":
             attachments.setdefault(int(rec["index"]), {})[str(rec["key"])] = rec["meta"]
         elif kind == "commit":
@@ -161,6 +165,8 @@ def read_ledger(path: Path, rank: int) -> LedgerView:
         elif kind == "output":
             view.outputs.append(rec["item"])
             view.released_outputs = max(view.released_outputs, int(rec["id"]))
+        elif kind == "flushed":
+            _fold_flushed(view, rec)
         elif kind == "restore":
             # The rank rolled back to ``index``: what it wrote about later checkpoints belongs
             # to an undone future (those indices will be reused by the new incarnation).
@@ -168,6 +174,9 @@ def read_ledger(path: Path, rank: int) -> LedgerView:
             for later in [i for i in view.persisted if i > index]:
                 del view.persisted[later]
                 view.extras.pop(later, None)
+            for later in [i for i in view.levels if i > index]:
+                del view.levels[later]
+                view.checkpoint_ids.pop(later, None)
             for later in [i for i in attachments if i > index]:
                 del attachments[later]
             view.committed = {i for i in view.committed if i <= index}
@@ -184,3 +193,23 @@ def read_ledger(path: Path, rank: int) -> LedgerView:
             attachments=dict(attachments.get(index, {})),
         )
     return view
+
+
+def _fold_levels(view: LedgerView, index: int, rec: dict[str, Any]) -> None:
+    levels, ident = rec.get("levels"), rec.get("checkpoint_id")
+    if isinstance(levels, list) and isinstance(ident, str):
+        view.levels[index] = [str(level) for level in levels]
+        view.checkpoint_ids[index] = ident
+    else:
+        view.levels.pop(index, None)
+        view.checkpoint_ids.pop(index, None)
+
+
+def _fold_flushed(view: LedgerView, rec: dict[str, Any]) -> None:
+    # Only for the checkpoint that is current under that index: a flush of an older one
+    # (the rank rolled back and saved the index again) proves nothing about the new one.
+    index = int(rec["index"])
+    if view.checkpoint_ids.get(index) == rec.get("id") and index in view.levels:
+        level = str(rec.get("level", "remote"))
+        if level not in view.levels[index]:
+            view.levels[index].append(level)

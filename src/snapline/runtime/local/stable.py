@@ -164,11 +164,11 @@ class StableWriter:
         match job:
             case SaveJob(generation=gen, index=index, pending=pending, record=record):
                 try:
-                    pending.result()
+                    info = pending.result()
                 except (SnaplineError, OSError) as exc:
                     completions.append(("write_failed", gen, index, str(exc)))
                     return
-                self.ledger.append(record)
+                self.ledger.append({**record, **_level_fields(info)})
                 completions.append(("persisted", gen, index))
             case LedgerJob(generation=gen, record=record, entry_id=entry_id):
                 self.ledger.append(record)
@@ -184,6 +184,14 @@ class StableWriter:
                 completions.append(("released", self.released))
             case BarrierJob(done=done):
                 barriers.append(done)
+
+
+def _level_fields(info: Any) -> dict[str, PlainData]:
+    """On a multi-level store, which levels hold the checkpoint, and its id (else nothing)."""
+    meta = getattr(info, "meta", None) or {}
+    if "levels" not in meta:
+        return {}
+    return {"levels": list(meta["levels"]), "checkpoint_id": str(meta["checkpoint_id"])}
 
 
 def wait_beating(

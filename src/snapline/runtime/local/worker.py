@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 The worker reads its boot data (job config, rank, the job secret) from stdin, opens its store
-(``<store>/rank-N``) and ledger, listens for channels, and connects to the supervisor's control
-socket. From then on it runs one single-threaded event loop (``selectors``) that multiplexes
-the channel sockets, the control link, timers (application, protocol, the basic checkpoint
-schedule, heartbeats) and completions posted by the stable-storage thread. Application code
-and protocol code therefore run on one thread, one event at a time, exactly as in the simulator
--- both go through the same ``RankEngine``; this module is only the ``EnginePort`` and the loop.
+(``<store>/rank-N``, or its storage levels: ``levels.py``) and ledger, listens for channels,
+and connects to the supervisor's control socket. From then on it runs one single-threaded event
+loop (``selectors``) that multiplexes the channel sockets, the control link, timers
+(application, protocol, the basic checkpoint schedule, heartbeats) and completions posted by
+the stable-storage thread. Application code and protocol code therefore run on one thread, one
+event at a time, exactly as in the simulator -- both go through the same ``RankEngine``; this
+module is only the ``EnginePort`` and the loop.
 
 The supervisor drives the life cycle with control messages:
 
@@ -66,6 +67,7 @@ from snapline.runtime.local.config import (
 )
 from snapline.runtime.local.control import check_from_supervisor
 from snapline.runtime.local.ledger import ledger_path, read_ledger
+from snapline.runtime.local.levels import flushed_record, load_checkpoint
 from snapline.runtime.local.plain import (
     record_to_plain,
     replay_from_plain,
@@ -223,9 +225,9 @@ class Worker:
             wake=self._wake,
             log=self.log,
         )
-        from snapline.store import open_store  # imported late: the store is heavier
+        from snapline.runtime.local.levels import rank_store  # late: the store is heavier
 
-        self.store = open_store(self.store_dir / f"rank-{self.rank}")
+        self.store = rank_store(self.config, self.rank, self._flushed)
         self._completions: deque[Completion] = deque()
         self._completions_lock = threading.Lock()
         self.writer = StableWriter(ledger_path(self.store_dir, self.rank), self.rank, self._post)
@@ -563,6 +565,12 @@ class Worker:
             incarnation=0,
         )
 
+    def _flushed(self, index: int, checkpoint_id: str) -> None:
+        # From the store's flusher thread: the remote level now holds checkpoint ``index``.
+        self.writer.put(
+            LedgerJob(generation=self.generation, record=flushed_record(index, checkpoint_id))
+        )
+
     def _build_restored(self, index: int, incarnation: int) -> None:
         self._reset_timers()
         # Void the ledger's records of later checkpoints (an undone future) before anything new.
@@ -588,7 +596,9 @@ class Worker:
         else:
             view = read_ledger(ledger_path(self.store_dir, self.rank), self.rank)
             record = view.persisted[index]
-            state = self.store.load(index, allow_pickle=self.config.allow_pickle)
+            state = load_checkpoint(
+                self.store, view, index, allow_pickle=self.config.allow_pickle, log=self.log
+            )
             image = CheckpointImage(record=record, state=state, extras=view.extras[index])
             self.engine = RankEngine.restored(
                 image=image,
