@@ -197,6 +197,14 @@ class LocalJob:
             "epoch": self.epoch,
         }
 
+    def _connect_message(self, round_id: int | None) -> dict[str, Any]:
+        """``connect``, with where every rank listens now (a restarted rank may have moved)."""
+        msg: dict[str, Any] = {"op": "connect", "round": round_id}
+        peers = self._sup.peer_table()
+        if peers:
+            msg["peers"] = peers
+        return msg
+
     def _prepare_store(self) -> None:
         store = self.store_dir
         if self.resume:
@@ -262,6 +270,7 @@ class LocalJob:
             RankStatus(
                 rank=s.rank,
                 pid=s.pid,
+                node=s.node,
                 state=s.state,
                 incarnation=s.incarnation,
                 restarts=s.restarts,
@@ -424,7 +433,7 @@ class LocalJob:
                 sup.send(rank, {"op": "init"})
             self._wait_replies(ranks, "ready", None)
             for rank in ranks:
-                sup.send(rank, {"op": "connect"})
+                sup.send(rank, self._connect_message(None))
             self._wait_replies(ranks, "connected", None)
         except _RoundAborted:
             # A rank died before the job ran at all: recover like any failure (from scratch).
@@ -720,7 +729,7 @@ class LocalJob:
         self._wait_replies(sorted(restored), "ready", round_id)
         everyone = list(range(n))
         for rank in everyone:
-            sup.send(rank, {"op": "connect", "round": round_id})
+            sup.send(rank, self._connect_message(round_id))
         self._wait_replies(everyone, "connected", round_id)
         for rank in everyone:
             cuts = {src: rec.sent.get(rank, 0) for src, rec in records.items() if src != rank}
