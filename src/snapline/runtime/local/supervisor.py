@@ -409,6 +409,7 @@ class Supervisor:
         elif op == "hello":
             slot.address = msg.get("address")
             slot.node = msg.get("node", slot.node)
+            self.log("rank_listens", rank=slot.rank, address=slot.address, node=slot.node)
         elif op == "fatal":
             slot.fatal = str(msg.get("error"))
             slot.fatal_report = msg

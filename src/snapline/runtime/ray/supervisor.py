@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import time
 from typing import Any
 
@@ -107,6 +108,7 @@ class RaySupervisor(Supervisor):
         self._actor_class: Any = ray.remote(max_restarts=0, max_task_retries=0)(RankActor)
         self._actors: dict[int, Any] = {}
         self._runs: dict[int, Any] = {}
+        self._token = secrets.token_hex(4)
         self._spawned = 0
         #: An actor started ahead, idle, that the next restarted rank takes over: a new Ray
         #: worker process takes seconds to start and import, which a recovery should not wait.
@@ -114,6 +116,7 @@ class RaySupervisor(Supervisor):
         #: The node each actor (spare included) was placed on, and the nodes where a rank died
         #: recently: such a node may be lost, though Ray lists it alive for a few seconds more.
         self._spare_node = ""
+        self._spare_name = ""
         self._rank_node: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
         self.log(
@@ -132,22 +135,23 @@ class RaySupervisor(Supervisor):
         slot = self.slots[rank]
         self._forget_actor(rank)
         self.starting(slot, None)
-        actor, node, self._spare = self._spare, self._spare_node, None
+        actor, node, name = self._spare, self._spare_node, self._spare_name
+        self._spare = None
         if actor is not None and node in self._avoid():
             with contextlib.suppress(Exception):  # it may have died with its node
                 self._ray.kill(actor, no_restart=True)
             actor = None
         took_spare = actor is not None
         if actor is None:
-            actor, node = self._new_actor()
+            actor, node, name = self._new_actor()
         self._actors[rank], self._rank_node[rank] = actor, node
         host = self._nodes.get(node) or _alive_nodes(self._ray).get(node, "")
         boot = {**boot, "node": host, "control_address": self._control_for_ranks}
         if self.tcp:
             boot["listen_address"] = tcp_address(host, 0)
         self._runs[rank] = actor.run.remote(pack(boot))
-        self.log("spawned", rank=rank, pid=None, spare=took_spare, node=node)
-        self._spare, self._spare_node = self._new_actor()
+        self.log("spawned", rank=rank, pid=None, spare=took_spare, node=host, actor=name)
+        self._spare, self._spare_node, self._spare_name = self._new_actor()
 
     def _avoid(self) -> set[str]:
         """Nodes where a rank died in the last seconds (none if that would be every node)."""
@@ -156,8 +160,8 @@ class RaySupervisor(Supervisor):
         alive = set(_alive_nodes(self._ray) or self._nodes)
         return set(self._suspect) if alive - set(self._suspect) else set()
 
-    def _new_actor(self) -> tuple[Any, str]:
-        """A new rank actor and its node: the next of the cluster's nodes in turn."""
+    def _new_actor(self) -> tuple[Any, str, str]:
+        """A new rank actor, its node and its name: the next of the cluster's nodes in turn."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         avoid = self._avoid()
@@ -171,13 +175,17 @@ class RaySupervisor(Supervisor):
         alive = [n for n in nodes or self._nodes if n not in avoid]
         node = alive[self._spawned % len(alive)]
         self._spawned += 1
+        name = f"snapline-{self._token}-{self._spawned}"
         actor = self._actor_class.options(
+            # Named, so that ``ray list actors`` (and ``ray.get_actor``) can find a rank's
+            # actor; the supervisor log's ``spawned`` line says which rank it runs.
+            name=name,
             num_cpus=0,
             # Hard, so the node recorded is where it runs: a node where a rank just died is
             # avoided for a while (``_avoid``), as Ray may list a lost node alive for seconds.
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
         ).remote()
-        return actor, node
+        return actor, node, name
 
     def _expects(self, slot: RankSlot, pid: int) -> bool:
         """The rank's actor introduces itself: learn its pid (for ``ps`` and ``kill``)."""
