@@ -5,7 +5,8 @@ Theory of operation
 The ``snapline run`` process is the supervisor. It spawns one worker process per rank
 (``python -m snapline.runtime.local.worker``; boot data and the job secret go through the
 child's stdin), accepts each worker's authenticated control connection on
-``<socket_dir>/control.sock``, and is the job's failure detector:
+``<socket_dir>/control.sock`` (and on any address an engine adds with ``listen_also``: TCP
+for ranks on other hosts), and is the job's failure detector:
 
 * **Exit** -- a worker that exits or is killed (``kill -9`` from anywhere) is noticed at once:
   the supervisor holds a pidfd for each child in its selector (readable the moment the child
