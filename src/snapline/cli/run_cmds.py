@@ -427,8 +427,10 @@ def register(app: typer.Typer) -> None:
         table = Table()
         nodes = any(rank.node for rank in status.ranks)
         columns = ("rank", "node", "pid", "state", "alive", "incarnation", "restarts", "last ckpt")
+        widest = max((len(rank.node or "") for rank in status.ranks), default=0)
         for name in columns if nodes else (c for c in columns if c != "node"):
-            table.add_column(name, justify="right")
+            # An address cut short is no use for ``ssh NODE kill -9 PID``.
+            table.add_column(name, justify="right", min_width=widest if name == "node" else None)
         for rank in status.ranks:
             here = not rank.node or is_this_host(rank.node)
             table.add_row(
