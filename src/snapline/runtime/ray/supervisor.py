@@ -7,8 +7,10 @@ the cluster's nodes) and calls its ``run`` with the rank's boot data, which the 
 process uses exactly as a local worker uses its stdin. The worker connects its control link to
 this supervisor and its channels to the other ranks as a local worker does; its hello names
 its pid, which is how ``snapline ps`` can show it for a ``kill -9`` from outside. One idle
-actor is always started ahead (a spare) and the next ``spawn`` takes it: a new Ray worker
-process needs seconds to start and import on a busy machine, which a recovery should not wait.
+actor is always started ahead (a spare; its constructor imports what a worker needs) and the
+next ``spawn`` takes it: a new Ray worker process needs seconds to start and import on a busy
+machine, which a recovery should not wait. Actors are named (``snapline-<token>-<k>``; the
+log's ``spawned`` line says which rank each runs), so ``ray.get_actor`` finds them.
 For some seconds after a rank died on a node, new actors (and the spare) avoid that node: it
 may have been lost, though Ray still lists it alive until its health checks time out.
 
