@@ -65,6 +65,7 @@ def check_case(report: dict[str, Any], why: str) -> None:
 def check_refused(report: dict[str, Any]) -> None:
     assert "node-local file system" in report["refused"], report
     assert "--shared-store" in report["refused"], report
+    assert not report["left_a_job"], report
 
 
 @pytest.mark.timeout(200)

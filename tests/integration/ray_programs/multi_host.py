@@ -28,6 +28,7 @@ from ray.cluster_utils import Cluster
 
 from snapline.errors import ConfigError
 from snapline.runtime.local import read_status, run
+from snapline.runtime.local.config import JOB_FILE
 from snapline.runtime.local.status import pid_alive
 from snapline.runtime.local.verify import check_run
 
@@ -41,7 +42,10 @@ def main(root: str, cases: list[str]) -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        print(json.dumps({"refused": refused_node_local(Path(root) / "refused")}), flush=True)
+        refused = Path(root) / "refused"
+        why = refused_node_local(refused)
+        # Nothing ran: the store holds no job that a rerun with --shared-store must resume.
+        print(json.dumps({"refused": why, "left_a_job": (refused / JOB_FILE).exists()}), flush=True)
         for number, case in enumerate(cases):
             protocol, fault = case.split(":")
             report = one_case(Path(root) / f"job-{number}", protocol, fault, cluster, nodes)

@@ -60,7 +60,7 @@ from snapline.errors import ApplicationError, ConfigError, RuntimeFailure, Snapl
 from snapline.protocols import protocol_class
 from snapline.protocols.base import CheckpointRecord, RecoveryPlan, RecoveryView, initial_record
 from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT
-from snapline.runtime.local.config import JobConfig, app_factory, load_job, save_job
+from snapline.runtime.local.config import JOB_FILE, JobConfig, app_factory, load_job, save_job
 from snapline.runtime.local.ledger import LedgerView, LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.plain import record_from_plain, replay_to_plain
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
@@ -374,14 +374,25 @@ class LocalJob:
             started_at=started,
             socket_dir=str(self._socket_dir),
         )
-        self._sup = self._make_supervisor(
-            n=self.config.n,
-            socket_dir=self._socket_dir,
-            store_dir=self.store_dir,
-            secret=self._secret,
-            heartbeat_timeout_s=self.config.heartbeat_timeout_s,
-            log=self.log,
-        )
+        try:
+            self._sup = self._make_supervisor(
+                n=self.config.n,
+                socket_dir=self._socket_dir,
+                store_dir=self.store_dir,
+                secret=self._secret,
+                heartbeat_timeout_s=self.config.heartbeat_timeout_s,
+                log=self.log,
+            )
+        except BaseException:
+            # The engine refused (e.g. a node-local store for a cluster of several hosts):
+            # nothing ran, so a new job leaves no job behind that a corrected rerun with the
+            # same store would have to ``--resume``.
+            if not self.resume:
+                (self.store_dir / JOB_FILE).unlink(missing_ok=True)
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            os.close(self._log_fd)
+            self._log_fd = -1
+            raise
         self.log("job_start", config=self.config.to_json(), resume=self.resume)
         try:
             self._start()

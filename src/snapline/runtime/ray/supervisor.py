@@ -25,7 +25,8 @@ time as on the local runtime, so only what the protocol says rolls back. Ray pla
 actor on a node that is still there.
 
 Where it runs: when every Ray node is on this host, the channels and control links are the
-local runtime's Unix sockets (the fastest there, see ``bench/ray_engine_bench.py``). When the
+local runtime's Unix sockets (no port to open; TCP over loopback measured no faster, see
+``bench/ray_engine_bench.py``). When the
 cluster spans hosts, every rank listens on TCP on its node's address (port 0), the supervisor
 takes control links on TCP at this host's Ray address, each rank's hello reports the address
 it listens on, and every ``connect`` carries the peer table (a rank restarted on another node
@@ -81,24 +82,15 @@ class RaySupervisor(Supervisor):
         self.here = str(self._ray.util.get_node_ip_address())
         self._nodes = _alive_nodes(ray)
         hosts = sorted(set(self._nodes.values()))
-        forced = os.environ.get(TRANSPORT_ENV, "")
-        if forced not in ("", "tcp", "unix"):
-            raise ConfigError(f"{TRANSPORT_ENV}={forced!r}: leave it unset, or say tcp or unix")
         multi_host = hosts != [self.here]
-        if multi_host and forced == "unix":
-            raise ConfigError(
-                f"{TRANSPORT_ENV}=unix: this Ray cluster has nodes on other hosts "
-                f"({', '.join(h for h in hosts if h != self.here)}); Unix sockets reach only "
-                "this one. Unset it"
-            )
-        if multi_host and not shared_store:
-            refuse_node_local(
-                self.store_dir,
-                what="--engine ray: the store",
-                why=f"this Ray cluster spans {len(hosts)} hosts ({', '.join(hosts)}): a rank "
-                "restarted on another host must read the checkpoints, ledgers and logs there",
-                say="pass --shared-store",
-            )
+        forced = os.environ.get(TRANSPORT_ENV, "")
+        try:
+            self._refuse(hosts, forced, shared_store)
+        except ConfigError:
+            super().close()
+            if self._started_ray:
+                ray.shutdown()
+            raise
         #: TCP channels and control links (ranks on other hosts), else Unix sockets.
         self.tcp = multi_host or forced == "tcp"
         #: The control address the ranks' boot data names (TCP: at this host's address).
@@ -129,6 +121,25 @@ class RaySupervisor(Supervisor):
             control=self._control_for_ranks,
             started=self._started_ray,
         )
+
+    def _refuse(self, hosts: list[str], forced: str, shared_store: bool) -> None:
+        """``ConfigError`` for a transport or a store this cluster cannot use."""
+        if forced not in ("", "tcp", "unix"):
+            raise ConfigError(f"{TRANSPORT_ENV}={forced!r}: leave it unset, or say tcp or unix")
+        others = [h for h in hosts if h != self.here]
+        if others and forced == "unix":
+            raise ConfigError(
+                f"{TRANSPORT_ENV}=unix: this Ray cluster has nodes on other hosts "
+                f"({', '.join(others)}); Unix sockets reach only this one. Unset it"
+            )
+        if others and not shared_store:
+            refuse_node_local(
+                self.store_dir,
+                what="--engine ray: the store",
+                why=f"this Ray cluster spans {len(hosts)} hosts ({', '.join(hosts)}): a rank "
+                "restarted on another host must read the checkpoints, ledgers and logs there",
+                say="pass --shared-store",
+            )
 
     # ------------------------------------------------------------------ starting
 
