@@ -156,3 +156,36 @@ def test_a_rank_restarted_on_another_address_gets_every_message_once_in_order(
     spin(ranks, lambda: moved.got == [6, 7, 8, 9] and not sender.transport.out[1].unacked)
     assert sender.transport.stats.resent == 3
     assert moved.transport.stats.duplicates_dropped == 0
+
+
+def test_a_dead_tcp_senders_frames_are_taken_and_a_silent_one_costs_one_bounded_wait(
+    ranks: list[Rank],
+) -> None:
+    sender, receiver = ranks
+    table = {r.rank: r.transport.address for r in ranks}
+    for rank in ranks:
+        rank.transport.set_peers(table)
+    assert sender.transport.connect(1) is None
+    spin(ranks, lambda: receiver.transport.inn[0].sock is not None)
+    # A sender that wrote and died: what it wrote is taken, without waiting.
+    for seq in (1, 2):
+        sender.transport.send_app(1, seq, seq, None)
+    sender.transport.flush()
+    assert sender.transport.out[1].sock is not None
+    sender.transport.out[1].sock.shutdown(socket.SHUT_WR)
+    t0 = time.monotonic()
+    receiver.transport.drain_dead({0})
+    assert time.monotonic() - t0 < 0.5
+    assert [f[2] for f in receiver.transport.inn[0].frames] == [1, 2]
+    # A sender that is declared dead but keeps its end open (hung, or its host vanished):
+    # the receiver waits for its EOF once, up to the bound, then gives the socket up.
+    sender.transport.drain_dead({1})
+    assert sender.transport.connect(1) is None
+    spin(ranks, lambda: receiver.transport.inn[0].sock is not None)
+    t0 = time.monotonic()
+    receiver.transport.drain_dead({0})
+    waited_s = time.monotonic() - t0
+    assert 0.9 < waited_s < 2.0, waited_s
+    assert receiver.transport.inn[0].sock is None
+    # (It had resent 1 and 2 on reconnecting: never acknowledged.)
+    assert ("inbound_closed_while_open", {"src": 0, "bytes_read": 12}) in receiver.logged

@@ -205,7 +205,7 @@ class Transport:
             link.reader = FrameReader()
             self.selector.register(conn, selectors.EVENT_READ, ("in", src))
 
-    def _drain_and_close_inbound(self, link: Inbound) -> None:
+    def _drain_and_close_inbound(self, link: Inbound, tcp_deadline_s: float | None = None) -> None:
         """Take the frames ``link``'s socket already holds, then close it; never wait.
 
         The socket is being given up: its sender died (``drain_dead``) or a new connection
@@ -226,16 +226,17 @@ class Transport:
         hold the loop.
 
         A TCP socket is the exception: the dead sender's kernel may still be sending what it
-        wrote (another host's, over a network), so its EOF is waited for, up to
-        ``_TCP_DRAIN_S``. A host that is gone sends nothing more: what it had not sent is lost
-        with it (see ``docs/howto/ray.md``, limits).
+        wrote (another host's, over a network), so its EOF is waited for until
+        ``tcp_deadline_s`` (default: ``_TCP_DRAIN_S`` from now; one deadline for all the peers
+        a failure took, so the loop's heartbeats pause once). A host that is gone sends nothing
+        more: what it had not sent is lost with it (see ``docs/howto/ray.md``, limits).
         """
         sock = link.sock
         assert sock is not None
         taken = 0
         at_eof = False
         tcp = sock.family != socket.AF_UNIX
-        deadline_s = time.monotonic() + _TCP_DRAIN_S
+        deadline_s = tcp_deadline_s or time.monotonic() + _TCP_DRAIN_S
         while link.sock is sock and taken < _DRAIN_MAX_BYTES:
             try:
                 data = sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
@@ -578,11 +579,12 @@ class Transport:
                 inb.acked_seq = received.get(src, 0)
 
     def drain_dead(self, dead: set[int]) -> None:
-        """Take what dead peers left in our sockets (without waiting), then close them."""
+        """Take what dead peers left in our sockets, then close them (TCP: see the drain)."""
+        deadline_s = time.monotonic() + _TCP_DRAIN_S
         for src in dead:
             inb = self.inn.get(src)
             if inb is not None and inb.sock is not None:
-                self._drain_and_close_inbound(inb)
+                self._drain_and_close_inbound(inb, deadline_s)
         for dst in dead:
             link = self.out.get(dst)
             if link is not None:

@@ -15,7 +15,8 @@ messages and be shown in logs:
 
 TCP sockets get ``TCP_NODELAY`` (frames are batched per loop turn already; Nagle's delay
 would only add latency to a protocol's round trips) and ``SO_KEEPALIVE``. A connect has a
-deadline: a peer whose host is gone must cost a retry, not the minutes of a SYN timeout.
+deadline: a peer whose host is gone must cost a retry, not the minutes of a SYN timeout (and
+the rank's loop, which connects, must get back to its heartbeats well within their timeout).
 Admission is the same on both: the HMAC handshake with the job's secret (``wire``).
 """
 
@@ -30,7 +31,7 @@ from snapline.errors import ConfigError
 UNIX = "unix"
 TCP = "tcp"
 #: Longest wait for a TCP connect (the handshake that follows has its own deadline).
-CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 1.0
 
 
 def unix_address(path: Path | str) -> str:
