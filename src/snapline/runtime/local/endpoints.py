@@ -8,7 +8,7 @@ Channels (rank -> rank) and control links (rank -> supervisor) are byte streams 
 messages and be shown in logs:
 
 * ``unix:/path`` -- a Unix stream socket in the job's 0700 socket directory (one host; the
-  local runtime's default, and the fastest on one host);
+  local runtime's default; no port to open, and a 0700 directory keeps other users out);
 * ``tcp:HOST:PORT`` -- a TCP socket on ``HOST`` (an IPv4 address or name; an IPv6 address in
   brackets). Listening on port 0 picks a free port; ``listen`` returns the address actually
   bound, which is what a rank reports to its supervisor for the peer table.

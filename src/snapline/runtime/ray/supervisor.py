@@ -25,9 +25,8 @@ time as on the local runtime, so only what the protocol says rolls back. Ray pla
 actor on a node that is still there.
 
 Where it runs: when every Ray node is on this host, the channels and control links are the
-local runtime's Unix sockets (no port to open; TCP over loopback measured no faster, see
-``bench/ray_engine_bench.py``). When the
-cluster spans hosts, every rank listens on TCP on its node's address (port 0), the supervisor
+local runtime's Unix sockets (no port to open; ``bench/ray_engine_bench.py`` found TCP over
+loopback neither slower nor faster). When the cluster spans hosts, every rank listens on TCP on its node's address (port 0), the supervisor
 takes control links on TCP at this host's Ray address, each rank's hello reports the address
 it listens on, and every ``connect`` carries the peer table (a rank restarted on another node
 has a new address; the channels' sequence numbers and resends keep delivery FIFO and exactly
