@@ -26,13 +26,14 @@ actor on a node that is still there.
 
 Where it runs: when every Ray node is on this host, the channels and control links are the
 local runtime's Unix sockets (no port to open; ``bench/ray_engine_bench.py`` found TCP over
-loopback neither slower nor faster). When the cluster spans hosts, every rank listens on TCP on its node's address (port 0), the supervisor
-takes control links on TCP at this host's Ray address, each rank's hello reports the address
-it listens on, and every ``connect`` carries the peer table (a rank restarted on another node
-has a new address; the channels' sequence numbers and resends keep delivery FIFO and exactly
-once across the move). Such a job needs a store every node mounts at the same path: a
-node-local one is refused at start (``SNAPLINE_RAY_TRANSPORT=tcp`` forces TCP on one host, for
-tests and benchmarks; ``shared_store=True`` declares a store shared that detection cannot tell).
+loopback neither slower nor faster). When the cluster spans hosts, every rank listens on TCP on
+its node's address (port 0), the supervisor takes control links on TCP at this host's Ray
+address, each rank's hello reports the address it listens on, and every ``connect`` carries the
+peer table (a rank restarted on another node has a new address; the channels' sequence numbers
+and resends keep delivery FIFO and exactly once across the move). Such a job needs a store
+every node mounts at the same path: a node-local one is refused at start
+(``SNAPLINE_RAY_TRANSPORT=tcp`` forces TCP on one host, for tests and benchmarks;
+``shared_store=True`` declares a store shared that detection cannot tell).
 """
 
 from __future__ import annotations
