@@ -76,3 +76,24 @@ def filesystem_of(path: str | os.PathLike[str], mounts: str | None = None) -> st
 def is_shared(path: str | os.PathLike[str], mounts: str | None = None) -> bool:
     """Whether ``path`` is on a file system other machines can mount (see ``SHARED_TYPES``)."""
     return filesystem_of(path, mounts) in SHARED_TYPES
+
+
+def refuse_node_local(
+    store: str | os.PathLike[str], *, what: str, why: str, say: str, detect: bool = True
+) -> None:
+    """``ConfigError`` unless ``store`` is on a file system other machines mount.
+
+    For engines that may restart a rank or actor on another machine: ``what`` names the
+    store (``"the actor store"``), ``why`` says what spans machines and what would be lost,
+    ``say`` how to declare the store shared when detection cannot tell (``"pass ..."``).
+    ``detect=False``: the caller was told the store is node-local; refuse without looking.
+    """
+    if detect and is_shared(store):
+        return
+    from snapline.errors import ConfigError
+
+    raise ConfigError(
+        f"{what} {os.fspath(store)!r} is on a node-local file system ({filesystem_of(store)}) "
+        f"but {why}. Put the store on a file system every node mounts at the same path (NFS, "
+        f"Lustre ...), or {say} if every node does see this directory"
+    )

@@ -352,6 +352,14 @@ def register(app: typer.Typer) -> None:
                 help="Each rank's node, rank 0 first, e.g. 0,0,1,1 (default: this host).",
             ),
         ] = None,
+        shared_store: Annotated[
+            bool,
+            typer.Option(
+                "--shared-store",
+                help="--engine ray on several hosts: the --store directory is mounted by every "
+                "host at the same path, though its file system type does not show it.",
+            ),
+        ] = False,
     ) -> None:
         """Run APP as a real job: one OS process per rank, checkpointed, recovered on failure.
 
@@ -415,6 +423,7 @@ def register(app: typer.Typer) -> None:
                 levels=levels,
                 flush_every=flush_every,
                 node_of=node_of,
+                shared_store=shared_store,
             )
         console.print(summary_table(result))
         for rank, items in sorted(result.outputs.items()):
@@ -439,9 +448,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show a job's ranks: pid, state, incarnation, restarts, last committed checkpoint.
 
+        On engines that place ranks on several hosts (Ray) "node" is the host a rank runs on;
+        "alive" is "?" for a pid on another host (kill it there: ssh NODE kill -9 PID).
+
         "last ckpt" reads "4 (inc 1)" for checkpoint 4 of incarnation 1, "none" before the first.
         """
-        from snapline.runtime.local.status import pid_alive, read_status
+        from snapline.runtime.local.status import is_this_host, pid_alive, read_status
 
         status = read_status(store)
         age_s = time.time() - status.updated_at
@@ -453,14 +465,20 @@ def register(app: typer.Typer) -> None:
             f"{status.recoveries} recoveries, {sum(r.restarts for r in status.ranks)} restarts"
         )
         table = Table()
-        for name in ("rank", "pid", "state", "alive", "incarnation", "restarts", "last ckpt"):
-            table.add_column(name, justify="right")
+        nodes = any(rank.node for rank in status.ranks)
+        columns = ("rank", "node", "pid", "state", "alive", "incarnation", "restarts", "last ckpt")
+        widest = max((len(rank.node or "") for rank in status.ranks), default=0)
+        for name in columns if nodes else (c for c in columns if c != "node"):
+            # An address cut short is no use for ``ssh NODE kill -9 PID``.
+            table.add_column(name, justify="right", min_width=widest if name == "node" else None)
         for rank in status.ranks:
+            here = not rank.node or is_this_host(rank.node)
             table.add_row(
                 str(rank.rank),
+                *([rank.node or "?"] if nodes else []),
                 str(rank.pid),
                 rank.state,
-                "yes" if pid_alive(rank.pid) else "no",
+                ("yes" if pid_alive(rank.pid) else "no") if here else "?",
                 str(rank.incarnation),
                 str(rank.restarts),
                 checkpoint_label(rank.last_checkpoint),

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from snapline._mounts import filesystem_of, is_shared
+from snapline._mounts import refuse_node_local
 from snapline.errors import (
     CheckpointDamagedWarning,
     CheckpointFailed,
@@ -349,14 +349,15 @@ def _refuse_node_local(store: str | os.PathLike[str], shared: bool | None) -> No
     if shared or (shared is None and isinstance(store, str) and "://" in store):
         return
     nodes = sum(1 for node in api.nodes() if node.get("Alive"))
-    if nodes <= 1 or (shared is None and is_shared(store)):
+    if nodes <= 1:
         return
-    raise ConfigError(
-        f"the actor store {os.fspath(store)!r} is on a node-local file system "
-        f"({filesystem_of(store)}) but this Ray cluster has {nodes} nodes: a restarted actor "
-        "may land on another node and not find its checkpoints. Put the store on a file system "
-        "every node mounts (NFS, Lustre ...) or an object store URL, or pass "
-        "shared_storage=True if every node does see this directory"
+    refuse_node_local(
+        store,
+        detect=shared is None,
+        what="the actor store",
+        why=f"this Ray cluster has {nodes} nodes: a restarted actor may land on another node "
+        "and not find its checkpoints (an object store URL works too)",
+        say="pass shared_storage=True",
     )
 
 

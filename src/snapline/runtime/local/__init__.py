@@ -110,6 +110,7 @@ def run(
     levels: str | None = None,
     flush_every: int | None = None,
     node_of: str | Sequence[str] | None = None,
+    shared_store: bool = False,
 ) -> RunResult:
     """Run ``app`` on ``n`` local processes under ``protocol``, checkpointing into ``store``.
 
@@ -140,7 +141,9 @@ def run(
     point-to-point; a failure then ends and relaunches the whole job from the recovery line
     in ``store`` (see ``snapline.runtime.mpi``). ``engine="ray"`` runs each rank as a Ray
     actor (``ray_address``: an existing cluster; default a local Ray), restarted alone as a new
-    actor after a failure (see ``snapline.runtime.ray``). A store can be resumed on any engine.
+    actor after a failure (see ``snapline.runtime.ray``); a cluster that spans hosts needs a
+    store every node mounts (``shared_store=True`` says so where the file system type does
+    not). A store can be resumed on any engine.
 
     ``levels`` (e.g. ``"local:/scratch,partner,xor:4,remote:s3://b/p"``) writes checkpoints
     to node-local directories first, protects them on other nodes and flushes every
@@ -215,7 +218,7 @@ def run(
         resume=resume,
         kills=kills,
         on_status=on_status,
-        supervisor=_supervisor_factory(engine, mpiexec, ray_address),
+        supervisor=_supervisor_factory(engine, mpiexec, ray_address, shared_store),
     ).run()
 
 
@@ -280,16 +283,18 @@ def _pinned_options(
 
 
 def _supervisor_factory(
-    engine: str, mpiexec: str | None, ray_address: str | None = None
+    engine: str, mpiexec: str | None, ray_address: str | None = None, shared_store: bool = False
 ) -> SupervisorFactory:
     if ray_address is not None and engine != "ray":
         raise ConfigError("--ray-address applies only to --engine ray")
+    if shared_store and engine != "ray":
+        raise ConfigError("--shared-store applies only to --engine ray")
     if engine == "ray":
         if mpiexec is not None:
             raise ConfigError("--mpiexec applies only to --engine mpi")
         from snapline.runtime.ray import supervisor_factory as ray_factory
 
-        made: SupervisorFactory = ray_factory(ray_address)
+        made: SupervisorFactory = ray_factory(ray_address, shared_store=shared_store)
         return made
     if engine == "local":
         if mpiexec is not None:

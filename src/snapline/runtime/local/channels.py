@@ -1,11 +1,14 @@
-"""Reliable FIFO channels between the ranks of one job, over Unix sockets.
+"""Reliable FIFO channels between the ranks of one job, over Unix or TCP stream sockets.
 
 Theory of operation
 -------------------
-Each directed channel ``src -> dst`` is one Unix stream socket that ``src`` opens to ``dst``'s
-listening socket ``<socket_dir>/rank-<dst>.sock`` (the directory is 0700, the peer proves it
-holds the job secret, see ``wire``). A stream socket is already reliable and FIFO while both
-ends live; what it cannot do is survive the death of an end. So:
+Each directed channel ``src -> dst`` is one stream socket that ``src`` opens to ``dst``'s
+listening socket: by default the Unix socket ``<socket_dir>/rank-<dst>.sock`` (the directory
+is 0700), or the address ``dst`` listens on (``endpoints``: ``tcp:HOST:PORT`` for ranks on
+other hosts), which the supervisor hands out as a peer table with each ``connect`` (a rank
+restarted elsewhere listens on a new address). The peer proves it holds the job secret (see
+``wire``). A stream socket is already reliable and FIFO while both ends live; what it cannot
+do is survive the death of an end. So:
 
 * Application messages carry the engine's per-channel sequence number. The sender keeps every
   message the receiver has not yet *acknowledged* (the receiver acks cumulatively after handing
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snapline.runtime.local import endpoints
 from snapline.runtime.local.wire import (
     FrameReader,
     Hello,
@@ -66,6 +70,8 @@ _RECV_BYTES = 256 * 1024
 #: Most bytes taken from a socket being given up (far above any kernel socket buffer, which
 #: is all a closed socket can hold; only a live peer writing on could send more).
 _DRAIN_MAX_BYTES = 64 << 20
+#: Longest wait for the EOF of a TCP socket being given up (see ``_drain_and_close_inbound``).
+_TCP_DRAIN_S = 1.0
 
 
 def rank_socket_path(socket_dir: Path, rank: int) -> Path:
@@ -130,9 +136,15 @@ class Transport:
         selector: selectors.BaseSelector,
         wake: Callable[[], None],
         log: Callable[..., None],
+        listen_address: str | None = None,
     ) -> None:
         self.rank = rank
         self.socket_dir = socket_dir
+        #: Where this rank listens (default: its Unix socket in ``socket_dir``); after
+        #: ``listen``, the address bound (a TCP port 0 resolved), which peers connect to.
+        self.address = listen_address or endpoints.unix_address(rank_socket_path(socket_dir, rank))
+        #: Where each peer listens, as the supervisor last said (``set_peers``).
+        self.peers: dict[int, str] = {}
         self.secret = secret
         self.selector = selector
         self.epoch = 0
@@ -151,13 +163,7 @@ class Transport:
 
     def listen(self) -> None:
         """Bind our socket and start the acceptor thread."""
-        path = rank_socket_path(self.socket_dir, self.rank)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(path))
-        sock.listen(128)
-        self._listener = sock
+        self._listener, self.address = endpoints.listen(self.address)
         threading.Thread(target=self._accept_loop, name="snapline-accept", daemon=True).start()
 
     def _accept_loop(self) -> None:
@@ -199,7 +205,7 @@ class Transport:
             link.reader = FrameReader()
             self.selector.register(conn, selectors.EVENT_READ, ("in", src))
 
-    def _drain_and_close_inbound(self, link: Inbound) -> None:
+    def _drain_and_close_inbound(self, link: Inbound, tcp_deadline_s: float | None = None) -> None:
         """Take the frames ``link``'s socket already holds, then close it; never wait.
 
         The socket is being given up: its sender died (``drain_dead``) or a new connection
@@ -218,15 +224,28 @@ class Transport:
         open. Such a peer's socket is closed all the same (its sender is being replaced) and
         logged; the read is bounded too, or a live peer writing as fast as we read would
         hold the loop.
+
+        A TCP socket is the exception: the dead sender's kernel may still be sending what it
+        wrote (another host's, over a network), so its EOF is waited for until
+        ``tcp_deadline_s`` (default: ``_TCP_DRAIN_S`` from now; one deadline for all the peers
+        a failure took, so the loop's heartbeats pause once). A host that is gone sends nothing
+        more: what it had not sent is lost with it (see ``docs/howto/ray.md``, limits).
         """
         sock = link.sock
         assert sock is not None
         taken = 0
         at_eof = False
+        tcp = sock.family != socket.AF_UNIX
+        deadline_s = tcp_deadline_s or time.monotonic() + _TCP_DRAIN_S
         while link.sock is sock and taken < _DRAIN_MAX_BYTES:
             try:
                 data = sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
             except BlockingIOError:
+                left_s = deadline_s - time.monotonic()
+                if tcp and left_s > 0:
+                    with contextlib.suppress(OSError, ValueError):
+                        select.select([sock], [], [], left_s)
+                    continue
                 break
             except OSError:
                 at_eof = True  # reset by the peer: nothing more to read either
@@ -252,13 +271,18 @@ class Transport:
         link = self.out[dst]
         if link.sock is not None:
             return None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address = self.peers.get(dst) or endpoints.unix_address(
+            rank_socket_path(self.socket_dir, dst)
+        )
         try:
-            sock.connect(str(rank_socket_path(self.socket_dir, dst)))
+            sock = endpoints.connect(address)
+        except OSError as exc:
+            return f"{address}: {exc}"
+        try:
             connect_handshake(sock, self.secret, "channel", rank=self.rank)
         except (OSError, WireError) as exc:
             sock.close()
-            return str(exc)
+            return f"{address}: {exc}"
         sock.setblocking(False)
         link.sock = sock
         link.reader = FrameReader()
@@ -271,6 +295,10 @@ class Transport:
         link.writing = False
         self.selector.register(sock, selectors.EVENT_READ, ("out", dst))
         return None
+
+    def set_peers(self, peers: dict[int, str]) -> None:
+        """Where the peers listen now (the supervisor's table; a restarted peer moved)."""
+        self.peers.update(peers)
 
     def poll_interval_s(self) -> float:
         """Sockets wake the loop's selector themselves: no polling."""
@@ -551,11 +579,12 @@ class Transport:
                 inb.acked_seq = received.get(src, 0)
 
     def drain_dead(self, dead: set[int]) -> None:
-        """Take what dead peers left in our sockets (without waiting), then close them."""
+        """Take what dead peers left in our sockets, then close them (TCP: see the drain)."""
+        deadline_s = time.monotonic() + _TCP_DRAIN_S
         for src in dead:
             inb = self.inn.get(src)
             if inb is not None and inb.sock is not None:
-                self._drain_and_close_inbound(inb)
+                self._drain_and_close_inbound(inb, deadline_s)
         for dst in dead:
             link = self.out.get(dst)
             if link is not None:
@@ -568,8 +597,9 @@ class Transport:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
-            with contextlib.suppress(OSError):
-                rank_socket_path(self.socket_dir, self.rank).unlink()
+            if endpoints.host_of(self.address) is None:
+                with contextlib.suppress(OSError):
+                    rank_socket_path(self.socket_dir, self.rank).unlink()
         for link in self.out.values():
             self._lost_outbound(link)
         for inb in self.inn.values():

@@ -69,6 +69,11 @@ def _str_keyed(value: object) -> bool:
     return type(value) is dict and all(type(k) is str for k in value)
 
 
+def _peer_table(value: object) -> bool:
+    # rank -> the address it listens on (``endpoints``).
+    return type(value) is dict and all(type(k) is int and type(v) is str for k, v in value.items())
+
+
 def _replay_entry(entry: object) -> bool:
     # ``plain.replay_to_plain``: ["m", src, seq, payload, piggyback] or ["t", name].
     if type(entry) is not list or not entry or type(entry[0]) is not str:
@@ -133,7 +138,12 @@ _COUNTERS: _Spec = {
 
 #: What a rank sends the supervisor.
 FROM_RANK: Mapping[str, _Spec] = {
-    "hello": {"rank": (_int, True), "pid": (_int, True)},
+    "hello": {
+        "rank": (_int, True),
+        "pid": (_int, True),
+        "address": (_str, False),
+        "node": (_str, False),
+    },
     "hb": {"rank": (_int, True), "ready": (_bool, True)},
     "probe_reply": {"seq": (_opt_int, True), "ready": (_bool, True)},
     "ready": {"rank": (_int, True), "round": (_opt_int, False)},
@@ -170,7 +180,7 @@ FROM_SUPERVISOR: Mapping[str, _Spec] = {
         "timers_only": (_bool, False),
         "commit": (_int_list, False),
     },
-    "connect": {"round": (_opt_int, False)},
+    "connect": {"round": (_opt_int, False), "peers": (_peer_table, False)},
     "resume": {
         "round": (_opt_int, False),
         "epoch": (_int, False),

@@ -60,7 +60,7 @@ from snapline.errors import ApplicationError, ConfigError, RuntimeFailure, Snapl
 from snapline.protocols import protocol_class
 from snapline.protocols.base import CheckpointRecord, RecoveryPlan, RecoveryView, initial_record
 from snapline.protocols.reachability import INDEX_INCARNATION_SHIFT
-from snapline.runtime.local.config import JobConfig, app_factory, load_job, save_job
+from snapline.runtime.local.config import JOB_FILE, JobConfig, app_factory, load_job, save_job
 from snapline.runtime.local.ledger import LedgerView, LedgerWriter, ledger_path, read_ledger
 from snapline.runtime.local.plain import record_from_plain, replay_to_plain
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
@@ -197,6 +197,14 @@ class LocalJob:
             "epoch": self.epoch,
         }
 
+    def _connect_message(self, round_id: int | None) -> dict[str, Any]:
+        """``connect``, with where every rank listens now (a restarted rank may have moved)."""
+        msg: dict[str, Any] = {"op": "connect", "round": round_id}
+        peers = self._sup.peer_table()
+        if peers:
+            msg["peers"] = peers
+        return msg
+
     def _prepare_store(self) -> None:
         store = self.store_dir
         if self.resume:
@@ -257,6 +265,7 @@ class LocalJob:
             RankStatus(
                 rank=s.rank,
                 pid=s.pid,
+                node=s.node,
                 state=s.state,
                 incarnation=s.incarnation,
                 restarts=s.restarts,
@@ -360,14 +369,25 @@ class LocalJob:
             started_at=started,
             socket_dir=str(self._socket_dir),
         )
-        self._sup = self._make_supervisor(
-            n=self.config.n,
-            socket_dir=self._socket_dir,
-            store_dir=self.store_dir,
-            secret=self._secret,
-            heartbeat_timeout_s=self.config.heartbeat_timeout_s,
-            log=self.log,
-        )
+        try:
+            self._sup = self._make_supervisor(
+                n=self.config.n,
+                socket_dir=self._socket_dir,
+                store_dir=self.store_dir,
+                secret=self._secret,
+                heartbeat_timeout_s=self.config.heartbeat_timeout_s,
+                log=self.log,
+            )
+        except BaseException:
+            # The engine refused (e.g. a node-local store for a cluster of several hosts):
+            # nothing ran, so a new job leaves no job behind that a corrected rerun with the
+            # same store would have to ``--resume``.
+            if not self.resume:
+                (self.store_dir / JOB_FILE).unlink(missing_ok=True)
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            os.close(self._log_fd)
+            self._log_fd = -1
+            raise
         self.log("job_start", config=self.config.to_json(), resume=self.resume)
         try:
             self._start()
@@ -419,7 +439,7 @@ class LocalJob:
                 sup.send(rank, {"op": "init"})
             self._wait_replies(ranks, "ready", None)
             for rank in ranks:
-                sup.send(rank, {"op": "connect"})
+                sup.send(rank, self._connect_message(None))
             self._wait_replies(ranks, "connected", None)
         except _RoundAborted:
             # A rank died before the job ran at all: recover like any failure (from scratch).
@@ -715,7 +735,7 @@ class LocalJob:
         self._wait_replies(sorted(restored), "ready", round_id)
         everyone = list(range(n))
         for rank in everyone:
-            sup.send(rank, {"op": "connect", "round": round_id})
+            sup.send(rank, self._connect_message(round_id))
         self._wait_replies(everyone, "connected", round_id)
         for rank in everyone:
             cuts = {src: rec.sent.get(rank, 0) for src, rec in records.items() if src != rank}

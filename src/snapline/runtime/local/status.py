@@ -31,6 +31,8 @@ class RankStatus:
     incarnation: int = 0
     restarts: int = 0
     last_checkpoint: int = 0
+    #: The host it runs on, where the engine tells (a Ray node's address); None: this one.
+    node: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -88,6 +90,19 @@ def read_status(store_dir: str | os.PathLike[str]) -> JobStatus:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     ranks = [RankStatus(**r) for r in raw.pop("ranks", [])]
     return JobStatus(**raw, ranks=ranks)
+
+
+def is_this_host(address: str) -> bool:
+    """True if ``address`` (a node's IP) belongs to this machine (it can be bound here)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -5,7 +5,8 @@ Theory of operation
 The ``snapline run`` process is the supervisor. It spawns one worker process per rank
 (``python -m snapline.runtime.local.worker``; boot data and the job secret go through the
 child's stdin), accepts each worker's authenticated control connection on
-``<socket_dir>/control.sock``, and is the job's failure detector:
+``<socket_dir>/control.sock`` (and on any address an engine adds with ``listen_also``: TCP
+for ranks on other hosts), and is the job's failure detector:
 
 * **Exit** -- a worker that exits or is killed (``kill -9`` from anywhere) is noticed at once:
   the supervisor holds a pidfd for each child in its selector (readable the moment the child
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from snapline.runtime.local.control import FROM_RANK, check_from_rank
+from snapline.runtime.local.endpoints import listen as listen_endpoint
+from snapline.runtime.local.endpoints import unix_address
 from snapline.runtime.local.wire import (
     FrameReader,
     Hello,
@@ -82,6 +85,10 @@ class RankSlot:
     kill_reason: str | None = None
     #: Why the last worker of this rank failed (``exited``, ``no heartbeat``, a kill reason...).
     failure: str | None = None
+    #: Where the current worker listens for its peers' channels (from its hello).
+    address: str | None = None
+    #: The host it runs on, where the engine tells (a Ray node's address), for ``ps``.
+    node: str | None = None
 
 
 class Supervisor:
@@ -114,18 +121,29 @@ class Supervisor:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", -1))
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(socket_dir / "control.sock"))
-        self._listener.listen(256)
         self._closing = False
         self.rejected_connections = 0
-        threading.Thread(target=self._accept_loop, name="snapline-control", daemon=True).start()
+        self._listeners: list[socket.socket] = []
+        #: Where workers connect their control links (``endpoints``; ``listen_also`` adds more).
+        self.control_address = self.listen_also(unix_address(socket_dir / "control.sock"))
 
     # ------------------------------------------------------------------ connections
 
-    def _accept_loop(self) -> None:
+    def listen_also(self, address: str) -> str:
+        """Accept control links on ``address`` too (e.g. TCP for ranks on other hosts).
+
+        Returns the address bound (a TCP port 0 resolved), for the workers' boot data.
+        """
+        listener, bound = listen_endpoint(address, backlog=256)
+        self._listeners.append(listener)
+        threading.Thread(
+            target=self._accept_loop, args=(listener,), name="snapline-control", daemon=True
+        ).start()
+        return bound
+
+    def _accept_loop(self, listener: socket.socket) -> None:
         serve_handshakes(
-            self._listener,
+            listener,
             secret=self.secret,
             purpose="control",
             admit=self._admit,
@@ -213,6 +231,8 @@ class Supervisor:
         slot.stopped = False
         slot.kill_reason = None
         slot.fatal_report = None
+        slot.address = None
+        slot.node = None
         slot.last_start_s = time.monotonic()
         slot.last_hb_s = time.monotonic()
 
@@ -387,6 +407,10 @@ class Supervisor:
         op = msg["op"]
         if op == "hb":
             slot.counters = msg
+        elif op == "hello":
+            slot.address = msg.get("address")
+            slot.node = msg.get("node", slot.node)
+            self.log("rank_listens", rank=slot.rank, address=slot.address, node=slot.node)
         elif op == "fatal":
             slot.fatal = str(msg.get("error"))
             slot.fatal_report = msg
@@ -423,6 +447,10 @@ class Supervisor:
                 if slot.proc.poll() is not None:
                     self._reap(slot.rank, "finished")
 
+    def peer_table(self) -> dict[int, str]:
+        """Where each live rank listens (sent with every ``connect``: a restarted rank moved)."""
+        return {s.rank: s.address for s in self.slots if s.alive and s.address is not None}
+
     def take_dead(self) -> list[int]:
         """Ranks found dead since the last call."""
         dead, self.dead = self.dead, []
@@ -436,8 +464,11 @@ class Supervisor:
                 slot.stopped = True
                 self.kill(slot.rank, "supervisor closing")
                 self._reap(slot.rank, "closing")
-        with contextlib.suppress(OSError):
-            self._listener.close()
+        for listener in self._listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                listener.close()
         with contextlib.suppress(OSError):
             (self.socket_dir / "control.sock").unlink()
         self._wake_r.close()

@@ -69,6 +69,7 @@ import msgpack
 import numpy as np
 
 from snapline.errors import ConfigError, SnaplineError
+from snapline.runtime.local.endpoints import tune
 
 _LEN = struct.Struct("<I")
 #: Largest frame accepted; a guard against a corrupt or hostile length prefix (1 GiB).
@@ -461,6 +462,7 @@ def serve_handshakes(
     while not closing():
         try:
             conn, _ = listener.accept()
+            tune(conn)
         except OSError as exc:
             if closing() or exc.errno not in _TRANSIENT_ACCEPT_ERRNOS:
                 return

@@ -66,6 +66,8 @@ from snapline.runtime.local.config import (
     user_traceback,
 )
 from snapline.runtime.local.control import check_from_supervisor
+from snapline.runtime.local.endpoints import connect as connect_endpoint
+from snapline.runtime.local.endpoints import unix_address
 from snapline.runtime.local.ledger import ledger_path, read_ledger
 from snapline.runtime.local.levels import flushed_record, load_checkpoint
 from snapline.runtime.local.plain import (
@@ -121,8 +123,8 @@ class _ConnectPhase:
 
 
 class ChannelTransport(Protocol):
-    """What the worker's loop needs of an engine's channels (``channels.Transport`` on Unix
-    sockets; ``snapline.runtime.mpi.transport.MpiTransport`` on MPI point-to-point).
+    """What the worker's loop needs of an engine's channels (``channels.Transport`` on Unix or
+    TCP sockets; ``snapline.runtime.mpi.transport.MpiTransport`` on MPI point-to-point).
 
     Frames handed over by ``next_frame`` are ``[APP, epoch, seq, payload, piggyback]`` or
     ``[CONTROL, epoch, control]``. A transport without file descriptors (MPI) is polled:
@@ -144,7 +146,13 @@ class ChannelTransport(Protocol):
         """Counters for reports."""
         ...
 
+    @property
+    def address(self) -> str:
+        """Where peers reach this rank (after ``listen``; empty where there is no such thing)."""
+        ...
+
     def listen(self) -> None: ...
+    def set_peers(self, peers: dict[int, str]) -> None: ...
     def close(self) -> None: ...
     def poll_interval_s(self) -> float: ...
     def pump(self) -> None: ...
@@ -181,6 +189,14 @@ class Worker:
         self.n = self.config.n
         self.secret: bytes = boot["secret"]
         self.socket_dir = Path(boot["socket_dir"])
+        #: Where to reach the supervisor, and to listen for peers (engines whose ranks run on
+        #: other hosts give TCP addresses, see ``endpoints``); default: the socket directory.
+        self.control_address = str(
+            boot.get("control_address") or unix_address(self.socket_dir / "control.sock")
+        )
+        listen_address: str | None = boot.get("listen_address")
+        #: The host (node address) this rank runs on, where the engine knows it (for ``ps``).
+        self.node: str | None = boot.get("node")
         self.store_dir = Path(self.config.store)
         self.t0 = float(boot["t0"])
         #: The recovery epoch this process was started in (0: the job's first start).
@@ -224,6 +240,7 @@ class Worker:
             selector=self.sel,
             wake=self._wake,
             log=self.log,
+            **({"listen_address": listen_address} if listen_address else {}),
         )
         from snapline.runtime.local.levels import rank_store  # late: the store is heavier
 
@@ -643,6 +660,9 @@ class Worker:
             self._send_control_link({"op": "ready", "rank": self.rank, "round": msg.get("round")})
             self.log("restored", index=index, round=msg.get("round"))
         elif op == "connect":
+            peers = msg.get("peers")
+            if peers:
+                self.transport.set_peers({int(r): str(a) for r, a in peers.items()})
             now = time.monotonic()
             self._connecting = _ConnectPhase(round=msg.get("round"), started_s=now, next_try_s=now)
             self._connect_step()
@@ -845,13 +865,17 @@ class Worker:
         """Connect, then run the loop until told to stop or the supervisor goes away."""
         self.log("booting", round=self.boot_epoch)
         self.transport.listen()
-        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        control.connect(str(self.socket_dir / "control.sock"))
+        control = connect_endpoint(self.control_address)
         connect_handshake(control, self.secret, "control", rank=self.rank, pid=self.pid)
         control.setblocking(False)
         self._control = control
         self.sel.register(control, selectors.EVENT_READ, ("control", 0))
-        self._send_control_link({"op": "hello", "rank": self.rank, "pid": self.pid})
+        hello: dict[str, Any] = {"op": "hello", "rank": self.rank, "pid": self.pid}
+        if self.transport.address:
+            hello["address"] = self.transport.address
+        if self.node:
+            hello["node"] = self.node
+        self._send_control_link(hello)
         self.log("started")
         try:
             while not self.stopping:

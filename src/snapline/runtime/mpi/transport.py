@@ -91,8 +91,16 @@ class MpiTransport:
 
     # ---------------------------------------------------------------- life cycle
 
+    @property
+    def address(self) -> str:
+        """None to report: MPI ranks reach each other by rank."""
+        return ""
+
     def listen(self) -> None:
         """MPI connects every pair of ranks already."""
+
+    def set_peers(self, peers: dict[int, str]) -> None:
+        """No addresses: MPI ranks reach each other by rank."""
 
     def close(self) -> None:
         """Wait (briefly) for sends in flight; MPI itself is finalized at exit."""

@@ -7,10 +7,11 @@ created, watched and killed through Ray) and the actor itself (``rank``). The re
 coordinator, ledgers and resume sequence are the local runtime's; a failed rank is restarted
 alone, as a new actor, exactly as on the local runtime.
 
-Transport: the local runtime's Unix-socket channels, measured against Ray actor calls in
-``bench/runtime_bench.py`` (batched frames over a socket carry tens of thousands of small
-messages per second; an actor call costs about a millisecond), which limits a job to the
-raylets of one host for now (see ``supervisor``).
+Transport: the local runtime's channels, not Ray actor calls (batched frames over a socket
+carry tens of thousands of small messages per second; an actor call costs about a
+millisecond, see ``bench/ray_engine_bench.py``): Unix sockets when every Ray node is on this
+host, TCP with a peer table the supervisor hands out when the cluster spans hosts (see
+``supervisor``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Any
 from snapline.runtime.local.supervisor import Supervisor
 
 
-def supervisor_factory(address: str | None = None) -> Any:
+def supervisor_factory(address: str | None = None, *, shared_store: bool = False) -> Any:
     """A ``LocalJob`` supervisor factory whose ranks are Ray actors.
 
     ``address``: an existing Ray cluster (``auto``, ``ray://HOST:PORT``); default: the one this
     process is already connected to, else a new local Ray sized for the machine.
+    ``shared_store``: the store directory is one every node mounts, though its file system
+    does not say so (a cluster that spans hosts refuses a node-local store otherwise).
     """
     import importlib.util
 
@@ -36,6 +39,6 @@ def supervisor_factory(address: str | None = None) -> Any:
     def make(**kwargs: Any) -> Supervisor:
         from snapline.runtime.ray.supervisor import RaySupervisor
 
-        return RaySupervisor(address=address, **kwargs)
+        return RaySupervisor(address=address, shared_store=shared_store, **kwargs)
 
     return make

@@ -9,11 +9,23 @@ the actor.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 
 class RankActor:
     """Runs one rank's worker (``snapline.runtime.local.worker``) inside a Ray actor."""
+
+    def __init__(self) -> None:
+        # Import now what a rank's worker needs (about a second on a busy machine): the
+        # supervisor keeps a spare actor started ahead, and a recovery that takes it over
+        # should wait for none of this.
+        from snapline.protocols import protocol_class, protocol_names
+
+        for module in ("snapline.runtime.local.worker", "snapline.store", "snapline.apps"):
+            importlib.import_module(module)
+        for name in protocol_names():
+            protocol_class(name)
 
     def run(self, boot: bytes) -> int:
         """Boot the worker from ``boot`` (msgpack, as a local worker reads from stdin); run it."""

@@ -7,43 +7,62 @@ the cluster's nodes) and calls its ``run`` with the rank's boot data, which the 
 process uses exactly as a local worker uses its stdin. The worker connects its control link to
 this supervisor and its channels to the other ranks as a local worker does; its hello names
 its pid, which is how ``snapline ps`` can show it for a ``kill -9`` from outside. One idle
-actor is always started ahead (a spare) and the next ``spawn`` takes it: a new Ray worker
-process needs seconds to start and import on a busy machine, which a recovery should not wait.
+actor is always started ahead (a spare; its constructor imports what a worker needs) and the
+next ``spawn`` takes it: a new Ray worker process needs seconds to start and import on a busy
+machine, which a recovery should not wait. Actors are named (``snapline-<token>-<k>``; the
+log's ``spawned`` line says which rank each runs), so ``ray.get_actor`` finds them.
 For some seconds after a rank died on a node, new actors (and the spare) avoid that node: it
 may have been lost, though Ray still lists it alive until its health checks time out.
 
 Failures: a rank's process that dies (``kill -9``, ``ray.kill``, the loss of its Ray node)
 closes its control link, which the base supervisor reports at once; the ``run`` call's result
 (an error for a dead actor) is a second notice, polled with ``ray.wait``; heartbeats on the
-control link show hangs. A failed rank's actor is killed with ``ray.kill`` and the rank
-restarted as a new actor, one rank at a time as on the local runtime, so only what the
-protocol says rolls back. Ray places the new actor on a node that is still there.
+control link show hangs. A rank on this host is also watched through a pidfd (its exit is seen
+at once, and a hung one is SIGKILLed through it); one on another host has none: there its
+control link, Ray's death notice (actor or node died) and heartbeats are what tells. A failed
+rank's actor is killed with ``ray.kill`` and the rank restarted as a new actor, one rank at a
+time as on the local runtime, so only what the protocol says rolls back. Ray places the new
+actor on a node that is still there.
 
-Where it runs: the channels and control links are the local runtime's Unix sockets, so every
-rank must run on the host of the supervisor. Actors are only placed on Ray nodes whose address
-is this host's (several raylets on one machine form such a cluster); a cluster with other hosts
-is refused at start with a clear error until the channels speak TCP.
+Where it runs: when every Ray node is on this host, the channels and control links are the
+local runtime's Unix sockets (no port to open; ``bench/ray_engine_bench.py`` found TCP over
+loopback neither slower nor faster). When the cluster spans hosts, every rank listens on TCP on
+its node's address (port 0), the supervisor takes control links on TCP at this host's Ray
+address, each rank's hello reports the address it listens on, and every ``connect`` carries the
+peer table (a rank restarted on another node has a new address; the channels' sequence numbers
+and resends keep delivery FIFO and exactly once across the move). Such a job needs a store
+every node mounts at the same path: a node-local one is refused at start
+(``SNAPLINE_RAY_TRANSPORT=tcp`` forces TCP on one host, for tests and benchmarks;
+``shared_store=True`` declares a store shared that detection cannot tell).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import time
 from typing import Any
 
+from snapline._mounts import refuse_node_local
 from snapline.errors import ConfigError
+from snapline.runtime.local.endpoints import tcp_address
 from snapline.runtime.local.supervisor import RankSlot, Supervisor
 from snapline.runtime.local.wire import pack
 
 _INSTALL = "install Ray with pip install 'snapline[ray]'"
 #: How long after a rank died on a node new actors avoid that node (it may be lost).
 _SUSPECT_S = 30.0
+#: ``tcp`` forces TCP channels and control links even when every node is on this host.
+TRANSPORT_ENV = "SNAPLINE_RAY_TRANSPORT"
 
 
 class RaySupervisor(Supervisor):
     """A ``Supervisor`` whose ranks are Ray actors (see the module docstring)."""
 
-    def __init__(self, *, address: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, address: str | None = None, shared_store: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         try:
             import ray
@@ -59,12 +78,31 @@ class RaySupervisor(Supervisor):
                 configure_logging=False,
             )
             self._started_ray = True
-        self._nodes = _local_nodes(ray)
+        #: This host's address in the Ray cluster (the driver's node).
+        self.here = str(self._ray.util.get_node_ip_address())
+        self._nodes = _alive_nodes(ray)
+        hosts = sorted(set(self._nodes.values()))
+        multi_host = hosts != [self.here]
+        forced = os.environ.get(TRANSPORT_ENV, "")
+        try:
+            self._refuse(hosts, forced, shared_store)
+        except ConfigError:
+            super().close()
+            if self._started_ray:
+                ray.shutdown()
+            raise
+        #: TCP channels and control links (ranks on other hosts), else Unix sockets.
+        self.tcp = multi_host or forced == "tcp"
+        #: The control address the ranks' boot data names (TCP: at this host's address).
+        self._control_for_ranks = (
+            self.listen_also(tcp_address(self.here, 0)) if self.tcp else self.control_address
+        )
         from snapline.runtime.ray.rank import RankActor
 
         self._actor_class: Any = ray.remote(max_restarts=0, max_task_retries=0)(RankActor)
         self._actors: dict[int, Any] = {}
         self._runs: dict[int, Any] = {}
+        self._token = secrets.token_hex(4)
         self._spawned = 0
         #: An actor started ahead, idle, that the next restarted rank takes over: a new Ray
         #: worker process takes seconds to start and import, which a recovery should not wait.
@@ -72,9 +110,36 @@ class RaySupervisor(Supervisor):
         #: The node each actor (spare included) was placed on, and the nodes where a rank died
         #: recently: such a node may be lost, though Ray lists it alive for a few seconds more.
         self._spare_node = ""
+        self._spare_name = ""
         self._rank_node: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
-        self.log("ray_connected", nodes=len(self._nodes), started=self._started_ray)
+        self.log(
+            "ray_connected",
+            nodes=len(self._nodes),
+            hosts=hosts,
+            transport="tcp" if self.tcp else "unix",
+            control=self._control_for_ranks,
+            started=self._started_ray,
+        )
+
+    def _refuse(self, hosts: list[str], forced: str, shared_store: bool) -> None:
+        """``ConfigError`` for a transport or a store this cluster cannot use."""
+        if forced not in ("", "tcp", "unix"):
+            raise ConfigError(f"{TRANSPORT_ENV}={forced!r}: leave it unset, or say tcp or unix")
+        others = [h for h in hosts if h != self.here]
+        if others and forced == "unix":
+            raise ConfigError(
+                f"{TRANSPORT_ENV}=unix: this Ray cluster has nodes on other hosts "
+                f"({', '.join(others)}); Unix sockets reach only this one. Unset it"
+            )
+        if others and not shared_store:
+            refuse_node_local(
+                self.store_dir,
+                what="--engine ray: the store",
+                why=f"this Ray cluster spans {len(hosts)} hosts ({', '.join(hosts)}): a rank "
+                "restarted on another host must read the checkpoints, ledgers and logs there",
+                say="pass --shared-store",
+            )
 
     # ------------------------------------------------------------------ starting
 
@@ -83,41 +148,57 @@ class RaySupervisor(Supervisor):
         slot = self.slots[rank]
         self._forget_actor(rank)
         self.starting(slot, None)
-        actor, node, self._spare = self._spare, self._spare_node, None
+        actor, node, name = self._spare, self._spare_node, self._spare_name
+        self._spare = None
         if actor is not None and node in self._avoid():
             with contextlib.suppress(Exception):  # it may have died with its node
                 self._ray.kill(actor, no_restart=True)
             actor = None
         took_spare = actor is not None
         if actor is None:
-            actor, node = self._new_actor()
+            actor, node, name = self._new_actor()
         self._actors[rank], self._rank_node[rank] = actor, node
+        host = self._nodes.get(node) or _alive_nodes(self._ray).get(node, "")
+        boot = {**boot, "node": host, "control_address": self._control_for_ranks}
+        if self.tcp:
+            boot["listen_address"] = tcp_address(host, 0)
         self._runs[rank] = actor.run.remote(pack(boot))
-        self.log("spawned", rank=rank, pid=None, spare=took_spare, node=node)
-        self._spare, self._spare_node = self._new_actor()
+        self.log("spawned", rank=rank, pid=None, spare=took_spare, node=host, actor=name)
+        self._spare, self._spare_node, self._spare_name = self._new_actor()
 
     def _avoid(self) -> set[str]:
         """Nodes where a rank died in the last seconds (none if that would be every node)."""
         now = time.monotonic()
         self._suspect = {n: t for n, t in self._suspect.items() if now - t < _SUSPECT_S}
-        alive = set(_local_nodes(self._ray) or self._nodes)
+        alive = set(_alive_nodes(self._ray) or self._nodes)
         return set(self._suspect) if alive - set(self._suspect) else set()
 
-    def _new_actor(self) -> tuple[Any, str]:
-        """A new rank actor and its node: the next of this host's Ray nodes in turn."""
+    def _new_actor(self) -> tuple[Any, str, str]:
+        """A new rank actor, its node and its name: the next of the cluster's nodes in turn."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         avoid = self._avoid()
-        alive = [n for n in _local_nodes(self._ray) or self._nodes if n not in avoid]
+        nodes = _alive_nodes(self._ray)
+        if self.tcp:
+            self._nodes.update(nodes)
+        else:
+            # Unix sockets: only the nodes on this host (a node that joins elsewhere later
+            # cannot take a rank of this job).
+            nodes = {n: h for n, h in nodes.items() if h == self.here}
+        alive = [n for n in nodes or self._nodes if n not in avoid]
         node = alive[self._spawned % len(alive)]
         self._spawned += 1
+        name = f"snapline-{self._token}-{self._spawned}"
         actor = self._actor_class.options(
+            # Named, so that ``ray list actors`` (and ``ray.get_actor``) can find a rank's
+            # actor; the supervisor log's ``spawned`` line says which rank it runs.
+            name=name,
             num_cpus=0,
             # Hard, so the node recorded is where it runs: a node where a rank just died is
             # avoided for a while (``_avoid``), as Ray may list a lost node alive for seconds.
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
         ).remote()
-        return actor, node
+        return actor, node, name
 
     def _expects(self, slot: RankSlot, pid: int) -> bool:
         """The rank's actor introduces itself: learn its pid (for ``ps`` and ``kill``)."""
@@ -125,8 +206,10 @@ class RaySupervisor(Supervisor):
             return False
         if slot.pid is None:
             slot.pid = pid
-            self.watch_pid(slot)  # the actor runs on this host: a pidfd shows its exit at once
-            self.log("rank_started", rank=slot.rank, pid=pid)
+            node = self._nodes.get(self._rank_node.get(slot.rank, ""), "")
+            if node == self.here:
+                self.watch_pid(slot)  # on this host: a pidfd shows its exit at once
+            self.log("rank_started", rank=slot.rank, pid=pid, node=node)
         return slot.pid == pid
 
     # ------------------------------------------------------------------ failures
@@ -225,15 +308,10 @@ def _why_ended(ray: Any, ref: Any) -> str | None:
     return "returned without being told to stop"
 
 
-def _local_nodes(ray: Any) -> list[str]:
-    """Ids of the live Ray nodes on this host; ``ConfigError`` if the cluster spans hosts."""
-    here = ray.util.get_node_ip_address()
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    others = sorted({node["NodeManagerAddress"] for node in nodes} - {here})
-    if others:
-        raise ConfigError(
-            f"--engine ray: this Ray cluster has nodes on other hosts ({', '.join(others)}); "
-            "snapline's channels are Unix sockets for now, so every rank must run on this "
-            f"host ({here}). Use a cluster of raylets on this machine, or --engine local"
-        )
-    return [str(node["NodeID"]) for node in nodes]
+def _alive_nodes(ray: Any) -> dict[str, str]:
+    """The live Ray nodes: id -> the address of its host."""
+    return {
+        str(node["NodeID"]): str(node["NodeManagerAddress"])
+        for node in ray.nodes()
+        if node.get("Alive")
+    }
