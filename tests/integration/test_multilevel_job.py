@@ -121,6 +121,17 @@ def test_a_lost_node_and_its_killed_rank_recover_from_the_partner_level(
     for rank in range(3):
         with open_store(tmp_path / "shared" / f"rank-{rank}", create=False) as remote:
             assert remote.steps() and remote.verify().ok
+    # snapline ls says where the recovery line's checkpoints are, and where a rank's store is.
+    listed = subprocess.run(
+        [sys.executable, "-m", "snapline", "ls", str(store)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "held on" in listed.stdout and "local, partner" in listed.stdout, listed.stdout
+    assert str(scratch / "a" / "rank-0") in listed.stdout.replace("\n", ""), listed.stdout
 
 
 def test_a_job_on_levels_refuses_a_resize_on_resume(tmp_path: Path) -> None:

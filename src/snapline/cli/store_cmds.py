@@ -28,6 +28,7 @@ from snapline.runtime.local.jobdir import (
     is_job_dir,
     job_checkpoints,
 )
+from snapline.runtime.local.levels import node_layout
 from snapline.state.codec import decode_tree
 from snapline.store import Store, open_store
 from snapline.store.manifest import LeafRef, Manifest
@@ -139,18 +140,28 @@ def _ls_job(job_dir: Path, *, every: bool) -> None:
         title=f"job in {job_dir}: {config.app} on {config.n} ranks, {config.protocol}",
         title_justify="left",
     )
-    for name in ("rank", "committed", "newest", "recovery line", "its step"):
-        table.add_column(name, justify="right")
+    columns = ["rank", "committed", "newest", "recovery line", "its step"]
+    if config.levels:
+        columns.append("held on")  # the levels holding the recovery line's checkpoint
+    for name in columns:
+        if name == "held on":
+            table.add_column(name, justify="left", overflow="fold", min_width=12)
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
     for rank in range(config.n):
         ckpts = listing.checkpoints[rank]
         restore = None if line is None else line[rank]
-        table.add_row(
+        row = [
             str(rank),
             str(len(ckpts)),
             ckpts[-1].label if ckpts else "none",
             "?" if restore is None else checkpoint_label(restore),
             "" if not restore else str(restore),
-        )
+        ]
+        if config.levels:
+            held = next((c.levels for c in ckpts if c.index == restore), ())
+            row.append(", ".join(held))
+        table.add_row(*row)
     console.print(table)
     if line is None:
         console.print(f"[yellow]recovery line unknown:[/] {listing.problem}")
@@ -159,6 +170,14 @@ def _ls_job(job_dir: Path, *, every: bool) -> None:
             "recovery line: what `snapline run --resume --store "
             f"{job_dir}` restores if every rank dies now ('none': the initial state)"
         )
+    if config.levels:
+        local = node_layout(config).local_store(0)
+        console.print(
+            f"storage levels {config.levels}: each rank's local level is a store, e.g. "
+            f"snapline ls / inspect {local} (--step STEP)",
+            highlight=False,
+        )
+        return
     console.print(
         "each rank's checkpoints are a store: snapline ls / inspect "
         f"{job_dir / 'rank-0'} (--step STEP)",

@@ -47,6 +47,8 @@ class JobCheckpoint:
     rank: int
     index: int
     forced: bool
+    #: On storage levels (``--levels``): the levels the ledger says hold it, fastest first.
+    levels: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -74,7 +76,12 @@ def job_checkpoints(store_dir: Path) -> JobCheckpoints:
     }
     checkpoints = {
         rank: [
-            JobCheckpoint(rank=rank, index=rec.index, forced=rec.forced)
+            JobCheckpoint(
+                rank=rank,
+                index=rec.index,
+                forced=rec.forced,
+                levels=tuple(view.levels.get(rec.index, ())),
+            )
             for rec in view.committed_records()
             if rec.index > 0
         ]
