@@ -1,6 +1,7 @@
 """The process level for real: unmodified programs under ``snapline run --level process``
-(CRIU), ranks killed with ``kill -9`` from outside, every process restored from the newest
-global checkpoint; the output must equal a failure-free run's, no line lost or duplicated."""
+(CRIU and DMTCP), ranks killed with ``kill -9`` from outside, every process restored from the
+newest global checkpoint; the output must equal a failure-free run's, no line lost or
+duplicated."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from process_support import (
     outputs,
     rank_pid,
     reference,
-    require_criu,
+    require_backend,
     snapline,
     start,
     status,
@@ -33,20 +34,33 @@ NUMPY = [sys.executable, str(PROGRAMS / "numpy_steps.py")]
 RING = [sys.executable, str(PROGRAMS / "ring.py")]
 
 
+#: The job tests run once per backend; the DMTCP ones that only repeat what the CRIU ones
+#: show about the supervisor are slow-marked.
+BACKENDS = ["criu", "dmtcp"]
+CRIU_FAST = ["criu", pytest.param("dmtcp", marks=pytest.mark.slow)]
+
+
 @pytest.fixture(autouse=True)
-def _criu() -> None:
-    require_criu()
+def _backend(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    require_backend(callspec.params.get("backend", "criu") if callspec else "criu")
 
 
-def _run(job: Path, *args: str) -> list[str]:
-    return snapline("run", "--level", "process", "--store", str(job), "--interval", "0.4s", *args)
+def _run(job: Path, *args: str, backend: str = "criu") -> list[str]:
+    return snapline(
+        "run", "--level", "process", "--backend", backend, "--store", str(job),
+        "--interval", "0.4s", *args,
+    )  # fmt: skip
 
 
-def test_numpy_program_killed_mid_run_is_restored_with_identical_output(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_numpy_program_killed_mid_run_is_restored_with_identical_output(
+    tmp_path: Path, backend: str
+) -> None:
     command = [*NUMPY, "70", "8"]
     expected = reference([command], tmp_path)
     job = tmp_path / "job"
-    proc = start(_run(job, "--", *command), cwd=tmp_path)
+    proc = start(_run(job, "--", *command, backend=backend), cwd=tmp_path)
     try:
         st = wait_for_checkpoints(job, 2, proc)
         kill9(rank_pid(st, 0))
@@ -64,16 +78,17 @@ def test_numpy_program_killed_mid_run_is_restored_with_identical_output(tmp_path
     assert verified.returncode == 0 and "2 checkpoint(s)" in verified.stdout, verified.stdout
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("n", "kind"), [(2, "tcp"), (3, "unix")])
 def test_ring_job_killed_mid_run_is_restored_with_identical_output(
-    tmp_path: Path, n: int, kind: str
+    tmp_path: Path, n: int, kind: str, backend: str
 ) -> None:
     # Unix socket paths must stay short (108 bytes): not under pytest's deep tmp_path.
     dirs = [tempfile.mkdtemp(prefix="snapline-ring-") for _ in range(2)]
     commands = [[*RING, kind, "7300" if kind == "tcp" else d, "150"] for d in dirs]
     expected = reference([commands[0]] * n, tmp_path)
     job = tmp_path / "job"
-    proc = start(_run(job, "-n", str(n), "--", *commands[1]), cwd=tmp_path)
+    proc = start(_run(job, "-n", str(n), "--", *commands[1], backend=backend), cwd=tmp_path)
     try:
         st = wait_for_checkpoints(job, 2, proc)
         kill9(rank_pid(st, n - 1))
@@ -88,9 +103,16 @@ def test_ring_job_killed_mid_run_is_restored_with_identical_output(
 
 
 @pytest.mark.parametrize(
-    "seed", [1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 8))]
+    ("backend", "seed"),
+    [
+        ("criu", 1),
+        *(pytest.param("criu", s, marks=pytest.mark.slow) for s in range(2, 8)),
+        *(pytest.param("dmtcp", s, marks=pytest.mark.slow) for s in range(1, 4)),
+    ],
 )
-def test_repeated_kills_of_ranks_and_job_root_at_random_moments(tmp_path: Path, seed: int) -> None:
+def test_repeated_kills_of_ranks_and_job_root_at_random_moments(
+    tmp_path: Path, backend: str, seed: int
+) -> None:
     # Kills land anywhere: before the first checkpoint, while the job is frozen for one,
     # during criu dump, right after a restore. A checkpoint must never hold a failure.
     rnd = random.Random(seed)
@@ -98,7 +120,7 @@ def test_repeated_kills_of_ranks_and_job_root_at_random_moments(tmp_path: Path, 
     commands = [[*RING, "unix", d, "200"] for d in dirs]
     expected = reference([commands[0]] * 3, tmp_path)
     job = tmp_path / "job"
-    proc = start(_run(job, "-n", "3", "--", *commands[1]), cwd=tmp_path)
+    proc = start(_run(job, "-n", "3", "--", *commands[1], backend=backend), cwd=tmp_path)
     kills = 0
     try:
         while proc.poll() is None and kills < 3:
@@ -120,11 +142,12 @@ def test_repeated_kills_of_ranks_and_job_root_at_random_moments(tmp_path: Path, 
     assert outputs(job, 3) == expected
 
 
-def test_resume_after_the_whole_job_died(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", CRIU_FAST)
+def test_resume_after_the_whole_job_died(tmp_path: Path, backend: str) -> None:
     command = [*RING, "tcp", "7400", "150"]
     expected = reference([command] * 2, tmp_path)
     job = tmp_path / "job"
-    proc = start(_run(job, "-n", "2", "--", *command), cwd=tmp_path)
+    proc = start(_run(job, "-n", "2", "--", *command, backend=backend), cwd=tmp_path)
     try:
         st = wait_for_checkpoints(job, 2, proc)
         stop(proc)  # the supervisor first, then every process of the job
@@ -143,7 +166,8 @@ def test_resume_after_the_whole_job_died(tmp_path: Path) -> None:
     assert status(job)["state"] == "finished"
 
 
-def test_restart_limit_ends_a_job_that_keeps_failing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", CRIU_FAST)
+def test_restart_limit_ends_a_job_that_keeps_failing(tmp_path: Path, backend: str) -> None:
     job = tmp_path / "job"
     argv = [
         sys.executable,
@@ -151,18 +175,22 @@ def test_restart_limit_ends_a_job_that_keeps_failing(tmp_path: Path) -> None:
         "import sys; print('about to fail', file=sys.stderr); sys.exit(3)",
     ]
     done = subprocess.run(
-        _run(job, "--max-restarts", "2", "--", *argv), capture_output=True, text=True, timeout=60
+        _run(job, "--max-restarts", "2", "--", *argv, backend=backend),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "restart limit reached (2)" in done.stderr
     assert "exit code 3 (about to fail)" in done.stderr
 
 
-def test_a_hung_job_is_restored_and_given_up_on_at_the_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", CRIU_FAST)
+def test_a_hung_job_is_restored_and_given_up_on_at_the_limit(tmp_path: Path, backend: str) -> None:
     job = tmp_path / "job"
     argv = [sys.executable, "-c", "import time; print('working', flush=True); time.sleep(600)"]
     done = subprocess.run(
-        _run(job, "--heartbeat-timeout", "1s", "--max-restarts", "1", "--", *argv),
+        _run(job, "--heartbeat-timeout", "1s", "--max-restarts", "1", "--", *argv, backend=backend),
         capture_output=True,
         text=True,
         timeout=60,
