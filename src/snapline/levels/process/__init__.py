@@ -2,9 +2,9 @@
 
 ``run_process_job`` runs N commands as one job under a supervisor (``supervisor.py``) that
 takes coordinated global checkpoints with a backend (``criu.py``, ``dmtcp.py``) into a
-snapline store and restores every process after a failure. ``checkpoint_tree`` and ``restore_tree`` do one
-checkpoint and one restore of a single process tree. ``install.py`` finds and installs the
-tools; ``doctor.py`` says what works on this machine.
+snapline store and restores every process after a failure. ``checkpoint_tree`` and
+``restore_tree`` do one checkpoint and one restore of a single process tree (CRIU).
+``install.py`` finds and installs the tools; ``doctor.py`` says what works on this machine.
 """
 
 from __future__ import annotations
