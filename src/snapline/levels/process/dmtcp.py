@@ -140,7 +140,7 @@ class DmtcpBackend:
         start = time.monotonic()
         drain()
         try:
-            self._command("--bcheckpoint", error=CheckpointFailed)
+            self._wait_for_checkpoint(drain)
             pause_s = time.monotonic() - start
             drain()  # a process that died meanwhile fails the checkpoint
         finally:
@@ -148,6 +148,29 @@ class DmtcpBackend:
         if not any(p.suffix == ".dmtcp" for p in image_dir.iterdir()):
             raise CheckpointFailed(f"DMTCP wrote no images into {self.ckpt_dir}")
         return pause_s
+
+    def _wait_for_checkpoint(self, drain: Callable[[], None], timeout_s: float = 300) -> None:
+        """Run ``dmtcp_command --bcheckpoint``, calling ``drain`` meanwhile: a process of the
+        job that dies during a checkpoint can leave DMTCP waiting for it for ever, and
+        ``drain`` raises ``CheckpointFailed`` when one did."""
+        argv = [self._tool("dmtcp_command"), "--bcheckpoint"]
+        proc = subprocess.Popen(
+            argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        try:
+            while proc.poll() is None:
+                drain()
+                if time.monotonic() > deadline:
+                    raise CheckpointFailed(f"DMTCP's checkpoint took over {timeout_s:.0f}s")
+                time.sleep(0.005)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            said, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise CheckpointFailed(f"dmtcp_command --bcheckpoint failed: {said.strip()[-500:]}")
 
     def _collect(self, image_dir: Path) -> None:
         """Move what DMTCP wrote into ``image_dir``, flat (``_files`` dirs flattened), with

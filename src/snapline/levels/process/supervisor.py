@@ -308,6 +308,8 @@ class ProcessJob:
             for r, pid in self.rank_pids.items()
             if r not in self.finished and procs.state_of(pid) in (None, "Z", "X")
         ]
+        if dead and not self.failure:  # the job root may not be able to say so (DMTCP)
+            self.failure = f"ranks {dead} died"
         if self.failure or dead or procs.state_of(self.root) in (None, "Z", "X"):
             raise CheckpointFailed(
                 f"the job failed during the checkpoint ({self.failure or f'ranks {dead} died'})"
