@@ -6,6 +6,7 @@ duplicated."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import subprocess
@@ -247,3 +248,17 @@ def test_doctor_tells_what_works(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
     assert "criu" in text and "BLCR is dead" in text
+    # DMTCP: where it was found and that a real test checkpoint worked (or why not).
+    line = text[text.index("backend dmtcp") : text.index("level process")]
+    assert "a test checkpoint works" in line or ("no backend dmtcp" in text), line
+
+
+def test_one_tree_checkpoint_with_dmtcp_says_why_not(tmp_path: Path) -> None:
+    done = subprocess.run(
+        snapline("checkpoint", str(os.getpid()), "--store", str(tmp_path), "--backend", "dmtcp"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "dmtcp_launch" in done.stderr and "--backend dmtcp" in done.stderr, done.stderr

@@ -1,7 +1,9 @@
-"""The process level's pure pieces: job spec, job files, output repair, image round trip."""
+"""The process level's pure pieces: job spec, job files, output repair, image round trip,
+the DMTCP job root's output spool."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from snapline.cli.run_cmds import _job_file_commands
 from snapline.errors import ConfigError, RuntimeFailure
 from snapline.levels.process.images import load_global, newest_global, save_global
+from snapline.levels.process.relay import SpoolReader
 from snapline.levels.process.supervisor import (
     ProcessJobSpec,
     _repair,
@@ -97,3 +100,31 @@ def test_images_round_trip_through_the_store_and_share_unchanged_chunks(tmp_path
     ]
     assert (tmp_path / "back" / "core-1.img").read_bytes() == b"core"
     store.close()
+
+
+def _record(stream: str, pos: int, data: bytes) -> bytes:
+    return b"@" + json.dumps({"s": stream, "p": pos, "n": len(data)}).encode() + b"\n" + data
+
+
+def test_spool_reader_waits_for_whole_records_and_skips_dmtcp_padding(tmp_path: Path) -> None:
+    spool = tmp_path / "relay.spool"
+    reader = SpoolReader(spool)
+    assert reader.read() == []  # no spool yet
+    hello = b'@{"hello": {"status": 0, "out0": 5}, "root": 40000}\n'
+    first = _record("out0", 5, b"line\n")
+    # DMTCP recreates a spool that was open at the checkpoint padded with NUL bytes.
+    spool.write_bytes(b"\0" * 7 + hello + first[:-3])
+    records = reader.read()
+    assert [r.hello for r in records] == [{"status": 0, "out0": 5}]
+    assert records[0].root_vpid == 40000
+    with open(spool, "ab") as fh:
+        fh.write(first[-3:] + _record("status", 0, b"start 0 41000\n"))
+    assert [(r.stream, r.pos, r.data) for r in reader.read()] == [
+        ("out0", 5, b"line\n"),
+        ("status", 0, b"start 0 41000\n"),
+    ]
+    reader.reset()
+    assert not spool.exists() and reader.read() == []
+    spool.write_bytes(b"garbage\n")
+    with pytest.raises(RuntimeFailure, match="damaged"):
+        reader.read()
