@@ -12,8 +12,9 @@ import pytest
 from snapline.cli.run_cmds import _job_file_commands
 from snapline.errors import ConfigError, RuntimeFailure
 from snapline.levels.process.images import load_global, newest_global, save_global
-from snapline.levels.process.relay import SpoolReader
+from snapline.levels.process.relay import Record, SpoolReader
 from snapline.levels.process.supervisor import (
+    ProcessJob,
     ProcessJobSpec,
     _repair,
     output_path,
@@ -128,3 +129,40 @@ def test_spool_reader_waits_for_whole_records_and_skips_dmtcp_padding(tmp_path: 
     spool.write_bytes(b"garbage\n")
     with pytest.raises(RuntimeFailure, match="damaged"):
         reader.read()
+
+
+class _RelayingBackend:
+    """Only what ProcessJob reads before it starts anything: a backend that relays output."""
+
+    name = "relaying"
+    relays_output = True
+
+
+def test_relayed_output_is_cut_released_and_rolled_back_by_position(tmp_path: Path) -> None:
+    job = ProcessJob(
+        ProcessJobSpec(commands=[["prog"]]),
+        tmp_path,
+        _RelayingBackend(),  # type: ignore[arg-type]
+    )
+    (tmp_path / "output").mkdir()
+    job._on_record(Record(hello={"status": 0}, root_vpid=40000))
+    job._on_record(Record(stream="status", pos=0, data=b"start 0 41000\n"))
+    job._on_record(Record(stream="out0", pos=0, data=b"a\nb\n"))
+    job._on_record(Record(stream="out0", pos=0, data=b"a\n"))  # a duplicate: dropped
+    assert job.rank_vpids == {0: 41000} and bytes(job.held["out0"]) == b"a\nb\n"
+    # A checkpoint: 2 bytes were read before it began; "b\n" and "c\n" arrive meanwhile.
+    job.cut = {"out0": 2}
+    job._on_record(Record(stream="out0", pos=4, data=b"c\n"))
+    job._release(job.cut)
+    assert (tmp_path / "output" / "rank-0.out").read_bytes() == b"a\n"
+    assert bytes(job.held["out0"]) == b"b\nc\n"
+    # The restored job root checkpointed at byte 4: "c\n" came from the lost run and goes;
+    # the restored run writes something else there (its output need not be deterministic).
+    job._on_record(Record(hello={"status": 14, "out0": 4}, root_vpid=40000))
+    assert bytes(job.held["out0"]) == b"b\n" and job.rank_vpids == {0: 41000}
+    job._on_record(Record(stream="out0", pos=4, data=b"C\n"))
+    job._release()
+    assert (tmp_path / "output" / "rank-0.out").read_bytes() == b"a\nb\nC\n"
+    with pytest.raises(RuntimeFailure, match="skipped bytes"):
+        job._on_record(Record(stream="out0", pos=99, data=b"x"))
+    job.store.close()
