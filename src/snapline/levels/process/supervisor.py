@@ -151,6 +151,7 @@ class ProcessJob:
         self.pos: dict[str, int] = {}  # relayed stream -> where what was read ends
         self.status_log = bytearray()  # relayed: every status line, to replay after a restore
         self.hello = False  # relayed: the job root said where it stands
+        self.early: list[Record] = []  # relayed: records that came before the hello
         self.root_vpid = 0
         self.cut: dict[str, int] | None = None  # held bytes the checkpoint being taken covers
         self.root = 0
@@ -247,6 +248,11 @@ class ProcessJob:
         if record.hello is not None:
             self._on_hello(record)
             return
+        if not self.hello:
+            # Written by a job root restored from a checkpoint taken while it was writing
+            # this very record: its hello comes next (see _relayroot.py).
+            self.early.append(record)
+            return
         name, data = record.stream, record.data
         end = self.pos.get(name, 0)
         if record.pos + len(data) <= end:
@@ -264,28 +270,32 @@ class ProcessJob:
 
     def _on_hello(self, record: Record) -> None:
         """The job root (re)started writing: drop what the lost run wrote beyond the
-        positions the checkpoint holds, and replay the status lines up to there."""
+        positions the checkpoint holds, replay the status lines up to there, then take the
+        records that came before the hello."""
         assert record.hello is not None
         for name, at in record.hello.items():
             if name == "status":
+                del self.status_log[at:]
+                self.pos[name] = len(self.status_log)
                 continue
             released = _size(output_path(self.job_dir, name))
             held = self.held.setdefault(name, bytearray())
-            if not released <= at <= released + len(held):
+            if at < released:
                 raise RuntimeFailure(
-                    f"the restored job's {name} is at byte {at}, but {released} bytes were "
-                    f"released and {len(held)} held"
+                    f"the restored job's {name} is at byte {at}, but {released} bytes of it "
+                    "were released: the checkpoint does not cover released output"
                 )
             del held[at - released :]
-            self.pos[name] = at
-        at = record.hello.get("status", 0)
-        self.status_log = self.status_log[:at]
-        self.pos["status"] = at
+            # Short of ``at`` only when the bytes up to it come in an early record.
+            self.pos[name] = released + len(held)
         self.status_buf.clear()
         self.rank_vpids, self.finished, self.failure = {}, {}, ""
         self._on_status(bytes(self.status_log))
         self.root_vpid = record.root_vpid
         self.hello = True
+        early, self.early = self.early, []
+        for item in early:
+            self._on_record(item)
 
     def _drain(self) -> None:
         """Read everything the (frozen) job has written."""
@@ -379,7 +389,7 @@ class ProcessJob:
     def _start_relayed(self) -> None:
         assert self.spool is not None
         self.spool.reset()
-        self.pos, self.status_log, self.hello = {}, bytearray(), False
+        self.pos, self.status_log, self.hello, self.early = {}, bytearray(), False, []
         self.status_buf.clear()
         job = {
             "spool": str(self.spool.path),
@@ -523,7 +533,7 @@ class ProcessJob:
     def _restore_relayed(self, image_dir: Path, step: int, status_log: bytes) -> None:
         assert self.spool is not None
         self.spool.reset()
-        self.pos, self.status_log, self.hello = {}, bytearray(status_log), False
+        self.pos, self.status_log, self.hello, self.early = {}, bytearray(status_log), False, []
         self.status_buf.clear()
         self.root_status = None
         self.root = self.backend.restore(image_dir, {})
