@@ -143,11 +143,22 @@ class DmtcpBackend:
             self._wait_for_checkpoint(drain)
             pause_s = time.monotonic() - start
             drain()  # a process that died meanwhile fails the checkpoint
-        finally:
-            self._collect(image_dir)
+        except BaseException:
+            self._discard()
+            raise
+        self._collect(image_dir)
         if not any(p.suffix == ".dmtcp" for p in image_dir.iterdir()):
             raise CheckpointFailed(f"DMTCP wrote no images into {self.ckpt_dir}")
         return pause_s
+
+    def _discard(self) -> None:
+        """Remove what a failed checkpoint left (processes may still be writing it)."""
+        for item in list(self.ckpt_dir.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                if item.is_dir():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink()
 
     def _wait_for_checkpoint(self, drain: Callable[[], None], timeout_s: float = 300) -> None:
         """Run ``dmtcp_command --bcheckpoint``, calling ``drain`` meanwhile: a process of the
@@ -186,7 +197,7 @@ class DmtcpBackend:
             elif item.suffix == ".dmtcp":
                 shutil.move(item, image_dir / item.name)
             else:  # restart scripts: dmtcp_restart is run directly
-                item.unlink()
+                item.unlink(missing_ok=True)
 
     def restore(self, image_dir: Path, pipes: Mapping[str, int]) -> int:
         """Start ``dmtcp_restart`` on every image of ``image_dir``; its pid (the job root's
