@@ -22,7 +22,10 @@ beyond them (written by the lost run) are dropped, and output continues from the
 byte is lost or released twice, also for programs whose output is not deterministic.
 
 Killing: the coordinator, ``dmtcp_restart`` and every process of the job descend from the
-supervisor (a child subreaper), so ``kill`` ends them all, sessions or not.
+supervisor (a child subreaper), so ``kill`` ends them all, sessions or not. The coordinator
+stays in the supervisor's process group, and DMTCP's processes end when their coordinator
+dies: killing the supervisor's group ends the job too (``--resume`` then finds nothing to
+kill).
 """
 
 from __future__ import annotations
