@@ -313,17 +313,38 @@ class ProcessJob:
         self._drain()
         if self.cut is None:  # the first drain of a checkpoint: what it surely covers
             self.cut = {name: len(data) for name, data in self.held.items()}
-        dead = [
-            r
-            for r, pid in self.rank_pids.items()
-            if r not in self.finished and procs.state_of(pid) in (None, "Z", "X")
-        ]
-        if dead and not self.failure:  # the job root may not be able to say so (DMTCP)
-            self.failure = f"ranks {dead} died"
+        dead = self._unreported_ends()
         if self.failure or dead or procs.state_of(self.root) in (None, "Z", "X"):
             raise CheckpointFailed(
                 f"the job failed during the checkpoint ({self.failure or f'ranks {dead} died'})"
             )
+
+    def _unreported_ends(self) -> list[int]:
+        """Ranks whose process ended (or is a zombie) with no exit reported by the job root."""
+        return [
+            r
+            for r, pid in self.rank_pids.items()
+            if r not in self.finished and procs.state_of(pid) in (None, "Z", "X")
+        ]
+
+    def _await_exit_reports(self, timeout_s: float = 5.0) -> None:
+        """After a failed checkpoint: the job root reports ranks that ended during it (a
+        normal end, or a kill) once the job runs again. Under DMTCP a process killed during
+        a checkpoint can leave the others suspended for ever; then no report comes, and
+        that is a failure."""
+        deadline = time.monotonic() + timeout_s
+        while not self.failure and self.root_status is None:
+            dead = self._unreported_ends()
+            if not dead:
+                return
+            if time.monotonic() > deadline:
+                self.failure = (
+                    f"ranks {dead} ended during a checkpoint and the job root did not report "
+                    f"it within {timeout_s:g}s (the job is stuck)"
+                )
+                return
+            self._pump(0.05)
+            self._reap()
 
     def _on_status(self, data: bytes) -> None:
         self.status_buf += data
@@ -454,6 +475,7 @@ class ProcessJob:
             self.notes.append(f"checkpoint {step} failed, the job goes on: {exc}")
             self.status.note = self.notes[-1]
             shutil.rmtree(image_dir, ignore_errors=True)
+            self._await_exit_reports()
             return
         pipes = {name: f"pipe:[{os.fstat(fd).st_ino}]" for name, fd in self.readers.items()}
         released = {
