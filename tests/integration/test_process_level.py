@@ -264,3 +264,33 @@ def test_one_tree_checkpoint_with_dmtcp_says_why_not(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "dmtcp_launch" in done.stderr and "--backend dmtcp" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["dmtcp"])
+def test_a_dmtcp_checkpoint_stuck_on_an_unaccepted_connection_fails_the_job(
+    tmp_path: Path, backend: str
+) -> None:
+    # A connection still in a listen backlog has no process at its other end: DMTCP waits
+    # for ever to drain it. The supervisor reads DMTCP's warning and restores instead.
+    sock = tempfile.mkdtemp(prefix="snapline-backlog-")
+    code = (
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1] + '/s'); s.listen(1)\n"
+        "c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1] + '/s'); c.send(b'x')\n"
+        "time.sleep(60)\n"
+    )
+    job = tmp_path / "job"
+    try:
+        done = subprocess.run(
+            _run(
+                job, "--max-restarts", "0", "--", sys.executable, "-c", code, sock, backend=backend
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(sock)
+    assert done.returncode == 1
+    assert "DMTCP's checkpoint is stuck: Still draining socket" in done.stderr, done.stderr

@@ -25,6 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from snapline.errors import CheckpointFailed
+
+
+class CheckpointLostJob(CheckpointFailed):
+    """A checkpoint failed and left the job unable to go on (DMTCP can leave every process
+    waiting at its barrier): the supervisor restores the job instead of letting it run."""
+
 
 class ProcessBackend(Protocol):
     """A transparent checkpointer of whole process trees (CRIU, DMTCP)."""

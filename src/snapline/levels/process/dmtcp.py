@@ -41,6 +41,7 @@ from pathlib import Path
 
 from snapline.errors import CheckpointFailed, RuntimeFailure
 from snapline.levels.process import procs
+from snapline.levels.process.backend import CheckpointLostJob
 
 #: The coordinator's port inside the job's own network namespace (DMTCP's default).
 PORT = 7779
@@ -154,6 +155,19 @@ class DmtcpBackend:
             raise CheckpointFailed(f"DMTCP wrote no images into {self.ckpt_dir}")
         return pause_s
 
+    def _stuck_draining(self, since: int) -> str:
+        """DMTCP's warning that it cannot finish draining a socket, if its log has one."""
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(since)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            if "Still draining socket" in line:
+                return line.split(":", 3)[-1].strip()
+        return ""
+
     def _discard(self) -> None:
         """Remove what a failed checkpoint left (processes may still be writing it)."""
         for item in list(self.ckpt_dir.iterdir()):
@@ -163,21 +177,35 @@ class DmtcpBackend:
                 else:
                     item.unlink()
 
-    def _wait_for_checkpoint(self, drain: Callable[[], None], timeout_s: float = 300) -> None:
+    def _wait_for_checkpoint(self, drain: Callable[[], None]) -> None:
         """Run ``dmtcp_command --bcheckpoint``, calling ``drain`` meanwhile: a process of the
         job that dies during a checkpoint can leave DMTCP waiting for it for ever, and
-        ``drain`` raises ``CheckpointFailed`` when one did."""
+        ``drain`` raises ``CheckpointFailed`` when one did. DMTCP also waits for ever to
+        drain a socket whose other end it cannot find (a connection still in a listen
+        backlog, not accepted yet): ``CheckpointLostJob`` as soon as it says so in its log,
+        or when the checkpoint takes longer than writing the job's memory at 25 MiB/s
+        plus 20 s."""
+        resident = procs.resident_bytes(procs.descendants(os.getpid()))
+        timeout_s = 20 + resident / (25 << 20)
+        log_at = self.log.stat().st_size if self.log.exists() else 0
         argv = [self._tool("dmtcp_command"), "--bcheckpoint"]
         proc = subprocess.Popen(
             argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        next_look = start + 1
         try:
             while proc.poll() is None:
                 drain()
-                if time.monotonic() > deadline:
-                    raise CheckpointFailed(f"DMTCP's checkpoint took over {timeout_s:.0f}s")
+                now = time.monotonic()
+                if now > start + timeout_s:
+                    raise CheckpointLostJob(f"DMTCP's checkpoint took over {timeout_s:.0f}s")
+                if now > next_look:
+                    next_look = now + 1
+                    stuck = self._stuck_draining(log_at)
+                    if stuck:
+                        raise CheckpointLostJob(f"DMTCP's checkpoint is stuck: {stuck}")
                 time.sleep(0.005)
         finally:
             if proc.poll() is None:

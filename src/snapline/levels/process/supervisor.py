@@ -44,7 +44,7 @@ from typing import Any
 
 from snapline.errors import CheckpointFailed, ConfigError, RuntimeFailure
 from snapline.levels.process import procs
-from snapline.levels.process.backend import ProcessBackend
+from snapline.levels.process.backend import CheckpointLostJob, ProcessBackend
 from snapline.levels.process.images import load_global, newest_global, save_global
 from snapline.levels.process.relay import Record, SpoolReader
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
@@ -475,6 +475,8 @@ class ProcessJob:
             self.notes.append(f"checkpoint {step} failed, the job goes on: {exc}")
             self.status.note = self.notes[-1]
             shutil.rmtree(image_dir, ignore_errors=True)
+            if isinstance(exc, CheckpointLostJob) and not self.failure:
+                self.failure = str(exc)
             self._await_exit_reports()
             return
         pipes = {name: f"pipe:[{os.fstat(fd).st_ino}]" for name, fd in self.readers.items()}
