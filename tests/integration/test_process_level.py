@@ -100,7 +100,15 @@ def test_ring_job_killed_mid_run_is_restored_with_identical_output(
             shutil.rmtree(d)
     assert code == 0, err
     assert outputs(job, n) == expected
-    assert "1 recoveries" in err
+    # One recovery for the kill. Under DMTCP also one for each checkpoint that caught a ring
+    # connection not accepted yet (DMTCP cannot drain it; see the how-to's limits).
+    failures = [
+        line.split("failure: ", 1)[1]
+        for line in (job / "supervisor.log").read_text().splitlines()
+        if "failure: " in line
+    ]
+    kills = [f for f in failures if backend == "criu" or "checkpoint is stuck" not in f]
+    assert len(kills) == 1 and "killed by SIGKILL" in kills[0], failures
 
 
 @pytest.mark.parametrize(
