@@ -94,20 +94,35 @@ def kill9(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def finish(proc: subprocess.Popen[str], timeout_s: float = 90) -> tuple[int, str, str]:
-    """Wait for the supervisor; (exit code, stdout, stderr). Killed on timeout."""
+def finish(
+    proc: subprocess.Popen[str], timeout_s: float = 90, job: Path | None = None
+) -> tuple[int, str, str]:
+    """Wait for the supervisor; (exit code, stdout, stderr). Killed (with ``job``'s
+    processes) on timeout."""
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        stop(proc)
+        stop(proc, job)
         raise
     return proc.returncode, out, err
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str], job: Path | None = None) -> None:
+    """Kill the supervisor's process group; when it was still running, also the processes
+    of its job (``job``'s status), which live in sessions of their own (a DMTCP job stuck
+    at a checkpoint barrier would otherwise stay for ever)."""
+    running = proc.poll() is None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
+    if running and job is not None:
+        st = status(job)
+        ranks = st.get("ranks") or []
+        assert isinstance(ranks, list)
+        for pid in [st.get("job_root_pid"), *(r.get("pid") for r in ranks)]:
+            if isinstance(pid, int) and pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def reference(commands: Sequence[Sequence[str]], cwd: Path, timeout_s: float = 60) -> list[str]:

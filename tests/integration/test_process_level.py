@@ -65,9 +65,9 @@ def test_numpy_program_killed_mid_run_is_restored_with_identical_output(
     try:
         st = wait_for_checkpoints(job, 2, proc)
         kill9(rank_pid(st, 0))
-        code, out, err = finish(proc)
+        code, out, err = finish(proc, job=job)
     finally:
-        stop(proc)
+        stop(proc, job)
     assert code == 0, err
     assert outputs(job, 1) == expected
     assert out == expected[0]  # what the user saw: released once, in order
@@ -93,9 +93,9 @@ def test_ring_job_killed_mid_run_is_restored_with_identical_output(
     try:
         st = wait_for_checkpoints(job, 2, proc)
         kill9(rank_pid(st, n - 1))
-        code, _, err = finish(proc)
+        code, _, err = finish(proc, job=job)
     finally:
-        stop(proc)
+        stop(proc, job)
         for d in dirs:
             shutil.rmtree(d)
     assert code == 0, err
@@ -141,9 +141,9 @@ def test_repeated_kills_of_ranks_and_job_root_at_random_moments(
             with contextlib.suppress(ProcessLookupError):
                 kill9(rnd.choice(victims))
                 kills += 1
-        code, _, err = finish(proc)
+        code, _, err = finish(proc, job=job)
     finally:
-        stop(proc)
+        stop(proc, job)
         for d in dirs:
             shutil.rmtree(d)
     assert code == 0, err + (job / "supervisor.log").read_text()
@@ -166,12 +166,12 @@ def test_resume_after_the_whole_job_died(tmp_path: Path, backend: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 kill9(pid)
     finally:
-        stop(proc)
+        stop(proc, job)
     resumed = start(snapline("run", "--resume", "--store", str(job)), cwd=tmp_path)
     try:
-        code, _, err = finish(resumed)
+        code, _, err = finish(resumed, job=job)
     finally:
-        stop(resumed)
+        stop(resumed, job)
     assert code == 0, err
     assert outputs(job, 2) == expected
     assert status(job)["state"] == "finished"
