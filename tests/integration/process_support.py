@@ -2,8 +2,10 @@
 wait for checkpoints, kill ranks from outside, compare output with a failure-free run.
 
 The tests need root and a working CRIU (``./dev test`` installs CRIU 4.2.1 into snapline's
-cache with ``snapline doctor --install criu``). Where it is missing they are skipped with the
-reason, except under CI (``CI`` set), where a skip would hide them: there they fail.
+cache with ``snapline doctor --install criu``) or DMTCP (found by ``find_dmtcp``:
+``$SNAPLINE_DMTCP``, ``dmtcp_launch`` on PATH, or a build tarball in ``shared/tools``). Where
+one is missing its tests are skipped with the reason, except under CI (``CI`` set), where a
+skip would hide them: there they fail.
 """
 
 from __future__ import annotations
@@ -24,17 +26,24 @@ import pytest
 PROGRAMS = Path(__file__).resolve().parent / "process_programs"
 
 
-def require_criu() -> str:
-    """The criu to use; skip (or, under CI, fail) with the reason when none works here."""
-    from snapline.levels.process.install import find_criu
+def require_backend(name: str = "criu") -> str:
+    """The tool of backend ``name`` (criu: the binary; dmtcp: the install directory); skip
+    (or, under CI, fail) with the reason when it does not work here."""
+    from snapline.levels.process.install import find_criu, find_dmtcp
 
-    check = find_criu()
+    check = find_criu() if name == "criu" else find_dmtcp()
     if check.ok and check.path is not None:
         return check.path
-    message = f"the process level needs a working CRIU: {check.problem}; fix: {check.fix}"
+    tool = {"criu": "CRIU", "dmtcp": "DMTCP"}[name]
+    message = f"the {name} backend needs a working {tool}: {check.problem}; fix: {check.fix}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_criu() -> str:
+    """The criu to use (see ``require_backend``)."""
+    return require_backend("criu")
 
 
 def snapline(*args: str) -> list[str]:
@@ -85,20 +94,35 @@ def kill9(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def finish(proc: subprocess.Popen[str], timeout_s: float = 90) -> tuple[int, str, str]:
-    """Wait for the supervisor; (exit code, stdout, stderr). Killed on timeout."""
+def finish(
+    proc: subprocess.Popen[str], timeout_s: float = 90, job: Path | None = None
+) -> tuple[int, str, str]:
+    """Wait for the supervisor; (exit code, stdout, stderr). Killed (with ``job``'s
+    processes) on timeout."""
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        stop(proc)
+        stop(proc, job)
         raise
     return proc.returncode, out, err
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str], job: Path | None = None) -> None:
+    """Kill the supervisor's process group; when it was still running, also the processes
+    of its job (``job``'s status), which live in sessions of their own (a DMTCP job stuck
+    at a checkpoint barrier would otherwise stay for ever)."""
+    running = proc.poll() is None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
+    if running and job is not None:
+        st = status(job)
+        ranks = st.get("ranks") or []
+        assert isinstance(ranks, list)
+        for pid in [st.get("job_root_pid"), *(r.get("pid") for r in ranks)]:
+            if isinstance(pid, int) and pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def reference(commands: Sequence[Sequence[str]], cwd: Path, timeout_s: float = 60) -> list[str]:

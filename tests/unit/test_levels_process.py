@@ -1,7 +1,9 @@
-"""The process level's pure pieces: job spec, job files, output repair, image round trip."""
+"""The process level's pure pieces: job spec, job files, output repair, image round trip,
+the DMTCP job root's output spool."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,9 @@ import pytest
 from snapline.cli.run_cmds import _job_file_commands
 from snapline.errors import ConfigError, RuntimeFailure
 from snapline.levels.process.images import load_global, newest_global, save_global
+from snapline.levels.process.relay import Record, SpoolReader
 from snapline.levels.process.supervisor import (
+    ProcessJob,
     ProcessJobSpec,
     _repair,
     output_path,
@@ -97,3 +101,76 @@ def test_images_round_trip_through_the_store_and_share_unchanged_chunks(tmp_path
     ]
     assert (tmp_path / "back" / "core-1.img").read_bytes() == b"core"
     store.close()
+
+
+def _record(stream: str, pos: int, data: bytes) -> bytes:
+    return b"@" + json.dumps({"s": stream, "p": pos, "n": len(data)}).encode() + b"\n" + data
+
+
+def test_spool_reader_waits_for_whole_records_and_skips_dmtcp_padding(tmp_path: Path) -> None:
+    spool = tmp_path / "relay.spool"
+    reader = SpoolReader(spool)
+    assert reader.read() == []  # no spool yet
+    hello = b'@{"hello": {"status": 0, "out0": 5}, "root": 40000}\n'
+    first = _record("out0", 5, b"line\n")
+    # DMTCP recreates a spool that was open at the checkpoint padded with NUL bytes.
+    spool.write_bytes(b"\0" * 7 + hello + first[:-3])
+    records = reader.read()
+    assert [r.hello for r in records] == [{"status": 0, "out0": 5}]
+    assert records[0].root_vpid == 40000
+    with open(spool, "ab") as fh:
+        fh.write(first[-3:] + _record("status", 0, b"start 0 41000\n"))
+    assert [(r.stream, r.pos, r.data) for r in reader.read()] == [
+        ("out0", 5, b"line\n"),
+        ("status", 0, b"start 0 41000\n"),
+    ]
+    reader.reset()
+    assert not spool.exists() and reader.read() == []
+    spool.write_bytes(b"garbage\n")
+    with pytest.raises(RuntimeFailure, match="damaged"):
+        reader.read()
+
+
+class _RelayingBackend:
+    """Only what ProcessJob reads before it starts anything: a backend that relays output."""
+
+    name = "relaying"
+    relays_output = True
+
+
+def test_relayed_output_is_cut_released_and_rolled_back_by_position(tmp_path: Path) -> None:
+    job = ProcessJob(
+        ProcessJobSpec(commands=[["prog"]]),
+        tmp_path,
+        _RelayingBackend(),  # type: ignore[arg-type]
+    )
+    (tmp_path / "output").mkdir()
+    job._on_record(Record(hello={"status": 0}, root_vpid=40000))
+    job._on_record(Record(stream="status", pos=0, data=b"start 0 41000\n"))
+    job._on_record(Record(stream="out0", pos=0, data=b"a\nb\n"))
+    job._on_record(Record(stream="out0", pos=0, data=b"a\n"))  # a duplicate: dropped
+    assert job.rank_vpids == {0: 41000} and bytes(job.held["out0"]) == b"a\nb\n"
+    # A checkpoint: 2 bytes were read before it began; "b\n" and "c\n" arrive meanwhile.
+    job.cut = {"out0": 2}
+    job._on_record(Record(stream="out0", pos=4, data=b"c\n"))
+    job._release(job.cut)
+    assert (tmp_path / "output" / "rank-0.out").read_bytes() == b"a\n"
+    assert bytes(job.held["out0"]) == b"b\nc\n"
+    # The restored job root checkpointed at byte 4: "c\n" came from the lost run and goes;
+    # the restored run writes something else there (its output need not be deterministic).
+    job._on_record(Record(hello={"status": 14, "out0": 4}, root_vpid=40000))
+    assert bytes(job.held["out0"]) == b"b\n" and job.rank_vpids == {0: 41000}
+    job._on_record(Record(stream="out0", pos=4, data=b"C\n"))
+    job._release()
+    assert (tmp_path / "output" / "rank-0.out").read_bytes() == b"a\nb\nC\n"
+    with pytest.raises(RuntimeFailure, match="skipped bytes"):
+        job._on_record(Record(stream="out0", pos=99, data=b"x"))
+    # A checkpoint taken while the job root was writing a record: after the restore that
+    # record comes first, before the hello that counts it, and the lost run's copy of it
+    # was never read. It waits for the hello and is taken after it.
+    job.hello, job.held["out0"] = False, bytearray()
+    job._on_record(Record(stream="out0", pos=6, data=b"D\n"))
+    assert bytes(job.held["out0"]) == b""
+    job._on_record(Record(hello={"status": 14, "out0": 8}, root_vpid=40000))
+    assert bytes(job.held["out0"]) == b"D\n" and job.pos["out0"] == 8
+    job.store.close()

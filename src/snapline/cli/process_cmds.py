@@ -33,10 +33,19 @@ def register(app: typer.Typer) -> None:
                 "--tcp", metavar=FLAG, help="Also checkpoint established TCP connections."
             ),
         ] = False,
+        backend: Annotated[
+            str,
+            typer.Option(
+                "--backend",
+                help="criu (dmtcp can only checkpoint processes started under dmtcp_launch: "
+                "use snapline run --level process --backend dmtcp).",
+            ),
+        ] = "criu",
     ) -> None:
         """Checkpoint the process tree of PID (CRIU) into a store, as its next step."""
-        from snapline.levels.process.single import checkpoint_tree
+        from snapline.levels.process.single import checkpoint_tree, require_tree_backend
 
+        require_tree_backend(backend)
         done = checkpoint_tree(pid, store, leave_running=not kill, tcp=tcp)
         console.print(
             f"checkpoint {done.step} of pid {pid}: {done.info.total_bytes / 2**20:.1f} MiB of "

@@ -204,7 +204,9 @@ def register(app: typer.Typer) -> None:
         ] = "application",
         backend: Annotated[
             str,
-            typer.Option("--backend", help="With --level process: the checkpointer (criu)."),
+            typer.Option(
+                "--backend", help="With --level process: the checkpointer (criu or dmtcp)."
+            ),
         ] = "criu",
         job_file: Annotated[
             Path | None,

@@ -1,10 +1,10 @@
 """The process level: checkpoint and restart unmodified programs from outside (CRIU, DMTCP).
 
 ``run_process_job`` runs N commands as one job under a supervisor (``supervisor.py``) that
-takes coordinated global checkpoints with a backend (``criu.py``) into a snapline store and
-restores every process after a failure. ``checkpoint_tree`` and ``restore_tree`` do one
-checkpoint and one restore of a single process tree. ``install.py`` finds and installs the
-tools; ``doctor.py`` says what works on this machine.
+takes coordinated global checkpoints with a backend (``criu.py``, ``dmtcp.py``) into a
+snapline store and restores every process after a failure. ``checkpoint_tree`` and
+``restore_tree`` do one checkpoint and one restore of a single process tree (CRIU).
+``install.py`` finds and installs the tools; ``doctor.py`` says what works on this machine.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ BACKENDS = ("criu", "dmtcp")
 
 def make_backend(name: str) -> ProcessBackend:
     """The backend called ``name``, with its tool found (``ConfigError`` saying how to fix)."""
-    from snapline.levels.process.install import find_criu
+    from snapline.levels.process.install import find_criu, find_dmtcp
 
     if name == "criu":
         from snapline.levels.process.criu import CriuBackend
@@ -39,7 +39,12 @@ def make_backend(name: str) -> ProcessBackend:
             raise ConfigError(f"CRIU does not work here: {check.problem}. Fix: {check.fix}")
         return CriuBackend(check.path)
     if name == "dmtcp":
-        raise ConfigError("the dmtcp backend is not available in this version; use criu")
+        from snapline.levels.process.dmtcp import DmtcpBackend
+
+        found = find_dmtcp()
+        if not found.ok or found.path is None:
+            raise ConfigError(f"DMTCP does not work here: {found.problem}. Fix: {found.fix}")
+        return DmtcpBackend(found.path)
     raise ConfigError(f"unknown process-level backend {name!r}; choose one of {BACKENDS}")
 
 

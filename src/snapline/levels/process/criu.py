@@ -31,9 +31,21 @@ class CriuBackend:
     """``ProcessBackend`` on a ``criu`` binary (see ``install.find_criu``)."""
 
     name = "criu"
+    relays_output = False
 
     def __init__(self, criu: str) -> None:
         self.criu = criu
+
+    def bind(self, scratch: Path, job_dir: Path) -> None:
+        """Nothing to keep: the supervisor names each image directory."""
+
+    def real_pids(self, vpids: Mapping[int, int]) -> dict[int, int]:
+        """CRIU restores processes with their own pids."""
+        return dict(vpids)
+
+    def kill(self, sessions: Sequence[int]) -> None:
+        """SIGKILL every member of ``sessions`` and reap them."""
+        procs.kill_sessions(sessions)
 
     def launch(self, argv: Sequence[str], pass_fds: Sequence[int]) -> int:
         """Start ``argv`` as a session leader (CRIU dumps whole sessions without --shell-job)."""

@@ -1,8 +1,8 @@
 """``snapline doctor``: which levels, backends and engines work on this machine, and if not, why.
 
 Each check runs the real thing where that is cheap (``criu check`` in a private network
-namespace, ``dmtcp_launch --version``, importing mpi4py and finding mpiexec) rather than
-guessing from versions, and says what to do when it fails.
+namespace, a test checkpoint of ``sleep`` under DMTCP, importing mpi4py and finding mpiexec)
+rather than guessing from versions, and says what to do when it fails.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _kernel() -> str:
 
 def check_all() -> list[Finding]:
     """Every check, in the order the report shows them."""
-    from snapline.levels.process.install import find_criu, find_dmtcp
+    from snapline.levels.process.install import check_dmtcp, find_criu, find_dmtcp
 
     out = [
         Finding(area="level", name="application", ok=True, detail="Process.state() into a store"),
@@ -56,38 +56,43 @@ def check_all() -> list[Finding]:
             else "the kernel lacks CONFIG_CHECKPOINT_RESTORE: use a kernel built with it",
         )
     )
+    dmtcp = check_dmtcp(find_dmtcp())
+    out.append(
+        Finding(
+            area="backend",
+            name="dmtcp",
+            ok=dmtcp.ok,
+            detail=(
+                f"{dmtcp.version} at {dmtcp.path} ({dmtcp.source}), a test checkpoint works"
+                if dmtcp.ok
+                else (f"{dmtcp.version} at {dmtcp.path} ({dmtcp.source}): " if dmtcp.path else "")
+                + dmtcp.problem
+            ),
+            fix=dmtcp.fix,
+        )
+    )
     tools = [t for t in ("ip", "unshare") if shutil.which(t) is None]
     root = os.geteuid() == 0
-    process_ok = criu.ok and kernel_ok and root and not tools
+    checkpointer = (criu.ok and kernel_ok) or dmtcp.ok
+    process_ok = checkpointer and root and not tools
     why = []
     if not root:
         why.append("needs root (CRIU, and a private network namespace per job)")
     if tools:
         why.append(f"missing {', '.join(tools)} (apt-get install iproute2 util-linux)")
-    if not criu.ok:
-        why.append("no working checkpointer (criu above)")
+    if not checkpointer:
+        why.append("no working checkpointer (criu and dmtcp above)")
+    backends = [b for b, ok in (("criu", criu.ok and kernel_ok), ("dmtcp", dmtcp.ok)) if ok]
     out.append(
         Finding(
             area="level",
             name="process",
             ok=process_ok,
-            detail="snapline run --level process, checkpoint, restore"
+            detail=f"snapline run --level process (--backend {' or '.join(backends)})"
+            + (", checkpoint, restore" if "criu" in backends else "")
             if process_ok
             else "; ".join(why),
             fix="" if process_ok else "fix what is listed; snapline doctor --install criu",
-        )
-    )
-    dmtcp = find_dmtcp()
-    # The tool may work while snapline cannot drive it yet: say both.
-    out.append(
-        Finding(
-            area="backend",
-            name="dmtcp",
-            ok=False,
-            detail=(f"{dmtcp.version} at {dmtcp.path} works" if dmtcp.ok else dmtcp.problem)
-            + "; snapline's dmtcp backend is not in this version (DMTCP does not restore pipes "
-            "opened before dmtcp_launch, which the supervisor's output capture needs)",
-            fix="use --backend criu",
         )
     )
     out.append(
@@ -95,8 +100,9 @@ def check_all() -> list[Finding]:
             area="backend",
             name="blcr",
             ok=False,
-            detail="BLCR is dead: last release 0.8.5 (2013), kernel module for Linux <= 3.x only",
-            fix="use --backend criu (CRIU and DMTCP replaced BLCR)",
+            detail="BLCR is dead: last release 0.8.5 (2013), a kernel module for Linux <= 3.17 "
+            "only; CRIU and DMTCP replaced it",
+            fix="use --backend criu or --backend dmtcp",
         )
     )
     out.append(_system())

@@ -67,6 +67,8 @@ class ToolCheck:
     ok: bool = False
     problem: str = ""
     fix: str = ""
+    #: How it was found (``$SNAPLINE_DMTCP``, PATH, a build tarball).
+    source: str = ""
 
 
 def _run(argv: list[str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
@@ -262,18 +264,22 @@ def find_dmtcp() -> ToolCheck:
         "install DMTCP from source (github.com/dmtcp/dmtcp: ./configure --prefix=DIR && make "
         "&& make install) and put DIR/bin on PATH or set SNAPLINE_DMTCP=DIR"
     )
+    source = ""
     try:
         root: Path | None = None
         explicit = os.environ.get("SNAPLINE_DMTCP")
         if explicit:
             p = Path(explicit)
             root = _unpack(p) if p.is_file() else _bin_root(p)
+            source = f"SNAPLINE_DMTCP={explicit}"
         elif shutil.which("dmtcp_launch"):
             root = Path(str(shutil.which("dmtcp_launch"))).resolve().parent.parent
+            source = "dmtcp_launch on PATH"
         else:
             for tgz in _tarball_candidates():
                 if tgz.is_file():
                     root = _unpack(tgz)
+                    source = f"unpacked from {tgz}"
                     break
     except (OSError, tarfile.TarError, ConfigError) as exc:
         return ToolCheck(name="dmtcp", path=None, problem=str(exc), fix=fix)
@@ -287,6 +293,67 @@ def find_dmtcp() -> ToolCheck:
     version = first[0] if first else ""
     if out.returncode != 0:
         return ToolCheck(
-            name="dmtcp", path=str(root), version=version, problem="dmtcp_launch --version failed"
+            name="dmtcp",
+            path=str(root),
+            version=version,
+            problem="dmtcp_launch --version failed",
+            fix=fix,
+            source=source,
         )
-    return ToolCheck(name="dmtcp", path=str(root), version=version, ok=True)
+    return ToolCheck(name="dmtcp", path=str(root), version=version, ok=True, source=source)
+
+
+#: A checkpoint of ``sleep`` under a private coordinator, in a private network namespace
+#: with loopback up (as the job supervisor runs DMTCP); prints the images written.
+_DMTCP_PROBE = r"""
+set -e
+ip link set lo up
+B="$1/bin"; D=$(mktemp -d); trap 'rm -rf "$D"' EXIT
+"$B/dmtcp_coordinator" --daemon --exit-on-last -p 7779 --ckptdir "$D" >/dev/null 2>&1
+export DMTCP_COORD_HOST=127.0.0.1 DMTCP_COORD_PORT=7779
+"$B/dmtcp_launch" --no-gzip --ckptdir "$D" sleep 30 >/dev/null 2>&1 &
+i=0; until "$B/dmtcp_command" --list 2>/dev/null | grep -q '\[4'; do
+  i=$((i+1)); [ $i -lt 200 ] || { echo "dmtcp_launch did not reach the coordinator"; exit 1; }
+  sleep 0.05
+done
+"$B/dmtcp_command" --bcheckpoint
+"$B/dmtcp_command" --quit >/dev/null 2>&1 || true
+ls "$D" | grep -c '\.dmtcp$'
+"""
+
+
+def check_dmtcp(found: ToolCheck) -> ToolCheck:
+    """Checkpoint a ``sleep`` with the DMTCP ``found`` (about a second): does it work here?"""
+    if not found.ok or found.path is None:
+        return found
+    if os.geteuid() != 0:
+        return ToolCheck(
+            name="dmtcp",
+            path=found.path,
+            version=found.version,
+            problem="the job supervisor needs root (a private network namespace per job)",
+            fix="run snapline as root",
+            source=found.source,
+        )
+    try:
+        done = _run(["unshare", "-n", "sh", "-c", _DMTCP_PROBE, "probe", found.path], 60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return ToolCheck(
+            name="dmtcp",
+            path=found.path,
+            version=found.version,
+            problem=f"probe failed: {exc}",
+            source=found.source,
+        )
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    if done.returncode != 0 or not lines or lines[-1] != "1":
+        return ToolCheck(
+            name="dmtcp",
+            path=found.path,
+            version=found.version,
+            problem="a test checkpoint of `sleep` failed: "
+            + (lines[-1] if lines else f"exit {done.returncode}"),
+            fix="see DMTCP's messages: run the commands in docs/howto/process-level.md by hand",
+            source=found.source,
+        )
+    return found

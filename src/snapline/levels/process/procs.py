@@ -148,6 +148,45 @@ def kill_sessions(sessions: Iterable[int], *, timeout_s: float = 10.0) -> dict[i
         time.sleep(0.005)
 
 
+def descendants(ancestor: int) -> list[int]:
+    """Live pids (zombies excluded) below ``ancestor`` in the process tree."""
+    parent: dict[int, int] = {}
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields and fields[0] not in ("Z", "X"):
+            parent[pid] = int(fields[1])
+    out = []
+    for pid in parent:
+        up = parent.get(pid)
+        while up is not None and up != ancestor:
+            up = parent.get(up)
+        if up == ancestor:
+            out.append(pid)
+    return out
+
+
+def kill_descendants(sessions: Iterable[int], *, timeout_s: float = 10.0) -> None:
+    """SIGKILL every process below this one and every member of ``sessions``; reap them.
+
+    For jobs whose processes do not keep their sessions (DMTCP restores them as new
+    processes): as a child subreaper, this process is an ancestor of all of them.
+    """
+    wanted = list(sessions)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = set(descendants(os.getpid())) | set(members(wanted))
+        for pid in left:
+            _signal(pid, signal.SIGKILL)
+        reap()
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(
+                f"processes {sorted(left)} did not go away within {timeout_s:.0f}s"
+            )
+        time.sleep(0.005)
+
+
 def _all_pids() -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
 

@@ -1,5 +1,8 @@
 """``snapline checkpoint PID`` and ``snapline restore DIR``: one process tree, no supervisor.
 
+CRIU only: DMTCP checkpoints from inside processes started under ``dmtcp_launch``, so it
+cannot take a process it did not start (``require_tree_backend`` says so).
+
 The tree of ``PID`` is dumped with CRIU into a temporary directory and stored as the next step
 of the store at ``DIR`` (images chunked and deduplicated like any state); ``restore`` writes
 the images of a step back and restores the tree detached, with the same pids. A process that
@@ -37,6 +40,19 @@ class TreeCheckpoint:
     pid: int
     info: CheckpointInfo
     dump_s: float
+
+
+def require_tree_backend(name: str) -> None:
+    """``ConfigError`` unless ``name`` can checkpoint a process tree it did not start."""
+    if name == "criu":
+        return
+    if name == "dmtcp":
+        raise ConfigError(
+            "DMTCP cannot checkpoint a process that was not started under dmtcp_launch (its "
+            "checkpointing runs inside the process); run the program with snapline run "
+            "--level process --backend dmtcp -- COMMAND, or use --backend criu"
+        )
+    raise ConfigError(f"unknown backend {name!r}: choose criu (or dmtcp, see --help)")
 
 
 def _criu() -> str:

@@ -19,6 +19,12 @@ restored processes write it again. So no line is lost or duplicated, also for pr
 output is not deterministic, at the price of output appearing once per interval. Each
 checkpoint stores its held output and the length each output file has once it is released,
 so a supervisor that died between commit and release repairs the files on ``--resume``.
+
+With a backend that relays output (DMTCP, see ``dmtcp.py``) the bytes come as
+position-numbered records through a spool file instead of pipes; the checkpoint's *cut* --
+how much of the held output a commit releases -- is then what was read before the
+checkpoint began, and the rest waits for the next one (or is dropped beyond the positions
+the restored job root reports).
 """
 
 from __future__ import annotations
@@ -38,13 +44,15 @@ from typing import Any
 
 from snapline.errors import CheckpointFailed, ConfigError, RuntimeFailure
 from snapline.levels.process import procs
-from snapline.levels.process.backend import ProcessBackend
+from snapline.levels.process.backend import CheckpointLostJob, ProcessBackend
 from snapline.levels.process.images import load_global, newest_global, save_global
+from snapline.levels.process.relay import Record, SpoolReader
 from snapline.runtime.local.status import JobStatus, RankStatus, read_status, write_status
 from snapline.store import Store, open_store
 
 JOB_FILE = "process-job.json"
 JOB_ROOT = Path(__file__).resolve().with_name("_jobroot.py")
+RELAY_ROOT = Path(__file__).resolve().with_name("_relayroot.py")
 _READ_BYTES = 1 << 16
 
 
@@ -139,8 +147,16 @@ class ProcessJob:
         self.readers: dict[str, int] = {}  # pipe name -> read end
         self.held: dict[str, bytearray] = {}  # output not covered by a commit yet
         self.status_buf = bytearray()
+        self.spool = SpoolReader(self.work / "relay.spool") if backend.relays_output else None
+        self.pos: dict[str, int] = {}  # relayed stream -> where what was read ends
+        self.status_log = bytearray()  # relayed: every status line, to replay after a restore
+        self.hello = False  # relayed: the job root said where it stands
+        self.early: list[Record] = []  # relayed: records that came before the hello
+        self.root_vpid = 0
+        self.cut: dict[str, int] | None = None  # held bytes the checkpoint being taken covers
         self.root = 0
         self.rank_pids: dict[int, int] = {}
+        self.rank_vpids: dict[int, int] = {}
         self.finished: dict[int, int] = {}  # rank -> wait status
         self.root_status: int | None = None
         self.failure = ""
@@ -188,6 +204,11 @@ class ProcessJob:
 
     def _pump(self, timeout_s: float) -> None:
         """Read what is ready on the job's pipes, waiting at most ``timeout_s``."""
+        if self.spool is not None:
+            deadline = time.monotonic() + timeout_s
+            while not self._read_spool() and time.monotonic() < deadline:
+                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+            return
         if not self.readers:
             time.sleep(timeout_s)
             return
@@ -215,8 +236,73 @@ class ProcessJob:
             self.last_output = time.monotonic()
         return True
 
+    def _read_spool(self) -> bool:
+        """Take the records the job root relayed; False when there were none."""
+        assert self.spool is not None
+        records = self.spool.read()
+        for record in records:
+            self._on_record(record)
+        return bool(records)
+
+    def _on_record(self, record: Record) -> None:
+        if record.hello is not None:
+            self._on_hello(record)
+            return
+        if not self.hello:
+            # Written by a job root restored from a checkpoint taken while it was writing
+            # this very record: its hello comes next (see _relayroot.py).
+            self.early.append(record)
+            return
+        name, data = record.stream, record.data
+        end = self.pos.get(name, 0)
+        if record.pos + len(data) <= end:
+            return  # already had it
+        if record.pos > end:
+            raise RuntimeFailure(f"the job's {name} skipped bytes {end}..{record.pos}")
+        data = data[end - record.pos :]
+        self.pos[name] = end + len(data)
+        if name == "status":
+            self.status_log += data
+            self._on_status(data)
+        else:
+            self.held.setdefault(name, bytearray()).extend(data)
+            self.last_output = time.monotonic()
+
+    def _on_hello(self, record: Record) -> None:
+        """The job root (re)started writing: drop what the lost run wrote beyond the
+        positions the checkpoint holds, replay the status lines up to there, then take the
+        records that came before the hello."""
+        assert record.hello is not None
+        for name, at in record.hello.items():
+            if name == "status":
+                del self.status_log[at:]
+                self.pos[name] = len(self.status_log)
+                continue
+            released = _size(output_path(self.job_dir, name))
+            held = self.held.setdefault(name, bytearray())
+            if at < released:
+                raise RuntimeFailure(
+                    f"the restored job's {name} is at byte {at}, but {released} bytes of it "
+                    "were released: the checkpoint does not cover released output"
+                )
+            del held[at - released :]
+            # Short of ``at`` only when the bytes up to it come in an early record.
+            self.pos[name] = released + len(held)
+        self.status_buf.clear()
+        self.rank_vpids, self.finished, self.failure = {}, {}, ""
+        self._on_status(bytes(self.status_log))
+        self.root_vpid = record.root_vpid
+        self.hello = True
+        early, self.early = self.early, []
+        for item in early:
+            self._on_record(item)
+
     def _drain(self) -> None:
         """Read everything the (frozen) job has written."""
+        if self.spool is not None:
+            while self._read_spool():
+                pass
+            return
         for name, fd in list(self.readers.items()):
             while name in self.readers and self._read(name, fd):
                 pass
@@ -225,15 +311,40 @@ class ProcessJob:
         """``_drain`` for a checkpoint, which must not contain a failure: a rank that died
         before the freeze (its exit not reported yet) would die again after every restore."""
         self._drain()
-        dead = [
-            r
-            for r, pid in self.rank_pids.items()
-            if r not in self.finished and procs.state_of(pid) in (None, "Z", "X")
-        ]
+        if self.cut is None:  # the first drain of a checkpoint: what it surely covers
+            self.cut = {name: len(data) for name, data in self.held.items()}
+        dead = self._unreported_ends()
         if self.failure or dead or procs.state_of(self.root) in (None, "Z", "X"):
             raise CheckpointFailed(
                 f"the job failed during the checkpoint ({self.failure or f'ranks {dead} died'})"
             )
+
+    def _unreported_ends(self) -> list[int]:
+        """Ranks whose process ended (or is a zombie) with no exit reported by the job root."""
+        return [
+            r
+            for r, pid in self.rank_pids.items()
+            if r not in self.finished and procs.state_of(pid) in (None, "Z", "X")
+        ]
+
+    def _await_exit_reports(self, timeout_s: float = 5.0) -> None:
+        """After a failed checkpoint: the job root reports ranks that ended during it (a
+        normal end, or a kill) once the job runs again. Under DMTCP a process killed during
+        a checkpoint can leave the others suspended for ever; then no report comes, and
+        that is a failure."""
+        deadline = time.monotonic() + timeout_s
+        while not self.failure and self.root_status is None:
+            dead = self._unreported_ends()
+            if not dead:
+                return
+            if time.monotonic() > deadline:
+                self.failure = (
+                    f"ranks {dead} ended during a checkpoint and the job root did not report "
+                    f"it within {timeout_s:g}s (the job is stuck)"
+                )
+                return
+            self._pump(0.05)
+            self._reap()
 
     def _on_status(self, data: bytes) -> None:
         self.status_buf += data
@@ -243,12 +354,13 @@ class ProcessJob:
             kind, rank_text, value = line.decode().split(" ", 2)
             rank = int(rank_text)
             if kind == "start":
-                self.rank_pids[rank] = int(value)
+                self.rank_pids[rank] = self.rank_vpids[rank] = int(value)
             elif kind == "exit":
                 status = int(value)
                 self.finished[rank] = status
                 if status != 0 and not self.failure:
-                    self._drain()  # its last words, for the message
+                    if self.spool is None:
+                        self._drain()  # its last words, for the message
                     said = bytes(self.held.get(f"err{rank}", b"")).decode(errors="replace")
                     tail = said.strip().splitlines()[-1:] or [""]
                     self.failure = f"rank {rank} ended: {procs.wait_status_text(status)}" + (
@@ -257,25 +369,64 @@ class ProcessJob:
             elif kind == "error":
                 raise ConfigError(f"rank {rank} could not start: {value}")
 
-    def _release(self) -> None:
-        """Append the held output to the output files (it is covered by a commit now)."""
+    def _release(self, cut: dict[str, int] | None = None) -> None:
+        """Append the held output (its first ``cut`` bytes) to the output files: it is
+        covered by a commit now."""
         for name, data in self.held.items():
-            if not data:
+            size = len(data) if cut is None else cut.get(name, 0)
+            if not size:
                 continue
             path = output_path(self.job_dir, name)
             with open(path, "ab") as fh:
-                fh.write(data)
+                fh.write(data[:size])
                 fh.flush()
                 os.fsync(fh.fileno())
             if self.echo is not None:
-                self.echo(name, bytes(data))
-            data.clear()
+                self.echo(name, bytes(data[:size]))
+            del data[:size]
 
     # -- the job's processes --------------------------------------------------------------
     def _sessions(self) -> list[int]:
         return [self.root, *self.rank_pids.values()]
 
+    def _map_pids(self) -> None:
+        """The real pids of the root and the ranks (the backend may virtualise them)."""
+        if self.spool is None:
+            return
+        live = {r: v for r, v in self.rank_vpids.items() if r not in self.finished}
+        real = self.backend.real_pids({-1: self.root_vpid, **live})
+        self.root = real.pop(-1)
+        self.rank_pids = {**self.rank_vpids, **real}  # an ended rank keeps its virtual pid
+
+    def _wait_for_ranks(self, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.rank_pids) < self.n or (self.spool is not None and not self.hello):
+            self._pump(0.05)
+            self._reap()
+            if self.failure or self.root_status is not None or time.monotonic() > deadline:
+                raise RuntimeFailure(f"the job did not {what}: {self.failure or 'no ranks'}")
+        self._map_pids()
+
+    def _start_relayed(self) -> None:
+        assert self.spool is not None
+        self.spool.reset()
+        self.pos, self.status_log, self.hello, self.early = {}, bytearray(), False, []
+        self.status_buf.clear()
+        job = {
+            "spool": str(self.spool.path),
+            "ranks": [{"argv": cmd, "env": rank_env(r, self.n)}
+                      for r, cmd in enumerate(self.spec.commands)],
+        }  # fmt: skip
+        self.rank_pids, self.rank_vpids, self.finished, self.root_status = {}, {}, {}, None
+        self.root = self.backend.launch(
+            [sys.executable, "-I", str(RELAY_ROOT), json.dumps(job)], []
+        )
+        self._wait_for_ranks("start")
+
     def _start_fresh(self) -> None:
+        if self.spool is not None:
+            self._start_relayed()
+            return
         names = ["status"] + [f"{s}{r}" for r in range(self.n) for s in ("out", "err")]
         writers = self._new_pipes(names)
         job = {
@@ -293,12 +444,7 @@ class ProcessJob:
             for w in writers.values():
                 os.close(w)
         self.rank_pids, self.finished, self.root_status = {}, {}, None
-        deadline = time.monotonic() + 30
-        while len(self.rank_pids) < self.n:  # the pids are needed to freeze the job
-            self._pump(0.05)
-            self._reap()
-            if self.failure or self.root_status is not None or time.monotonic() > deadline:
-                raise RuntimeFailure(f"the job did not start: {self.failure or 'no ranks'}")
+        self._wait_for_ranks("start")  # the pids are needed to freeze the job
 
     def _reap(self) -> None:
         for pid, status in procs.reap().items():
@@ -308,7 +454,7 @@ class ProcessJob:
                     self.failure = f"the job root ended: {procs.wait_status_text(status)}"
 
     def _kill_all(self) -> None:
-        procs.kill_sessions(self._sessions())
+        self.backend.kill(self._sessions())
         self._close_readers()
         self.status_buf.clear()
 
@@ -318,20 +464,24 @@ class ProcessJob:
         need = procs.resident_bytes(procs.members(self._sessions()))
         image_dir = scratch_dir(self.job_dir, need) / f"dump-{step}"
         shutil.rmtree(image_dir, ignore_errors=True)
+        self.cut = None
         try:
             pause_s = self.backend.checkpoint(
                 self.root, self._sessions(), image_dir, self._drain_frozen
             )
+            cut: dict[str, int] = self.cut or {}
         except CheckpointFailed as exc:
             self._log(f"checkpoint {step} failed: {exc}")
             self.notes.append(f"checkpoint {step} failed, the job goes on: {exc}")
             self.status.note = self.notes[-1]
             shutil.rmtree(image_dir, ignore_errors=True)
+            if isinstance(exc, CheckpointLostJob) and not self.failure:
+                self.failure = str(exc)
+            self._await_exit_reports()
             return
         pipes = {name: f"pipe:[{os.fstat(fd).st_ino}]" for name, fd in self.readers.items()}
         released = {
-            name: _size(output_path(self.job_dir, name)) + len(data)
-            for name, data in self.held.items()
+            name: _size(output_path(self.job_dir, name)) + cut.get(name, 0) for name in self.held
         }
         meta = {
             "level": "process",
@@ -341,11 +491,14 @@ class ProcessJob:
             "finished": {str(r): s for r, s in self.finished.items()},
             "pipes": pipes,
             "released": released,
+            "cut": cut,
             "pause_s": pause_s,
         }
         output = {name: bytes(data) for name, data in self.held.items()}
+        if self.spool is not None:
+            output["status"] = bytes(self.status_log)
         save_global(self.store, step, image_dir, output, meta)
-        self._release()
+        self._release(cut)
         shutil.rmtree(image_dir, ignore_errors=True)
         old = self.store.steps()[: -self.spec.keep_checkpoints]
         for gone in old:
@@ -375,8 +528,15 @@ class ProcessJob:
         image_dir = scratch_dir(self.job_dir, need) / f"restore-{step}"
         shutil.rmtree(image_dir, ignore_errors=True)
         meta, output = load_global(self.store, step, image_dir)
+        cuts = meta.get("cut") or {}
         for name, length in meta["released"].items():
-            _repair(output_path(self.job_dir, name), int(length), output.get(name, b""))
+            held = output.get(name, b"")
+            cut = int(cuts.get(name, len(held)))
+            _repair(output_path(self.job_dir, name), int(length), held[:cut])
+            self.held.setdefault(name, bytearray()).extend(held[cut:])
+        if self.spool is not None:
+            self._restore_relayed(image_dir, step, output.get("status", b""))
+            return
         old_names = {pipe: name for name, pipe in meta["pipes"].items()}
         writers = self._new_pipes(list(meta["pipes"]))
         try:
@@ -390,6 +550,19 @@ class ProcessJob:
         self.finished = {int(r): int(s) for r, s in meta["finished"].items()}
         self.root_status = None
         self.backend.resume(self._sessions())
+        self.last_step = step
+        self._log(f"restored checkpoint {step} (root {self.root}, ranks {self.rank_pids})")
+        shutil.rmtree(image_dir, ignore_errors=True)
+
+    def _restore_relayed(self, image_dir: Path, step: int, status_log: bytes) -> None:
+        assert self.spool is not None
+        self.spool.reset()
+        self.pos, self.status_log, self.hello, self.early = {}, bytearray(status_log), False, []
+        self.status_buf.clear()
+        self.root_status = None
+        self.root = self.backend.restore(image_dir, {})
+        self.rank_pids = {}
+        self._wait_for_ranks("come back")
         self.last_step = step
         self._log(f"restored checkpoint {step} (root {self.root}, ranks {self.rank_pids})")
         shutil.rmtree(image_dir, ignore_errors=True)
@@ -437,9 +610,10 @@ class ProcessJob:
         (self.job_dir / "output").mkdir(parents=True, exist_ok=True)
         self.work.mkdir(exist_ok=True)
         shutil.rmtree(shm_dir(self.job_dir), ignore_errors=True)
+        self.backend.bind(scratch_dir(self.job_dir, 0), self.job_dir)
         try:
             if resume:
-                procs.kill_sessions(leftover_sessions(self.job_dir))
+                self.backend.kill(leftover_sessions(self.job_dir))
                 self.status.recoveries = self.recoveries = 1
                 self._restore_newest()
             else:
