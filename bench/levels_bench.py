@@ -131,8 +131,40 @@ class Lines:
                 raise TimeoutError(f"no {pattern.pattern!r} within {TIMEOUT_S:.0f} s")
             select.select([self.fd], [], [], 0.5)
 
+    def read_all(self) -> None:
+        """``drain`` as a checkpoint's drain callback (CRIU calls it with the program frozen)."""
+        self.drain()
+
     def close(self) -> None:
         os.close(self.fd)
+
+
+class FileLines(Lines):
+    """The lines a program appends to a file (DMTCP restores files, not outside pipes)."""
+
+    def __init__(self, path: Path, start: int = 0) -> None:
+        self.path = path
+        self.start = start  # bytes written before this reader's program ran
+        self.buffer = b""
+
+    def drain(self) -> bytes:
+        """Everything appended since ``start``."""
+        with contextlib.suppress(FileNotFoundError):
+            # A restored writer seeks past the end of a new file: skip the hole it leaves.
+            self.buffer = self.path.read_bytes()[self.start :].replace(b"\0", b"")
+        return self.buffer
+
+    def wait_for(self, pattern: re.Pattern[bytes], after: int = 0) -> re.Match[bytes]:
+        """The first match of ``pattern`` at or after byte ``after`` (waits for it)."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while (found := pattern.search(self.drain(), after)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {pattern.pattern!r} within {TIMEOUT_S:.0f} s")
+            time.sleep(0.005)
+        return found
+
+    def close(self) -> None:
+        pass
 
 
 def last_count(data: bytes) -> int:
@@ -217,12 +249,24 @@ def process_level(
     backend_name: str, program: Path, work: Path, mib: int, checkpoints: int, restores: int
 ) -> Any:
     backend = make_backend(backend_name)  # ConfigError: not available here
-    read, write = os.pipe()
-    pipe_name = f"pipe:[{os.fstat(write).st_ino}]"
-    argv = ["/bin/sh", "-c", f'exec "$0" "$@" >&{write} 2>&1', sys.executable, str(program)]
-    root = backend.launch([*argv, str(mib)], [write])
-    os.close(write)
-    lines = Lines(read)
+    backend.bind(scratch_dir(work, 3 * (mib + 32) * 2**20), work)
+    # CRIU swaps a fresh pipe in on restore; DMTCP cannot restore a pipe from outside the job
+    # (snapline's supervisor relays output through the job root instead), so the program
+    # appends to a file there, which DMTCP restores.
+    out_file = work / f"{backend_name}-output"
+    relays = getattr(backend, "relays_output", False)
+    if relays:
+        argv = ["/bin/sh", "-c", f'exec "$0" "$@" >>{out_file} 2>&1', sys.executable]
+        root = backend.launch([*argv, str(program), str(mib)], [])
+        lines: Lines = FileLines(out_file)
+        pipe_name = ""
+    else:
+        read, write = os.pipe()
+        pipe_name = f"pipe:[{os.fstat(write).st_ino}]"
+        argv = ["/bin/sh", "-c", f'exec "$0" "$@" >&{write} 2>&1', sys.executable]
+        root = backend.launch([*argv, str(program), str(mib)], [write])
+        os.close(write)
+        lines = Lines(read)
     store = open_store(work / f"{backend_name}-store")
     pauses, written, state_bytes, at_checkpoint = [], [], 0, 0
     try:
@@ -232,35 +276,51 @@ def process_level(
         scratch = scratch_dir(work, procs.resident_bytes([root]))
         for step in range(1, checkpoints + 1):
             images = scratch / f"{backend_name}-dump-{step}"
-            pauses.append(backend.checkpoint(root, [root], images, lines.drain))
-            at_checkpoint = last_count(lines.buffer)
+            # CRIU drains the output with the program frozen: the cut is exactly the last count
+            # read. DMTCP suspends the program some time after it is asked to, so its cut lies
+            # between the last count read before the checkpoint and the last one read after.
+            before = last_count(lines.drain())
+            pauses.append(backend.checkpoint(root, [root], images, lines.read_all))
+            at_checkpoint = last_count(lines.drain() if relays else lines.buffer)
             if step == 1:
                 state_bytes = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
             info = save_global(store, step, images, {}, {"level": "process", "root": root})
             written.append(info.written_bytes)
             shutil.rmtree(images)
             time.sleep(1.0)
-        procs.kill_sessions([root])
+        backend.kill([root])
         times, continued = [], []
         for attempt in range(restores):
             images = scratch / f"{backend_name}-restore-{attempt}"
-            fresh_read, fresh_write = os.pipe()
+            restored: Lines
             start = time.monotonic()
-            load_global(store, checkpoints, images)
-            root = backend.restore(images, {pipe_name: fresh_write})
-            backend.resume([root])
-            os.close(fresh_write)
-            restored = Lines(fresh_read)
+            if relays:
+                # DMTCP reopens the file and seeks to the checkpoint's offset: give it a new,
+                # empty file, so what the restored program writes is all there is to read.
+                out_file.rename(work / f"{backend_name}-output-{attempt}")
+                out_file.touch()
+                restored = FileLines(out_file)
+                load_global(store, checkpoints, images)
+                root = backend.restore(images, {})
+                backend.resume([root])
+            else:
+                fresh_read, fresh_write = os.pipe()
+                load_global(store, checkpoints, images)
+                root = backend.restore(images, {pipe_name: fresh_write})
+                backend.resume([root])
+                os.close(fresh_write)
+                restored = Lines(fresh_read)
             try:
                 first = restored.wait_for(COUNT)
                 times.append(time.monotonic() - start)
-                continued.append(int(first.group(1)) == at_checkpoint + 1)
+                cut = int(first.group(1)) - 1
+                continued.append(before <= cut <= at_checkpoint if relays else cut == at_checkpoint)
             finally:
-                procs.kill_sessions([root])
+                backend.kill([root])
                 restored.close()
                 shutil.rmtree(images)
     finally:
-        procs.kill_sessions([root])
+        backend.kill([root])
         lines.close()
         store.close()
         shutil.rmtree(shm_dir(work), ignore_errors=True)
