@@ -37,3 +37,21 @@ def test_tests_and_optimized_bytecode_stay_off_the_disk(tmp_path: Path) -> None:
         (tmp_path / name).write_text("")
     kept = sorted(str(p.relative_to(tmp_path)) for p in rootfs._walk(tmp_path))
     assert kept == ["__pycache__/a.cpython-311.pyc", "a.py", "pkg/b.py"]
+
+
+def test_packages_are_placed_where_the_guest_tmpfs_does_not_hide_them() -> None:
+    # A fresh clone's venv under /tmp: the guest mounts a tmpfs on /tmp and /run.
+    venv = Path("/tmp/clone/.venv/lib/python3.11/site-packages")
+    system = Path("/usr/lib/python3/dist-packages")
+    placed, search_path = rootfs.guest_packages(
+        [venv / "numpy", venv / "numpy.libs", system / "yaml"]
+    )
+    guest = {src: dst for src, dst in placed}
+    assert all(
+        not dst.is_relative_to("/tmp") and not dst.is_relative_to("/run") for dst in guest.values()
+    )
+    # numpy's extension modules find numpy.libs beside it ($ORIGIN/../numpy.libs).
+    assert guest[venv / "numpy"].parent == guest[venv / "numpy.libs"].parent
+    assert sorted(search_path) == sorted(
+        {str(guest[venv / "numpy"].parent), str(guest[system / "yaml"].parent)}
+    )

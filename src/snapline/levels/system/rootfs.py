@@ -8,11 +8,13 @@ so ``python3`` is on the workload's ``PATH``. The disk is not a distribution: it
 interpreter that runs snapline (``sys.base_prefix``: its binary, its standard library without
 tests, IDLE, tkinter and the like), the packages asked for (numpy by default, copied from
 wherever this interpreter imports them), every shared library ``ldd`` says those files need,
-the static busybox with its applet links (the shell), and a ``/etc/passwd``. Everything sits
-at the path it has on the host, so the interpreter finds its prefix as it does here; the
-directories the packages came from (a virtual environment's ``site-packages``, Debian's
-``dist-packages``) are put on the guest's ``PYTHONPATH`` by ``/snapline.env``, which ``/init``
-reads before it runs the workload.
+the static busybox with its applet links (the shell), and a ``/etc/passwd``. The interpreter
+and its standard library sit at the path they have on the host, so the interpreter finds its
+prefix as it does here; the packages go under ``/opt/snapline-packages/<k>``, one directory
+per directory they came from (a virtual environment's ``site-packages``, Debian's
+``dist-packages``: a venv under ``/tmp`` would be hidden by the guest's tmpfs there), which
+``/snapline.env`` puts on the guest's ``PYTHONPATH``; ``/init`` reads it before it runs the
+workload.
 
 The image is built by ``mke2fs -d`` from a staging directory (no mount, no root needed) and
 cached under a key of what it would hold (the interpreter, the packages' files with their
@@ -36,8 +38,10 @@ from pathlib import Path
 from snapline.errors import ConfigError
 from snapline.levels.system.image import cache_dir, find_busybox
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 DEFAULT_PACKAGES = ("numpy",)
+#: Where the guest finds the packages (see the module docstring).
+GUEST_PACKAGES = Path("/opt/snapline-packages")
 # Parts of the standard library a program in a guest does not need (and that are large).
 _SKIP_DIRS = frozenset(
     {
@@ -76,10 +80,8 @@ def python_rootfs(*, packages: Iterable[str] = DEFAULT_PACKAGES, cache: Path | N
             f"that runs snapline from its prefix (sys.base_prefix = {prefix})"
         )
     stdlib = prefix / "lib" / f"python{version}"
-    trees = [(stdlib, stdlib)]
-    for name in packages:
-        trees += [(src, src) for src in _package_dirs(name)]
-    search_path = sorted({str(src.parent) for src, _ in trees[1:]})
+    placed, search_path = guest_packages([d for name in packages for d in _package_dirs(name)])
+    trees = [(stdlib, stdlib), *placed]
     key = _key(executable, trees, busybox)
     image = cache / "rootfs" / f"python{version}-{key}.ext4"
     if image.exists():
@@ -104,6 +106,18 @@ def python_rootfs(*, packages: Iterable[str] = DEFAULT_PACKAGES, cache: Path | N
             raise ConfigError(f"mke2fs could not build the Python guest disk: {done.stderr[-800:]}")
         os.replace(partial, image)
     return image
+
+
+def guest_packages(dirs: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Where each package directory goes in the guest, and the guest's ``PYTHONPATH``.
+
+    Under ``GUEST_PACKAGES``, one directory per directory they came from (so numpy and its
+    numpy.libs stay side by side), not at their host path: a virtual environment in /tmp or
+    /run would be hidden by the guest's tmpfs there.
+    """
+    sources = sorted({d.parent for d in dirs})
+    placed = [(d, GUEST_PACKAGES / str(sources.index(d.parent)) / d.name) for d in dirs]
+    return placed, [str(GUEST_PACKAGES / str(i)) for i in range(len(sources))]
 
 
 def _tool(name: str, install: str) -> str:
