@@ -56,6 +56,7 @@ def test_fdas_forces_only_after_a_send_and_on_new_dependencies() -> None:
     assert proto.handle(MessageArrived(src=0, seq=2, payload=0, piggyback=[1, 0, 0])) == [
         Deliver(src=0, seq=2)
     ]
+    assert proto.dv == [1, 1, 0]  # nothing newer: the vector stays as it was
     # New dependency after a send -- on rank 2's first interval, before any checkpoint of
     # it: forced checkpoint first, then the vector merges.
     actions = proto.handle(MessageArrived(src=2, seq=1, payload=0, piggyback=[0, 0, 1]))

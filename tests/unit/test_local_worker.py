@@ -229,3 +229,56 @@ def test_a_checkpoint_discarded_while_it_is_saved_is_not_reported_persisted(
         assert engine.protocol.stats["rounds_committed"] == 1
     finally:
         close(worker)
+
+
+class _SlowSave:
+    """A save the test ends from another thread; ``result`` blocks like ``PendingSave``'s."""
+
+    def __init__(self) -> None:
+        self.future = Future[None]()
+        self.waits = 0
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout_s: float | None = None) -> None:
+        self.waits += 1
+        self.future.result(timeout=timeout_s)
+
+
+def test_waiting_for_the_previous_save_blocks_on_it_and_keeps_heartbeating(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint taken while the previous save is still being written waits for that save
+    on the save itself (it goes on as soon as the save ends, with no poll interval) and keeps
+    heartbeating meanwhile, so a slow disk does not look like a hung rank."""
+    worker = make_worker(tmp_path, heartbeat_interval_s=0.05)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    worker._control = ours
+    save = _SlowSave()
+    ended_at: list[float] = []
+
+    def end_save() -> None:
+        time.sleep(0.3)
+        ended_at.append(time.monotonic())
+        save.future.set_result(None)
+
+    ender = threading.Thread(target=end_save)
+    try:
+        worker._hb_due_s = time.monotonic()
+        ender.start()
+        worker._wait_for_save(save)
+        returned_at = time.monotonic()
+        assert save.done() and ended_at and returned_at >= ended_at[0]
+        # One blocking wait per heartbeat interval, not one per 2 ms poll.
+        assert save.waits <= 0.3 / 0.05 + 3
+        reader = FrameReader()
+        theirs.setblocking(False)
+        beats = [m for m in reader.feed(theirs.recv(1 << 20)) if m.get("op") == "hb"]
+        assert len(beats) >= 3, f"only {len(beats)} heartbeats in 0.3 s of waiting"
+    finally:
+        ender.join()
+        close(worker)
+        ours.close()
+        theirs.close()

@@ -124,8 +124,9 @@ class FDAS(IndependentCheckpointing):
         self.dv = [0] * n
         self.dv[rank] = 1
         self.sent_in_interval = False
-        #: The dependency vector of the message being admitted.
-        self._incoming: list[int] = []
+        #: The dependency vector of the message being admitted, if it brings a dependency
+        #: ``dv`` lacks (else None: merging it would change nothing).
+        self._incoming: list[int] | None = None
 
     def piggyback(self, dst: int) -> PlainData:
         """The transitive dependency vector."""
@@ -138,17 +139,20 @@ class FDAS(IndependentCheckpointing):
 
     def forced_checkpoint_before(self, src: int, piggyback: PlainData) -> int | None:
         """A checkpoint if we sent in this interval and ``m`` brings a new dependency."""
-        # Parsed once per message: ``absorb`` follows at once and reads it.
-        theirs = self._incoming = self._vector(src, piggyback)
-        if not self.sent_in_interval:
-            return None
-        if any(t > o for t, o in zip(theirs, self.dv, strict=True)):
+        # Parsed and compared once per message: ``absorb`` follows at once and reads the
+        # result. Most messages bring no new dependency; they skip the merge.
+        theirs = self._vector(src, piggyback)
+        newer = any(t > o for t, o in zip(theirs, self.dv, strict=True))
+        self._incoming = theirs if newer else None
+        if newer and self.sent_in_interval:
             return self.last_index + 1
         return None
 
     def absorb(self, src: int, piggyback: PlainData) -> None:
-        """Merge the sender's dependencies."""
-        self.dv = [max(t, o) for t, o in zip(self._incoming, self.dv, strict=True)]
+        """Merge the sender's dependencies (``max(dv, m.dv)``; no-op when none is newer)."""
+        theirs = self._incoming
+        if theirs is not None:
+            self.dv = [max(t, o) for t, o in zip(theirs, self.dv, strict=True)]
 
     def _vector(self, src: int, piggyback: PlainData) -> list[int]:
         if not isinstance(piggyback, list | tuple) or len(piggyback) != self.n:

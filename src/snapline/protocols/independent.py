@@ -358,7 +358,10 @@ class IndependentCheckpointing(Protocol):
         """Log the message and return its piggyback (the send hook and ``_send``)."""
         seq = self.sent.get(dst, 0) + 1
         self.sent[dst] = seq
-        first, payloads, piggybacks = self.log.setdefault(dst, (seq, [], []))
+        channel = self.log.get(dst)
+        if channel is None:  # not ``setdefault``: it would build the default on every send
+            channel = self.log[dst] = (seq, [], [])
+        first, payloads, piggybacks = channel
         assert first + len(payloads) == seq, "the log must be gapless"
         piggyback = self.piggyback(dst)
         payloads.append(payload)

@@ -60,7 +60,14 @@ def _scan(data: bytes) -> Iterator[tuple[int, Any]]:
 
 
 class LedgerWriter:
-    """Appends records to one rank's ledger; ``sync()`` makes everything appended durable."""
+    """Appends records to one rank's ledger; ``sync()`` makes everything appended durable.
+
+    Group commit: appends never wait for an fsync in flight (the rank's loop appends commit
+    markers while the stable thread syncs), and a ``sync`` that finds an fsync in flight
+    waits for it and returns without another one if that fsync already covered everything
+    appended before the call. ``fsync`` makes durable all that was written to the file before
+    it started, which is what the counters rely on.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -71,9 +78,13 @@ class LedgerWriter:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.ftruncate(self._fd, good)  # drop a torn tail before appending after it
         os.lseek(self._fd, good, os.SEEK_SET)
-        self._dirty = False
-        # The stable-storage thread and the rank's loop both append (see ``stable``).
+        #: Records appended, and how many of them an fsync has made durable.
+        self._appended = 0
+        self._synced = 0
+        # The stable-storage thread and the rank's loop both append and sync (see ``stable``):
+        # ``_lock`` orders the writes, ``_sync_lock`` lets one fsync run at a time.
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
 
     def append(self, record: dict[str, PlainData]) -> None:
         """Append one record (not yet durable)."""
@@ -81,14 +92,21 @@ class LedgerWriter:
         data = _HEAD.pack(len(body), xxhash.xxh64_intdigest(body)) + body
         with self._lock:
             os.write(self._fd, data)
-            self._dirty = True
+            self._appended += 1
 
     def sync(self) -> None:
-        """fsync what was appended since the last sync."""
+        """fsync what was appended before this call (at once if an fsync already did)."""
         with self._lock:
-            if self._dirty:
-                os.fsync(self._fd)
-                self._dirty = False
+            target = self._appended
+        if self._synced >= target:
+            return
+        with self._sync_lock:
+            if self._synced >= target:
+                return  # the fsync we waited for started after our records were written
+            with self._lock:
+                covered = self._appended
+            os.fsync(self._fd)
+            self._synced = max(self._synced, covered)
 
     def close(self) -> None:
         """Sync and close the file."""
