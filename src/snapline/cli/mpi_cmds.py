@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from snapline.cli.options import DURATION, DURATION_FORMAT, duration_s
+from snapline.cli.options import DURATION, DURATION_FORMAT, FLUSH_EVERY, duration_s, node_of_option
 
 err = Console(stderr=True, highlight=False)
 
@@ -68,22 +68,8 @@ def register(app: typer.Typer) -> None:
                 "local:DIR[,partner][,xor:K][,remote:URL] (passed as SNAPLINE_LEVELS).",
             ),
         ] = None,
-        flush_every: Annotated[
-            int | None,
-            typer.Option(
-                "--flush-every",
-                metavar="K",
-                help="With a remote level: flush every K-th checkpoint to it (default 1).",
-            ),
-        ] = None,
-        node_of: Annotated[
-            str | None,
-            typer.Option(
-                "--node-of",
-                metavar="NODES",
-                help="Each rank's node, rank 0 first, e.g. 0,0,1,1 (default: its host).",
-            ),
-        ] = None,
+        flush_every: Annotated[int | None, FLUSH_EVERY] = None,
+        node_of: Annotated[str | None, node_of_option("its host")] = None,
     ) -> None:
         """Run a program under mpiexec (the command's help is ``MPIRUN_HELP``)."""
         from snapline.mpi._checkpointer import levels_env

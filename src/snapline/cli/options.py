@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
 from typer.core import TyperGroup
 
 from snapline.errors import ConfigError
@@ -27,6 +28,24 @@ from snapline.topology import TOPOLOGY_SPECS
 TOPOLOGY_HELP = "Channels between ranks: " + ", ".join(TOPOLOGY_SPECS)
 #: Help text of a duration option's format, appended to its description.
 DURATION_FORMAT = "e.g. 1s, 500ms, 2m; a plain number is seconds"
+
+#: Storage levels (``snapline run`` and ``snapline mpirun``): see ``snapline.store.multilevel``.
+FLUSH_EVERY = typer.Option(
+    "--flush-every",
+    metavar="K",
+    help="With a remote level: flush every K-th checkpoint to it (default 1).",
+)
+
+
+def node_of_option(default: str) -> Any:
+    """``--node-of``: each rank's node; ``default`` says what it is without the option."""
+    return typer.Option(
+        "--node-of",
+        metavar="NODES",
+        help=f"Each rank's node, rank 0 first, e.g. 0,0,1,1 (default: {default}).",
+    )
+
+
 #: ``--help`` placeholders.
 DURATION = "DURATION"
 FAILURE = "RANK@TIME"

@@ -15,7 +15,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from snapline.cli.options import DURATION, DURATION_FORMAT, FAILURE, FLAG, TOPOLOGY_HELP
+from snapline.cli.options import (
+    DURATION,
+    DURATION_FORMAT,
+    FAILURE,
+    FLAG,
+    FLUSH_EVERY,
+    TOPOLOGY_HELP,
+    node_of_option,
+)
 from snapline.errors import ConfigError, SnaplineError
 from snapline.runtime.local.jobdir import checkpoint_label
 
@@ -338,22 +346,8 @@ def register(app: typer.Typer) -> None:
                 "Every engine.",
             ),
         ] = None,
-        flush_every: Annotated[
-            int | None,
-            typer.Option(
-                "--flush-every",
-                metavar="K",
-                help="With a remote level: flush every K-th checkpoint to it (default 1).",
-            ),
-        ] = None,
-        node_of: Annotated[
-            str | None,
-            typer.Option(
-                "--node-of",
-                metavar="NODES",
-                help="Each rank's node, rank 0 first, e.g. 0,0,1,1 (default: this host).",
-            ),
-        ] = None,
+        flush_every: Annotated[int | None, FLUSH_EVERY] = None,
+        node_of: Annotated[str | None, node_of_option("this host")] = None,
         shared_store: Annotated[
             bool,
             typer.Option(

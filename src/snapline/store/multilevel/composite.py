@@ -54,7 +54,7 @@ from snapline.store.multilevel.copy import (
 )
 from snapline.store.multilevel.nodes import NodeLayout
 from snapline.store.multilevel.xorlevel import XorLevel
-from snapline.store.store import Store
+from snapline.store.store import PendingSave, Store
 from snapline.store.types import CheckpointInfo, GcReport
 
 log = logging.getLogger("snapline.store.multilevel")
@@ -83,27 +83,9 @@ def checkpoint_id(store: Store, step: int) -> str:
         raise CheckpointNotFound(f"no checkpoint at step {step} in {store.url}") from None
 
 
-class LevelledSave:
-    """A checkpoint being written: done once every fast level (local, partner, XOR) is."""
-
-    def __init__(self, step: int, future: Future[CheckpointInfo]) -> None:
-        self.step = step
-        self._future = future
-        #: Its error was raised to a caller of ``result()`` (the store does not raise it again).
-        self.observed = False
-
-    def done(self) -> bool:
-        """True once the checkpoint is durable on its levels, or the local save failed."""
-        return self._future.done()
-
-    def result(self, timeout_s: float | None = None) -> CheckpointInfo:
-        """Wait; the info's ``meta["levels"]`` lists the levels that hold the checkpoint."""
-        try:
-            return self._future.result(timeout=timeout_s)
-        except BaseException:
-            if self._future.done():
-                self.observed = True
-            raise
+#: A checkpoint being written: done once every fast level (local, partner, XOR) is; its
+#: info's ``meta["levels"]`` lists the levels that hold it. The store's own pending save.
+LevelledSave = PendingSave
 
 
 def _open(where: str, *, create: bool = True) -> Store:
