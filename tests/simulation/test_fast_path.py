@@ -56,7 +56,9 @@ def same_run_without(
         assert fast.stats["checkpoints_committed"] > 0
 
 
-@pytest.mark.parametrize("protocol", ["none", "chandy-lamport", "two-phase"])
+@pytest.mark.parametrize(
+    "protocol", ["none", "chandy-lamport", "two-phase", "uncoordinated", "bcs", "fdas"]
+)
 @pytest.mark.parametrize("app", sorted(WORKLOADS))
 def test_fast_path_and_full_path_give_the_same_run(
     protocol: str, app: str, monkeypatch: pytest.MonkeyPatch

@@ -199,6 +199,10 @@ class IndependentCheckpointing(Protocol):
 
     #: Sends are logged and stamped, arrivals read (and may force a checkpoint): both hooks.
     message_hooks = frozenset({"sends", "arrivals"})
+    #: An application timer changes nothing the protocol tracks (``AppTimerDue`` ->
+    #: ``[FireAppTimer]`` in every phase), so the engine fires it without the event and
+    #: action objects: one per transfer of a timer-driven app such as the bank.
+    passes_through = frozenset({"timers"})
 
     def __init__(
         self,
