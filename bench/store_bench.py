@@ -24,6 +24,12 @@ Figures (the issue's targets in brackets):
   rotated every round, so none always runs first or last on a shared disk.
 * ``small_resave_1pct_vs_full``: re-save after changing 1% of the small arrays / a full save
   of them (< 1).
+* Peers on the same large state when CPU torch is installed: ``torch_save_vs_raw_write``,
+  ``dcp_save_vs_raw_write`` (``torch.distributed.checkpoint``, one process, no process group),
+  ``torch_load_vs_raw_read_cold`` and ``dcp_load_vs_raw_read_cold``.
+
+``python bench/all.py`` (``./dev bench all``) runs these figures with the runtime's and the
+simulator's in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -204,6 +210,59 @@ def _torch_tensors(state: dict[str, Any]) -> dict[str, Any] | None:
     return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
+def peers_round(base: Path, state: dict[str, Any], tensors: dict[str, Any]) -> dict[str, float]:
+    """torch.save / torch.load and torch.distributed.checkpoint on the same state, each next
+    to its own raw write+fsync or cold raw read (CPU torch; DCP runs without a process group,
+    as one process). Loads return fresh memory, as a raw read into a new buffer does."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    r: dict[str, float] = {}
+    arrays = list(state.values())
+    size_bytes = sum(a.nbytes for a in arrays)
+    raw = base / "peer-raw.bin"
+    change_all(state)  # the tensors share the arrays' memory
+
+    def torch_save() -> None:
+        with open(base / "state.pt", "wb") as f:
+            torch.save(tensors, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def dcp_save() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no process group: saving as one process"
+            dcp.save(tensors, checkpoint_id=base / "dcp")
+
+    r["peer_raw_write_s"] = timed(lambda: fsync_write(raw, arrays))
+    r["torch_save_s"] = timed(torch_save)
+    r["dcp_save_s"] = timed(dcp_save)
+    r["torch_save_vs_raw_write"] = r["peer_raw_write_s"] / r["torch_save_s"]
+    r["dcp_save_vs_raw_write"] = r["peer_raw_write_s"] / r["dcp_save_s"]
+
+    drop_caches()
+    r["peer_raw_read_cold_s"] = timed(lambda: raw_read(raw, size_bytes))
+    drop_caches()
+    r["torch_load_cold_s"] = timed(lambda: torch.load(base / "state.pt", weights_only=True))
+
+    def dcp_load() -> None:
+        fresh = {k: torch.empty_like(v) for k, v in tensors.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.load(fresh, checkpoint_id=base / "dcp")
+
+    drop_caches()
+    r["dcp_load_cold_s"] = timed(dcp_load)
+    r["torch_load_vs_raw_read_cold"] = r["peer_raw_read_cold_s"] / r["torch_load_cold_s"]
+    r["dcp_load_vs_raw_read_cold"] = r["peer_raw_read_cold_s"] / r["dcp_load_cold_s"]
+    raw.unlink()
+    (base / "state.pt").unlink()
+    shutil.rmtree(base / "dcp")
+    return r
+
+
 def small_round(
     base: Path, state: dict[str, Any], store: Store, tensors: dict[str, Any] | None, turn: int
 ) -> dict[str, float]:
@@ -288,6 +347,7 @@ def main() -> None:
         state = {} if args.small_only else make_state(args.size_mib)
         small = make_small_state()
         tensors = _torch_tensors(small)
+        big_tensors = None if args.small_only else _torch_tensors(state)
         with (
             open_store(base / "sync") as sync,
             open_store(base / "async") as async_,
@@ -299,6 +359,8 @@ def main() -> None:
             for i in range(args.rounds):
                 r = {} if args.small_only else big_round(base, state, sync, async_, size_bytes)
                 r.update(small_round(base, small, small_store, tensors, i))
+                if big_tensors is not None:
+                    r.update(peers_round(base, state, big_tensors))
                 rounds.append(r)
                 print(f"round {i + 1}/{args.rounds} done")
     finally:

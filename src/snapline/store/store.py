@@ -57,6 +57,7 @@ from snapline.store.manifest import (
     referenced_keys_anyway,
     step_of_manifest_key,
 )
+from snapline.store.priority import lower_this_thread
 from snapline.store.reader import load_state, read_chunk
 from snapline.store.retention import Retention, RetentionPolicy
 from snapline.store.staging import Staging
@@ -127,8 +128,13 @@ class Store:
         self.chunk_bytes = chunk_bytes
         self.compress = compress
         self.io_threads = io_threads
-        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="snapline-io")
-        self._bg = ThreadPoolExecutor(1, thread_name_prefix="snapline-save")
+        # Both pools yield the CPU to the caller's thread where asked (store/priority.py).
+        self._io = ThreadPoolExecutor(
+            io_threads, thread_name_prefix="snapline-io", initializer=lower_this_thread
+        )
+        self._bg = ThreadPoolExecutor(
+            1, thread_name_prefix="snapline-save", initializer=lower_this_thread
+        )
         self._staging = Staging()
         self._pending: PendingSave | None = None
         self._mutex = threading.Lock()

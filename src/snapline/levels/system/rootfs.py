@@ -68,6 +68,9 @@ def python_rootfs(*, packages: Iterable[str] = DEFAULT_PACKAGES, cache: Path | N
     package is not importable here.
     """
     cache = cache or cache_dir()
+    # What the caller asked for first: a package that is not importable here is named even on
+    # a machine that also lacks the tools.
+    package_dirs = [d for name in packages for d in _package_dirs(name)]
     mke2fs = _tool("mke2fs", "apt-get install e2fsprogs")
     _tool("ldd", "apt-get install libc-bin")
     busybox = find_busybox()
@@ -80,7 +83,7 @@ def python_rootfs(*, packages: Iterable[str] = DEFAULT_PACKAGES, cache: Path | N
             f"that runs snapline from its prefix (sys.base_prefix = {prefix})"
         )
     stdlib = prefix / "lib" / f"python{version}"
-    placed, search_path = guest_packages([d for name in packages for d in _package_dirs(name)])
+    placed, search_path = guest_packages(package_dirs)
     trees = [(stdlib, stdlib), *placed]
     key = _key(executable, trees, busybox)
     image = cache / "rootfs" / f"python{version}-{key}.ext4"

@@ -91,6 +91,8 @@ from snapline.topology import Topology
 _FRAMES_PER_TURN = 4096
 _FRAMES_PER_CHANNEL = 256
 _DURABLE_TIMEOUT_S = 60.0
+#: How much lower the store's writer threads run than the rank's loop (store/priority.py).
+BACKGROUND_NICE = 10
 #: Connect-phase retries: the first after this long, then twice as long each time, up to
 #: ``_CONNECT_RETRY_MAX_S`` (a peer being replaced listens within a second or two).
 _CONNECT_RETRY_FIRST_S = 0.01
@@ -243,7 +245,11 @@ class Worker:
             **({"listen_address": listen_address} if listen_address else {}),
         )
         from snapline.runtime.local.levels import rank_store  # late: the store is heavier
+        from snapline.store.priority import set_background_nice
 
+        # The loop serves markers and messages; the store's writer threads yield the CPU to
+        # it (with many ranks per core, a snapshot's saves otherwise delay its markers).
+        set_background_nice(BACKGROUND_NICE)
         self.store = rank_store(self.config, self.rank, self._flushed)
         self._completions: deque[Completion] = deque()
         self._completions_lock = threading.Lock()

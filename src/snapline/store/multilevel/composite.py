@@ -54,6 +54,7 @@ from snapline.store.multilevel.copy import (
 )
 from snapline.store.multilevel.nodes import NodeLayout
 from snapline.store.multilevel.xorlevel import XorLevel
+from snapline.store.priority import lower_this_thread
 from snapline.store.store import PendingSave, Store
 from snapline.store.types import CheckpointInfo, GcReport
 
@@ -115,8 +116,12 @@ class MultiLevelStore:
         self._remote: Store | None = None
         self.xor = XorLevel(layout.xor_dirs(rank), rank) if self.levels.xor_group else None
         self.on_flushed = on_flushed
-        self._protect = ThreadPoolExecutor(1, thread_name_prefix="snapline-protect")
-        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="snapline-flush")
+        self._protect = ThreadPoolExecutor(
+            1, thread_name_prefix="snapline-protect", initializer=lower_this_thread
+        )
+        self._flusher = ThreadPoolExecutor(
+            1, thread_name_prefix="snapline-flush", initializer=lower_this_thread
+        )
         self._flush_lock = threading.Lock()
         # The partner and remote stores are opened (and dropped after an error) from the
         # caller's, the protect and the flusher threads.
