@@ -11,7 +11,7 @@ import pytest
 
 from snapline.errors import SnaplineError
 from snapline.runtime.local.ledger import read_ledger
-from snapline.runtime.local.stable import SaveJob, StableWriter, wait_beating
+from snapline.runtime.local.stable import CollectJob, SaveJob, StableWriter, wait_beating
 
 
 def slow_fsync(path: Path, delay_s: float) -> threading.Event:
@@ -84,3 +84,49 @@ def test_append_now_is_durable_ahead_of_a_slow_queued_save(tmp_path: Path) -> No
         assert writer.drain(5.0)
     finally:
         writer.close()
+
+
+def test_collect_deletes_old_states_while_the_loop_saves_the_next(tmp_path: Path) -> None:
+    """A ``CollectJob`` deletes the states below the horizon (never step 0) on the stable
+    thread; a ``save_async`` started meanwhile on the caller's thread still commits."""
+    import numpy as np
+
+    from snapline.store import open_store
+
+    with open_store(tmp_path / "rank-0") as store:
+        for step in range(5):
+            store.save({"x": np.full(1000, float(step))}, step=step)
+        completions: list[tuple[object, ...]] = []
+        writer = StableWriter(tmp_path / "ledger", 0, completions.extend)
+        try:
+            big = {"x": np.arange(4_000_000.0)}  # 32 MB: still writing when the job runs
+            pending = store.save_async(big, step=5)
+            writer.put(CollectJob(before=3, store=store))
+            assert writer.drain(30.0)
+            pending.result()
+        finally:
+            writer.close()
+        assert store.steps() == [0, 3, 4, 5]
+        assert [c for c in completions if c[0] == "gc_failed"] == []
+        assert float(store.load(5)["x"][-1]) == 3_999_999.0
+
+
+def test_a_failed_deletion_is_reported_not_raised(tmp_path: Path) -> None:
+    # A stand-in store: as root (the test machines) permissions cannot make a real unlink fail.
+    class Stuck:
+        def steps(self) -> list[int]:
+            return [1, 2]
+
+        def discard(self, step: int) -> None:
+            raise OSError(f"read-only file system deleting step {step}")
+
+    completions: list[tuple[object, ...]] = []
+    writer = StableWriter(tmp_path / "ledger", 0, completions.extend)
+    try:
+        writer.put(CollectJob(before=5, store=Stuck()))
+        assert writer.drain(10.0)
+    finally:
+        writer.close()
+    failed = [c for c in completions if c[0] == "gc_failed"]
+    assert [c[1] for c in failed] == [1, 2]
+    assert "read-only" in str(failed[0][2])

@@ -63,6 +63,7 @@ class BCS(IndependentCheckpointing):
 
     name = "bcs"
     checkpoint_pattern = "no-useless-checkpoint"
+    forces_checkpoints = True
 
     def piggyback(self, dst: int) -> PlainData:
         """The sender's logical clock: the index of its newest checkpoint."""
@@ -109,6 +110,7 @@ class FDAS(IndependentCheckpointing):
 
     name = "fdas"
     checkpoint_pattern = "rdt"
+    forces_checkpoints = True
 
     def __init__(
         self,

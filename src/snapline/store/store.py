@@ -480,6 +480,18 @@ class Store:
                 raise CheckpointNotFound(f"no checkpoint at step {step} in {self.url}")
             self.backend.finalizer.retract(self.backend, manifest_key(step))
 
+    def discard(self, step: int) -> None:
+        """Remove checkpoint ``step`` if it is there, from any thread.
+
+        Unlike ``delete`` it leaves a pending ``save_async`` alone (neither waits for it nor
+        reports its error: that stays with the thread that saved); the writer lock orders
+        the two. For a thread that collects old checkpoints while another one saves new
+        ones (a job's rank: its loop saves, its stable-storage thread collects).
+        """
+        with self.backend.writer_lock(self.lock_timeout_s):
+            if step in self.steps():
+                self.backend.finalizer.retract(self.backend, manifest_key(step))
+
     def gc(
         self,
         keep_last: int | None = None,

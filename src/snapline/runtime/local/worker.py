@@ -77,6 +77,7 @@ from snapline.runtime.local.plain import (
 )
 from snapline.runtime.local.resize import start_factory
 from snapline.runtime.local.stable import (
+    CollectJob,
     Completion,
     LedgerJob,
     OutputJob,
@@ -248,8 +249,10 @@ class Worker:
         from snapline.store.priority import set_background_nice
 
         # The loop serves markers and messages; the store's writer threads yield the CPU to
-        # it (with many ranks per core, a snapshot's saves otherwise delay its markers).
-        set_background_nice(BACKGROUND_NICE)
+        # it (with many ranks per core, a snapshot's saves otherwise delay its markers) --
+        # except where forced checkpoints come in a row and the loop waits for each save.
+        forced = self.protocol_cls.forces_checkpoints
+        set_background_nice(0 if forced else BACKGROUND_NICE)
         self.store = rank_store(self.config, self.rank, self._flushed)
         self._completions: deque[Completion] = deque()
         self._completions_lock = threading.Lock()
@@ -277,7 +280,6 @@ class Worker:
         #: A basic checkpoint fell due while a save was in flight: take it once none is.
         self._basic_deferred = False
         self._hb_due_s = 0.0
-        self._gc_before = 0
         self._last_committed = 0
         self._activity = 0
         self._pending_save: Any = None
@@ -493,9 +495,9 @@ class Worker:
         self._append_durable({"k": "discard", "index": index}, "discard marker")
 
     def collect_garbage(self, rank: int, before_index: int) -> None:
-        """Record the horizon; states below it are deleted from the store when idle."""
+        """Record the horizon; the stable thread then deletes the states below it."""
         self._append_durable({"k": "gc", "before": before_index}, "gc horizon")
-        self._gc_before = max(self._gc_before, before_index)
+        self.writer.put(CollectJob(before=before_index, store=self.store))
 
     def set_protocol_timer(self, rank: int, name: str, delay_s: float) -> None:
         """Arm (or re-arm) protocol timer ``name``."""
@@ -950,8 +952,6 @@ class Worker:
         now = time.monotonic()
         if now >= self._hb_due_s:
             self._heartbeat()
-        if self._gc_before and not self.frozen:
-            self._gc_step()
 
     def _read_control(self) -> None:
         sock = self._control
@@ -989,6 +989,9 @@ class Worker:
                 item = self._completions.popleft()
             kind = item[0]
             if kind == "released":
+                continue
+            if kind == "gc_failed":
+                self.log("gc_failed", step=item[1], why=item[2])
                 continue
             if item[1] != self.generation:
                 continue  # written for an engine that a restore replaced
@@ -1055,20 +1058,6 @@ class Worker:
                     elif f[0] == CONTROL:
                         self._trace("control_recv", src=src, what=_what(f[2]))
                         engine.control_arrived(src, f[2])
-
-    def _gc_step(self) -> None:
-        # Deleting waits for a pending save_async; do it only when the store is idle.
-        pending = self._pending_save
-        if pending is not None and not pending.done():
-            return
-        for step in self.store.steps():
-            if step < self._gc_before and step > 0:
-                try:
-                    self.store.delete(step)
-                except SnaplineError as exc:
-                    self.log("gc_failed", step=step, why=str(exc))
-                return
-        self._gc_before = 0
 
 
 def _what(control: PlainData) -> str:

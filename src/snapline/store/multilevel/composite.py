@@ -430,6 +430,16 @@ class MultiLevelStore:
             self.local.delete(step)
         self._flusher.submit(self._delete_elsewhere, step, undo)
 
+    def discard(self, step: int) -> None:
+        """Remove an old ``step`` (a newer one exists) from every level, from any thread.
+
+        As ``Store.discard``: a pending save is left alone. The remote level keeps the step
+        until a newer one is flushed (as ``delete`` of an old step does).
+        """
+        self._deleted.add(step)
+        self.local.discard(step)
+        self._flusher.submit(self._delete_elsewhere, step, False)
+
     def _delete_elsewhere(self, step: int, undo: bool = False) -> None:
         for level in ("partner", "remote"):
             try:
