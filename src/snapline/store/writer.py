@@ -13,7 +13,9 @@ sizes (16 MiB with the default 4 MiB chunks); each pack is written with one ``ba
 (temporary name, one fsync, rename). So a save pays one file, one fsync and a few system
 calls per pack, not per chunk; and thousands of small arrays cost a hash call and a chunk
 entry per 256 KiB segment, not per array. A save that changed 1% of them rewrites only the
-segments holding changed arrays.
+segments holding changed arrays. The plan and the manifest's leaf table depend only on the
+leaves' paths, kinds, dtypes, shapes and sizes; the store keeps the last ones it made
+(``LayoutCache``), so a periodic save of the same arrays neither plans nor dumps them again.
 
 The skeleton is its own content-addressed file (``chunks/<id[:2]>/<id>``) so an unchanged
 one is never rewritten. When every write is done, ``backend.sync()`` makes the new names
@@ -42,6 +44,7 @@ import zstandard
 
 from snapline.state.codec import EncodedTree
 from snapline.state.layout import (
+    ChunkPlan,
     ChunkSpec,
     chunk_bytes_of,
     chunk_id,
@@ -246,6 +249,70 @@ def _write_skeleton(backend: Backend, skeleton: bytes, *, compress: bool) -> tup
     return ref, len(skeleton)
 
 
+class _Layout:
+    """A state's chunk plan and leaf table, and the leaf columns they were made from."""
+
+    __slots__ = ("_table", "chunk_bytes", "columns", "leaves", "plan")
+
+    def __init__(
+        self,
+        chunk_bytes: int,
+        columns: tuple[tuple[Any, ...], ...],  # paths, kinds, dtypes, shapes, sizes
+        plan: ChunkPlan,
+        leaves: tuple[LeafRef, ...],
+    ) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.columns = columns
+        self.plan = plan
+        self.leaves = leaves
+        self._table: bytes | None = None
+
+    def leaf_table(self) -> bytes:
+        """The manifest's leaf table as JSON, dumped on first use (a save calls it while its
+        streams write, so a new layout's dump overlaps their I/O)."""
+        if self._table is None:
+            self._table = leaf_table_json(self.leaves)
+        return self._table
+
+
+class LayoutCache:
+    """The last layout a store saved, for the next save of a state of the same shape.
+
+    Periodic checkpoints of one program save the same arrays every time: the same paths,
+    dtypes, shapes and so sizes. The chunk plan and the manifest's leaf table depend on
+    nothing else, so a save whose leaf columns equal the previous save's reuses both instead
+    of planning thousands of small leaves and dumping their table again (comparing the
+    columns is a few C-level tuple comparisons). One entry: a store that alternates between
+    two layouts only pays what it paid before the cache.
+    """
+
+    def __init__(self) -> None:
+        self._last: _Layout | None = None
+
+    def layout(self, encoded: EncodedTree, chunk_bytes: int) -> _Layout:
+        """The plan and leaf table of ``encoded``: the cached ones when its columns match."""
+        leaves = encoded.leaves
+        paths, kinds, dtypes, shapes, data = (
+            tuple(zip(*leaves, strict=True))[:5] if leaves else ((),) * 5
+        )
+        sizes = tuple(d.nbytes for d in data)
+        columns = (paths, kinds, dtypes, shapes, sizes)
+        last = self._last
+        if last is not None and last.chunk_bytes == chunk_bytes and last.columns == columns:
+            return last
+        plan = plan_chunks(
+            leaves,
+            chunk_bytes=chunk_bytes,
+            small_leaf_bytes=SMALL_LEAF_BYTES,
+            bundle_bytes=BUNDLE_BYTES,
+        )
+        # Column-wise (map, no per-leaf frame): thousands of small arrays make this hot.
+        refs = tuple(map(LeafRef, paths, kinds, dtypes, shapes, plan.leaf_extents))
+        made = _Layout(chunk_bytes, columns, plan, refs)
+        self._last = made
+        return made
+
+
 def write_checkpoint(
     backend: Backend,
     pool: ThreadPoolExecutor,
@@ -260,21 +327,18 @@ def write_checkpoint(
     progress: ProgressCallback | None = None,
     ready: Callable[[ChunkSpec], None] | None = None,
     replace: bool = False,
+    layouts: LayoutCache | None = None,
 ) -> tuple[Manifest, bytes]:
     """Write what the store lacks of ``encoded``, then commit its manifest (and return it).
 
     ``reusable``: stored chunks the save may point at (see ``reusable_chunks``). ``ready``:
     called before a chunk's bytes are read; returns once they are there (raises to abort).
-    ``replace``: the save may overwrite a committed manifest of the same step.
+    ``replace``: the save may overwrite a committed manifest of the same step. ``layouts``:
+    the store's ``LayoutCache`` (None: plan afresh).
     Must be called with the writer lock held. Returns the manifest and its committed bytes.
     """
-    plan = plan_chunks(
-        encoded.leaves,
-        chunk_bytes=chunk_bytes,
-        small_leaf_bytes=SMALL_LEAF_BYTES,
-        bundle_bytes=BUNDLE_BYTES,
-    )
-    specs = plan.chunks
+    layout = (LayoutCache() if layouts is None else layouts).layout(encoded, chunk_bytes)
+    specs = layout.plan.chunks
     leaf_data = [leaf.data for leaf in encoded.leaves]
     claims = _Claims(reusable)
     total = sum(spec.size for spec in specs) + len(encoded.skeleton)
@@ -301,14 +365,8 @@ def write_checkpoint(
     written = 0
     done = 0
     try:
-        # The leaf table depends on the plan only: build it, and dump its JSON, while the
-        # streams hash and write. Column-wise (map, no per-leaf frame): thousands of small
-        # arrays make this hot.
-        paths, kinds, dtypes, shapes = (
-            tuple(zip(*encoded.leaves, strict=True))[:4] if encoded.leaves else ((),) * 4
-        )
-        leaves = tuple(map(LeafRef, paths, kinds, dtypes, shapes, plan.leaf_extents))
-        leaf_table = leaf_table_json(leaves)
+        # A new layout's leaf table is dumped while the streams hash and write.
+        leaf_table = layout.leaf_table()
         for fut in as_completed(jobs):
             result = fut.result()
             for i, ref in result.refs.items():
@@ -342,7 +400,7 @@ def write_checkpoint(
         chunk_bytes=chunk_bytes,
         chunks=chunk_refs,
         skeleton=(len(specs), 0, len(encoded.skeleton)),
-        leaves=leaves,
+        leaves=layout.leaves,
         meta=meta,
         uses_pickle=encoded.uses_pickle,
         total_bytes=total,
