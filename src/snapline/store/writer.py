@@ -9,9 +9,10 @@ stream hashes its chunks (xxh3_128, at memory speed) and keeps those the store l
 is reused when the newest committed checkpoint already has it (its pack file checked present
 and whole) or another stream of this save writes it. The kept chunks are laid out back to
 back, each at a 64-byte aligned offset, into pack files of at most ``PACK_MAX_CHUNKS`` chunk
-sizes (16 MiB with the default 4 MiB chunks); each pack is written with one ``backend.write``
-(temporary name, one fsync, rename). So a save pays one file, one fsync and a few system
-calls per pack, not per chunk; and thousands of small arrays cost a hash call and a chunk
+sizes (16 MiB with the default 4 MiB chunks); a stream hands all its packs to one
+``backend.write_many`` (each a temporary name, one fsync, rename; the local backend writes
+them all before it fsyncs any). So a save pays one file, one fsync and a few system calls per
+pack, not per chunk; and thousands of small arrays cost a hash call and a chunk
 entry per 256 KiB segment, not per array. A save that changed 1% of them rewrites only the
 segments holding changed arrays. The plan and the manifest's leaf table depend only on the
 leaves' paths, kinds, dtypes, shapes and sizes; the store keeps the last ones it made
@@ -34,7 +35,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -149,69 +150,72 @@ def _write_stream(
     pack_max_bytes: int,
     ready: Callable[[ChunkSpec], None] | None,
 ) -> _StreamResult:
-    """Hash one stream's chunks, then write the new ones into pack files (see module doc)."""
+    """Hash one stream's chunks and write the new ones into pack files (see module doc)."""
     codec = "zstd" if compress else "raw"
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if compress else None
     result = _StreamResult(refs={}, elsewhere=[], logical_bytes=0, written_bytes=0)
-    # (spec index, chunk id, stored pieces, stored size): a bundle of small leaves is hashed
-    # and written piece by piece, never joined into a copy (unless compressed).
-    new: list[tuple[int, str, list[memoryview], int]] = []
-    for i in indexes:
-        spec = specs[i]
-        result.logical_bytes += spec.size
-        if ready is not None:
-            ready(spec)
-        pieces = chunk_pieces(spec, leaf_data)
-        cid = pieces_chunk_id(pieces)
-        got = claims.claim((cid, codec), spec.size)
-        if isinstance(got, ChunkRef):
-            result.refs[i] = got
-        elif got:
-            if compressor is None:
-                new.append((i, cid, pieces, spec.size))
-            else:
-                packed = compressor.compress(chunk_bytes_of(spec, leaf_data))
-                new.append((i, cid, [memoryview(packed)], len(packed)))
-        else:
-            result.elsewhere.append((i, (cid, codec)))
+    placed: list[ChunkRef] = []
 
-    start = 0
-    while start < len(new):
-        # Lay out one pack: chunks back to back at aligned offsets, up to pack_max_bytes.
+    def packs() -> Iterator[tuple[str, list[memoryview]]]:
+        # Each pack is handed to the backend as soon as it is laid out, so its write starts
+        # while the stream hashes later chunks (or, in save_async, waits for their copy).
+        # A bundle of small leaves is hashed and written piece by piece, never joined into a
+        # copy (unless compressed).
         out: list[memoryview] = []
-        offsets: list[int] = []
+        entries: list[tuple[int, str, int, int]] = []  # spec index, id, stored size, offset
         pos = 0
-        stop = start
-        while stop < len(new):
-            stored_pieces, nbytes = new[stop][2], new[stop][3]
+        for i in indexes:
+            spec = specs[i]
+            result.logical_bytes += spec.size
+            if ready is not None:
+                ready(spec)
+            pieces = chunk_pieces(spec, leaf_data)
+            cid = pieces_chunk_id(pieces)
+            got = claims.claim((cid, codec), spec.size)
+            if isinstance(got, ChunkRef):
+                result.refs[i] = got
+                continue
+            if not got:
+                result.elsewhere.append((i, (cid, codec)))
+                continue
+            if compressor is not None:
+                pieces = [memoryview(compressor.compress(chunk_bytes_of(spec, leaf_data)))]
+            nbytes = sum(p.nbytes for p in pieces) if compressor is not None else spec.size
             pad = -pos % _ALIGN
-            if stop > start and pos + pad + nbytes > pack_max_bytes:
-                break
+            if entries and pos + pad + nbytes > pack_max_bytes:
+                yield _close_pack(out, entries, pos)
+                out, entries, pos, pad = [], [], 0, 0
             if pad:
                 out.append(_ZEROS[:pad])
-            out.extend(stored_pieces)
-            offsets.append(pos + pad)
+            out.extend(pieces)
+            entries.append((i, cid, nbytes, pos + pad))
             pos += pad + nbytes
-            stop += 1
+        if entries:
+            yield _close_pack(out, entries, pos)
+
+    def _close_pack(
+        out: list[memoryview], entries: list[tuple[int, str, int, int]], pack_size: int
+    ) -> tuple[str, list[memoryview]]:
+        # Chunks back to back at aligned offsets, up to pack_max_bytes.
         pack_id = os.urandom(16).hex()
-        refs = [
-            ChunkRef(
+        for i, cid, nbytes, offset in entries:
+            ref = ChunkRef(
                 id=cid,
                 size=specs[i].size,
                 stored_size=nbytes,
                 codec=codec,
                 pack=pack_id,
                 offset=offset,
-                pack_size=pos,
+                pack_size=pack_size,
             )
-            for (i, cid, _, nbytes), offset in zip(new[start:stop], offsets, strict=True)
-        ]
-        backend.write(pack_key(pack_id), out)
-        result.written_bytes += sum(ref.stored_size for ref in refs)
-        for (i, _, _, _), ref in zip(new[start:stop], refs, strict=True):
             result.refs[i] = ref
-        claims.place(refs)
-        start = stop
+            result.written_bytes += nbytes
+            placed.append(ref)
+        return pack_key(pack_id), out
+
+    # One call for the stream's packs: the backend may overlap their durability.
+    backend.write_many(packs())
+    claims.place(placed)
     return result
 
 
