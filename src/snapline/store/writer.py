@@ -4,14 +4,16 @@ Theory of operation
 -------------------
 ``write_checkpoint`` runs under the writer lock. It plans chunks (``state.layout``; every leaf
 of 64 KiB or more gets its own chunks, smaller leaves share segments of up to 256 KiB) and
-splits them, in order, into a few **streams** of similar size, one per I/O thread. Each
+deals them, in order and a pack's worth at a time, to a few **streams** of similar size, one
+per I/O thread. Each
 stream hashes its chunks (xxh3_128, at memory speed) and keeps those the store lacks: a chunk
 is reused when the newest committed checkpoint already has it (its pack file checked present
 and whole) or another stream of this save writes it. The kept chunks are laid out back to
 back, each at a 64-byte aligned offset, into pack files of at most ``PACK_MAX_CHUNKS`` chunk
-sizes (16 MiB with the default 4 MiB chunks); a stream hands all its packs to one
-``backend.write_many`` (each a temporary name, one fsync, rename; the local backend writes
-them all before it fsyncs any). So a save pays one file, one fsync and a few system calls per
+sizes (16 MiB with the default 4 MiB chunks); a stream hands its packs to one
+``backend.write_many``, each as soon as it is laid out (each a temporary name, one fsync,
+rename; the local backend fsyncs a pack a few packs later, so no fsync holds up the next
+copy). So a save pays one file, one fsync and a few system calls per
 pack, not per chunk; and thousands of small arrays cost a hash call and a chunk
 entry per 256 KiB segment, not per array. A save that changed 1% of them rewrites only the
 segments holding changed arrays. The plan and the manifest's leaf table depend only on the
@@ -45,6 +47,7 @@ import zstandard
 
 from snapline.state.codec import EncodedTree
 from snapline.state.layout import (
+    DEFAULT_CHUNK_BYTES,
     ChunkPlan,
     ChunkSpec,
     chunk_bytes_of,
@@ -220,15 +223,25 @@ def _write_stream(
 
 
 def _split_streams(
-    specs: list[ChunkSpec], streams_max: int, min_bytes: int = PACK_STREAM_MIN_BYTES
+    specs: list[ChunkSpec],
+    streams_max: int,
+    min_bytes: int = PACK_STREAM_MIN_BYTES,
+    group_bytes: int = PACK_MAX_CHUNKS * DEFAULT_CHUNK_BYTES,
 ) -> list[list[int]]:
-    """Cut the chunk list, in order, into at most ``streams_max`` runs of similar size."""
+    """Deal the chunk list, in order, to at most ``streams_max`` streams of similar size.
+
+    Dealt in runs of about ``group_bytes`` (a pack's worth, less for a small state so the
+    streams stay even) in turn, not one long run each: ``save_async`` copies the state in
+    order, and every stream then works just behind the copy instead of the last one waiting
+    for the copy to reach its part.
+    """
     total = sum(spec.size for spec in specs)
     count = max(1, min(streams_max, -(-total // min_bytes)))
+    group = max(1, min(group_bytes, -(-total // (2 * count))))
     out: list[list[int]] = [[] for _ in range(count)]
     acc = 0
     for i, spec in enumerate(specs):
-        out[min(count - 1, acc * count // max(total, 1))].append(i)
+        out[acc // group % count].append(i)
         acc += spec.size
     return [s for s in out if s]
 
@@ -361,7 +374,10 @@ def write_checkpoint(
             ready=ready,
         )
         for indexes in _split_streams(
-            specs, streams_max, backend.write_stream_min_bytes or PACK_STREAM_MIN_BYTES
+            specs,
+            streams_max,
+            backend.write_stream_min_bytes or PACK_STREAM_MIN_BYTES,
+            PACK_MAX_CHUNKS * chunk_bytes,
         )
     ]
     refs: list[ChunkRef | None] = [None] * len(specs)
