@@ -107,13 +107,17 @@ class Backend(ABC):
     def write(self, key: str, pieces: Sequence[memoryview]) -> None:
         """Store the concatenation of ``pieces`` under ``key``, all or nothing."""
 
-    def write_many(self, items: Iterable[tuple[str, Sequence[memoryview]]]) -> None:
+    def write_many(
+        self, items: Iterable[tuple[str, Sequence[memoryview]]], *, direct: bool = False
+    ) -> None:
         """``write`` each ``(key, pieces)`` as ``items`` yields it: all or nothing per key.
 
         For the pack files of one save stream, yielded as the stream lays them out (an error
         raised by ``items`` stops the call). A backend that can overlap their durability
         (``LocalDirectory`` fsyncs each a few files later) overrides this; the default
-        writes them one after the other.
+        writes them one after the other. ``direct``: the pieces are the store's own staging
+        memory, unchanged until the call returns, so the backend may write them without a
+        copy (``LocalDirectory`` bypasses the page cache for large aligned pieces).
         """
         for key, pieces in items:
             self.write(key, pieces)

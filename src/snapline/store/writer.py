@@ -82,7 +82,8 @@ PACK_MAX_CHUNKS = 4
 used, so the cap bounds the space a partly used pack holds to a few chunks; ``chunk_bytes``
 stays the one knob for the granularity of incremental saves and of reclaiming space."""
 _ALIGN = 64
-_ZEROS = memoryview(bytes(_ALIGN))
+_PAGE = 4096
+_ZEROS = memoryview(bytes(_PAGE))
 
 Identity: TypeAlias = tuple[str, str]
 """``(chunk id, codec)``: chunks with the same identity are interchangeable."""
@@ -184,7 +185,10 @@ def _write_stream(
             if compressor is not None:
                 pieces = [memoryview(compressor.compress(chunk_bytes_of(spec, leaf_data)))]
             nbytes = sum(p.nbytes for p in pieces) if compressor is not None else spec.size
-            pad = -pos % _ALIGN
+            # A chunk of a big leaf starts on a page boundary of the pack, so that from
+            # page-aligned memory (save_async's staging) it can go to disk without a copy.
+            big = compressor is None and len(pieces) == 1 and nbytes >= SMALL_LEAF_BYTES
+            pad = -pos % (_PAGE if big else _ALIGN)
             if entries and pos + pad + nbytes > pack_max_bytes:
                 yield _close_pack(out, entries, pos)
                 out, entries, pos, pad = [], [], 0, 0
@@ -217,7 +221,8 @@ def _write_stream(
         return pack_key(pack_id), out
 
     # One call for the stream's packs: the backend may overlap their durability.
-    backend.write_many(packs())
+    # From staging (ready is set), the memory stays as it is until the save is done.
+    backend.write_many(packs(), direct=ready is not None)
     claims.place(placed)
     return result
 

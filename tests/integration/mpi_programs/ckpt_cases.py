@@ -80,7 +80,7 @@ def write_error(store: str) -> None:
         def full(key: str, pieces: object) -> None:
             raise OSError(errno.ENOSPC, "No space left on device (injected)", key)
 
-        def full_many(items: object) -> None:
+        def full_many(items: object, **_: object) -> None:
             raise OSError(errno.ENOSPC, "No space left on device (injected)", "packs")
 
         ckpt.store.backend.write = full  # type: ignore[method-assign]
