@@ -8,7 +8,11 @@ are fsync'd by ``sync()``, before the manifest is committed and after it. While 
 (a pack file) is written, writeback of what is already written is started every few MiB
 (``sync_file_range`` on Linux): the disk then works while the rest is copied, instead of the
 whole blob waiting for the final fsync, which on the dev machine halves the time of
-write + fsync. Many small pieces are handed to the kernel in one ``writev``. A ``kill -9`` at
+write + fsync. Many small pieces are handed to the kernel in one ``pwritev``. A save
+stream's pack files come through ``write_many``: each is fsync'd (and renamed) a few files
+later, so no fsync holds up the next file's copy; from ``save_async``'s staging memory, large
+page-aligned pieces are written with ``O_DIRECT`` (no page cache copy; the rest of the file
+goes through the page cache as usual, and the fsync is the same). A ``kill -9`` at
 any moment therefore leaves either no file or a complete, fsync'd file under each final name,
 plus perhaps a temporary file that ``remove_partial_writes`` (run by gc) deletes.
 
