@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from snapline.state.codec import encode_tree
 from snapline.store import open_store
 from snapline.store.manifest import pack_key
-from snapline.store.writer import BUNDLE_BYTES, PACK_MAX_CHUNKS, reusable_chunks
+from snapline.store.writer import BUNDLE_BYTES, PACK_MAX_CHUNKS, LayoutCache, reusable_chunks
 
 
 def small_arrays(count: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -97,3 +98,36 @@ def test_identical_small_arrays_are_stored_once(tmp_path: Path) -> None:
         assert info.chunk_count == 3  # a full segment, the last one, the skeleton
         assert info.written_bytes < 2 * BUNDLE_BYTES
         assert all((v == 0).all() for v in store.load().values())
+
+
+def test_layout_cache_reuses_a_plan_only_for_the_same_leaf_columns() -> None:
+    cache = LayoutCache()
+    state = {f"p{i}": np.zeros(100 + i) for i in range(50)}
+    first = cache.layout(encode_tree(state), 4096 * 16)
+    assert cache.layout(encode_tree(state), 4096 * 16) is first
+    assert cache.layout(encode_tree(state), 4096 * 32) is not first  # another chunk size
+    changed = {**state, "p3": np.zeros((103, 1))}  # same bytes, another shape
+    relaid = cache.layout(encode_tree(changed), 4096 * 32)
+    assert relaid.leaves[3].shape == (103, 1)
+    grown = {**state, "p3": np.zeros(104)}  # same shape column but for p3, other size
+    assert cache.layout(encode_tree(grown), 4096 * 32).plan.total_bytes == (
+        relaid.plan.total_bytes + 8
+    )
+
+
+def test_saves_of_a_changing_layout_load_back(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s") as store:
+        states = [
+            {"a": np.arange(10.0), "b": np.arange(5)},
+            {"a": np.arange(10.0), "b": np.arange(5)},
+            {"a": np.arange(12.0), "b": np.arange(5)},
+            {"a": np.arange(12.0).reshape(3, 4), "b": np.arange(5)},
+            {"a": np.arange(12.0).reshape(3, 4), "b": np.arange(5, dtype=np.int32)},
+        ]
+        for step, state in enumerate(states):
+            store.save(state, step=step)
+        for step, state in enumerate(states):
+            got = store.load(step=step)
+            for k, v in state.items():
+                assert got[k].dtype == v.dtype and got[k].shape == v.shape
+                assert (got[k] == v).all()

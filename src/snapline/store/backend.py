@@ -22,7 +22,7 @@ because "atomically visible" means different things on different media:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 
 from snapline.errors import StoreError
@@ -41,8 +41,9 @@ class Backend(ABC):
 
     1. Open: ``is_initialized()``; if False, ``initialize()`` (creates the store marker).
     2. Save: ``writer_lock(timeout_s)`` is entered; ``size(key)`` checks that files the save
-       reuses (packs, the skeleton) are present; each new pack file and a changed skeleton are
-       written with ``write(key, pieces)`` (several at once, from a thread pool); then
+       reuses (packs, the skeleton) are present; the new pack files are written with
+       ``write_many`` (one call per stream, several streams at once from a thread pool) and a
+       changed skeleton with ``write(key, pieces)``; then
        ``sync()`` so every write is durable; then ``finalizer.commit(backend, manifest_key,
        data)``; the lock is left. Nothing is visible to readers before the commit returns.
     3. Load / verify / list: ``finalizer.visible(backend)`` lists committed manifest keys;
@@ -105,6 +106,21 @@ class Backend(ABC):
     @abstractmethod
     def write(self, key: str, pieces: Sequence[memoryview]) -> None:
         """Store the concatenation of ``pieces`` under ``key``, all or nothing."""
+
+    def write_many(
+        self, items: Iterable[tuple[str, Sequence[memoryview]]], *, direct: bool = False
+    ) -> None:
+        """``write`` each ``(key, pieces)`` as ``items`` yields it: all or nothing per key.
+
+        For the pack files of one save stream, yielded as the stream lays them out (an error
+        raised by ``items`` stops the call). A backend that can overlap their durability
+        (``LocalDirectory`` fsyncs each a few files later) overrides this; the default
+        writes them one after the other. ``direct``: the pieces are the store's own staging
+        memory, unchanged until the call returns, so the backend may write them without a
+        copy (``LocalDirectory`` bypasses the page cache for large aligned pieces).
+        """
+        for key, pieces in items:
+            self.write(key, pieces)
 
     @abstractmethod
     def sync(self) -> None:

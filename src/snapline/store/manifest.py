@@ -179,11 +179,12 @@ class Manifest:
         """Bytes the checkpoint's chunks take in the store (after compression)."""
         return sum(c.stored_size for c in self.chunks)
 
-    def body(self, version: int | None = None) -> dict[str, Any]:
+    def body(self, version: int | None = None, *, leaves: bool = True) -> dict[str, Any]:
         """The JSON body without the checksum (to dump), in ``version`` (default: its own).
 
         An older ``version`` than the default is for writing what an older snapline reads
-        (and for compatibility tests); version 1 cannot name packs.
+        (and for compatibility tests); version 1 cannot name packs. ``leaves=False`` leaves
+        the leaf table out (a caller that has it dumped already).
         """
         version = self.format_version if version is None else version
         if not 1 <= version <= FORMAT_VERSION:
@@ -214,7 +215,9 @@ class Manifest:
             "chunks": chunks,
             # Tuples dump as JSON arrays: no per-leaf list copies (thousands of leaves).
             "skeleton": self.skeleton,
-            "leaves": self._leaf_columns() if version >= 3 else self._leaf_rows(),
+            "leaves": (self._leaf_columns() if version >= 3 else self._leaf_rows())
+            if leaves
+            else None,
             "meta": self.meta,
             "pickle": self.uses_pickle,
             "total_bytes": self.total_bytes,
@@ -245,9 +248,12 @@ class Manifest:
         """The manifest file's bytes, checksum included (see the module docstring).
 
         ``leaf_table``: ``leaf_table_json(self.leaves)`` when the caller has it already (the
-        writer dumps it while its streams write, off the save's critical path).
+        writer dumps it while its streams write, or keeps it from the last save of the same
+        layout).
         """
-        body = self.body(version)
+        version = self.format_version if version is None else version
+        # A leaf table dumped already is not transposed again (thousands of leaves).
+        body = self.body(version, leaves=leaf_table is None or version < 3)
         if body["format_version"] == 1:
             checksum = "xxh3_128:" + xxhash.xxh3_128_hexdigest(_dump(body))
             return _dump({**body, "checksum": checksum})

@@ -5,8 +5,9 @@ Theory of operation
 ``save_async`` must return only once the state is captured (the caller may then mutate its
 arrays), and the checkpoint should be durable about as soon as a sync save would be. So the
 copy and the write overlap: ``Staging.capture`` assigns every leaf that aliases caller memory
-a 64-byte aligned slot in one preallocated buffer (grown when a state needs more, reused
-across saves) and returns a ``Capture`` whose tree already points at the slots. The store
+a 64-byte aligned slot (page aligned for leaves of 64 KiB or more) in one preallocated buffer
+(grown when a state needs more, reused across saves) and returns a ``Capture`` whose tree
+already points at the slots. The store
 starts the background write, then ``Capture.copy`` fills the slots in order, a few MiB at a
 time (``np.copyto`` releases the GIL), publishing how far it got; a writer stream calls
 ``Capture.wait_for(chunk)`` before reading a chunk, which returns once the chunk's bytes
@@ -28,6 +29,10 @@ from snapline.state.codec import EncodedTree, Leaf
 from snapline.state.layout import ChunkSpec
 
 _ALIGN = 64
+_PAGE = 4096
+_PAGE_ALIGNED_MIN_BYTES = 64 * 1024
+"""Leaves of at least this size get page-aligned slots: the local backend can then write
+their chunks to disk straight from staging (``O_DIRECT``), without a page cache copy."""
 COPY_STEP_BYTES = 8 * 1024 * 1024
 """How much is copied between two progress updates: small enough for the writer to start
 early, large enough that the updates cost nothing next to the copy."""
@@ -85,6 +90,10 @@ class Capture:
                 raise StoreError("save_async: capturing the state failed; nothing was committed")
 
 
+def _slot_align(nbytes: int) -> int:
+    return _PAGE if nbytes >= _PAGE_ALIGNED_MIN_BYTES else _ALIGN
+
+
 class Staging:
     """Reusable capture memory for ``save_async`` (see the module docstring)."""
 
@@ -101,14 +110,21 @@ class Staging:
         need = 0
         for leaf in encoded.leaves:
             if not leaf.owned:
-                need += leaf.nbytes + (-leaf.nbytes % _ALIGN)
+                # Slots start 64-byte aligned, so a page-aligned one skips at most this.
+                skip_max = _slot_align(leaf.nbytes) - _ALIGN
+                need += skip_max + leaf.nbytes + (-leaf.nbytes % _ALIGN)
         if need > self._buffer.nbytes:
-            self._buffer = np.empty(need, np.uint8)
+            # One page more, so the buffer can start on a page boundary.
+            raw = np.empty(need + _PAGE, np.uint8)
+            skip = -raw.ctypes.data % _PAGE
+            self._buffer = raw[skip : skip + need]
         staged: list[Leaf] = []
         sources: list[Leaf | None] = []
         starts: list[int] = []
         pos = 0
         for leaf in encoded.leaves:
+            if not leaf.owned:
+                pos += -pos % _slot_align(leaf.nbytes)
             starts.append(pos)
             if leaf.owned:
                 staged.append(leaf)

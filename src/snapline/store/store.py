@@ -68,7 +68,7 @@ from snapline.store.types import (
     ProgressCallback,
     VerifyReport,
 )
-from snapline.store.writer import Identity, reusable_chunks, write_checkpoint
+from snapline.store.writer import Identity, LayoutCache, reusable_chunks, write_checkpoint
 
 log = logging.getLogger("snapline.store")
 
@@ -136,6 +136,7 @@ class Store:
             1, thread_name_prefix="snapline-save", initializer=lower_this_thread
         )
         self._staging = Staging()
+        self._layouts = LayoutCache()
         self._pending: PendingSave | None = None
         self._mutex = threading.Lock()
         self._closed = False
@@ -281,6 +282,7 @@ class Store:
                 progress=progress,
                 ready=ready,
                 replace=overwrite,
+                layouts=self._layouts,
             )
             self._remember(step, data, manifest)
         return self._info(manifest, self._previous(step))

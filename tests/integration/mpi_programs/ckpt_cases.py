@@ -80,7 +80,11 @@ def write_error(store: str) -> None:
         def full(key: str, pieces: object) -> None:
             raise OSError(errno.ENOSPC, "No space left on device (injected)", key)
 
+        def full_many(items: object, **_: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", "packs")
+
         ckpt.store.backend.write = full  # type: ignore[method-assign]
+        ckpt.store.backend.write_many = full_many  # type: ignore[method-assign]
     ckpt.checkpoint(state_at(rank, 20), step=20)  # captured; the write fails in the background
     try:
         ckpt.checkpoint(state_at(rank, 30), step=30)
