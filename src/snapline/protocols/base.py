@@ -500,11 +500,6 @@ class Protocol(ABC):
     #: lies on a Z-cycle; ``"rdt"`` -- rollback-dependency trackability: every Z-path between
     #: checkpoints is doubled by a causal path (so no Z-cycle either); None -- no promise.
     checkpoint_pattern: ClassVar[str | None] = None
-    #: Whether the protocol forces checkpoints on message arrivals, possibly several in a
-    #: row. A runtime that lowers the priority of its background saves (so that they do not
-    #: delay message handling) keeps them at full priority for such a protocol: its loop
-    #: waits for one save to end before the next checkpoint can be captured.
-    forces_checkpoints: ClassVar[bool] = False
 
     def __init__(
         self,

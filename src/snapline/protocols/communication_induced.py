@@ -63,7 +63,6 @@ class BCS(IndependentCheckpointing):
 
     name = "bcs"
     checkpoint_pattern = "no-useless-checkpoint"
-    forces_checkpoints = True
 
     def piggyback(self, dst: int) -> PlainData:
         """The sender's logical clock: the index of its newest checkpoint."""
@@ -110,7 +109,6 @@ class FDAS(IndependentCheckpointing):
 
     name = "fdas"
     checkpoint_pattern = "rdt"
-    forces_checkpoints = True
 
     def __init__(
         self,
