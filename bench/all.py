@@ -10,8 +10,8 @@ Chandy-Lamport snapshot latency on 16 ranks), the simulator (messages per CPU se
 ``none`` and ``chandy-lamport``) and the store (1 GiB against a raw write+fsync and a raw read
 from a cold cache, ``save_async`` against a sync save, 5,000 small arrays against a raw write,
 pickle and ``torch.save``, a 1% re-save; and the peers ``torch.save``, ``torch.load`` and
-``torch.distributed.checkpoint`` on the same 1 GiB when CPU torch is installed -- an optional
-benchmark dependency). The sections, and the protocols inside the runtime section, run in an
+``torch.distributed.checkpoint`` on the same 1 GiB when torch is installed -- the optional
+``bench`` extra, ``pip install -e '.[bench]'``). The sections, and the protocols inside the runtime section, run in an
 order rotated every round, so that none always runs first on a shared machine. Each figure is
 a ratio of timings taken seconds apart; the table shows the median over rounds (and every
 round's value), the target and whether the median meets it. The store's save target says
