@@ -2,10 +2,21 @@
 
 Each ``S3Server`` is a ``python -m moto.server`` process on 127.0.0.1 and a free port, in its
 own process group, so a test can ``kill -9`` it. moto keeps objects in memory only; a server
-started with ``persist=True`` runs moto's request recorder, which appends every request it has
-received (body included) to a file, and ``restart()`` replays that file into the fresh
-process. That models a server that persisted exactly the requests it received: a request whose
-record was torn by the kill (the last line) counts as never received and is dropped.
+started with ``persist=True`` runs ``s3_journal_server.py`` instead: moto behind a journal that
+appends every request changing state (body included) to a file once it is applied and before
+it is answered, one whole record per ``write``, in the order the requests took effect; the
+process replays the journal at start, so ``restart()`` brings back exactly what the killed one
+had applied. That models a server that persisted everything it acknowledged (and perhaps a
+request it applied but was killed before answering); a record torn by the kill can only be the
+last one, a request no client got a reply to, and is dropped.
+
+Not moto's own request recorder (``MOTO_ENABLE_RECORDING``), which this used to run: it writes
+a record from the request's thread, before the request is applied and without any lock, as two
+``write`` calls (the JSON, then the newline). A record of a concurrent request written between
+the two glues both into one line that is not JSON, and the replay could only drop that line:
+requests the server had acknowledged, a committed checkpoint's pack among them, vanished at the
+restart (the crash test's rare "pack of step 1 is missing"). Its records were also in the order
+requests arrived, not the order they were applied.
 
 The tests need the ``s3`` extra (s3fs, moto[server]). Where it is missing they are skipped with
 the reason, except under CI (``CI`` set), where a skip would hide them: there they fail.
@@ -14,7 +25,6 @@ the reason, except under CI (``CI`` set), where a skip would hide them: there th
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -33,6 +43,7 @@ ACCESS_KEY = "AKIASNAPLINETEST0001"
 SECRET_KEY = "snapline-test-secret-do-not-print-0123456789"
 REGION = "us-east-1"
 START_TIMEOUT_S = 30.0
+JOURNAL_SERVER = Path(__file__).with_name("s3_journal_server.py")
 
 
 def require_s3() -> None:
@@ -76,7 +87,7 @@ class S3Server:
         self.workdir = workdir
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.recording = workdir / "moto-recording.jsonl" if persist else None
+        self.recording = workdir / "s3-journal.jsonl" if persist else None
         self.log = workdir / "moto-server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._client: object | None = None
@@ -84,12 +95,13 @@ class S3Server:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
         env.update(client_env(self.endpoint))
-        if self.recording is not None:
-            env["MOTO_ENABLE_RECORDING"] = "1"
-            env["MOTO_RECORDER_FILEPATH"] = str(self.recording)
+        if self.recording is None:
+            argv = ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        else:
+            argv = [str(JOURNAL_SERVER), "127.0.0.1", str(self.port), str(self.recording)]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, *argv],
                 cwd=self.workdir,
                 env=env,
                 stdout=log,
@@ -121,15 +133,9 @@ class S3Server:
         self.process = None
 
     def restart(self) -> None:
-        """Start a new process on the same port and replay what the old one received."""
+        """Start a new process on the same port; it replays what the old one had applied."""
         assert self.process is None, "kill() the server first"
-        if self.recording is not None and self.recording.exists():
-            lines = self.recording.read_bytes().split(b"\n")
-            whole = [line for line in lines if _complete(line)]
-            self.recording.write_bytes(b"".join(line + b"\n" for line in whole))
         self.start()
-        if self.recording is not None:
-            self._post("/moto-api/recorder/replay-recording", b"")
 
     def _post(self, path: str, body: bytes) -> None:
         request = urllib.request.Request(
@@ -164,16 +170,6 @@ class S3Server:
         name = f"{prefix}-{uuid.uuid4().hex[:16]}"
         self._client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
         return name
-
-
-def _complete(line: bytes) -> bool:
-    if not line.strip():
-        return False
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
 
 
 @contextmanager
