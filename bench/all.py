@@ -11,8 +11,9 @@ Chandy-Lamport snapshot latency on 16 ranks), the simulator (messages per CPU se
 from a cold cache, ``save_async`` against a sync save, 5,000 small arrays against a raw write,
 pickle and ``torch.save``, a 1% re-save; and the peers ``torch.save``, ``torch.load`` and
 ``torch.distributed.checkpoint`` on the same 1 GiB when torch is installed -- the optional
-``bench`` extra, ``pip install -e '.[bench]'``). The sections, and the protocols inside the runtime section, run in an
-order rotated every round, so that none always runs first on a shared machine. Each figure is
+``bench`` extra, ``pip install -e '.[bench]'``). The sections, and the protocols inside the
+runtime section, run in an order rotated every round, so that none always runs first on a
+shared machine. Each figure is
 a ratio of timings taken seconds apart; the table shows the median over rounds (and every
 round's value), the target and whether the median meets it. The store's save target says
 "every run", so its row is judged by the worst round. JSON: ``bench/results/all.json``.
