@@ -329,28 +329,7 @@ class LocalDirectory(Backend):
 
     def write(self, key: str, pieces: Sequence[memoryview]) -> None:
         """Temp file, write, fsync, rename; the directory is fsync'd by ``sync()``."""
-        path = self._path(key)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{next(self._counter)}"
-        try:
-            self._ensure_dir(path.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, pieces)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            # The original error is the one to report.
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise _os_error(exc, f"writing {path}") from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-        with self._mutex:
-            self._dirty_dirs.add(path.parent)
+        self.write_many([(key, pieces)])
 
     def write_many(
         self, items: Iterable[tuple[str, Sequence[memoryview]]], *, direct: bool = False
@@ -369,15 +348,15 @@ class LocalDirectory(Backend):
 
         def finish_oldest() -> None:
             nonlocal path
-            fd, tmp, path = waiting[0]
+            fd, tmp, path = waiting.popleft()
             try:
-                os.fsync(fd)
-            finally:
-                waiting.popleft()
-                os.close(fd)
-            try:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except BaseException:
+                # A failed fsync leaves no temporary file behind either (it is off ``waiting``).
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
                 raise

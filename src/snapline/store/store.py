@@ -477,10 +477,7 @@ class Store:
     def delete(self, step: int) -> None:
         """Remove checkpoint ``step`` (its chunks stay until ``gc`` finds them unreferenced)."""
         self._settle()
-        with self.backend.writer_lock(self.lock_timeout_s):
-            if step not in self.steps():
-                raise CheckpointNotFound(f"no checkpoint at step {step} in {self.url}")
-            self.backend.finalizer.retract(self.backend, manifest_key(step))
+        self._retract(step, missing_ok=False)
 
     def discard(self, step: int) -> None:
         """Remove checkpoint ``step`` if it is there, from any thread.
@@ -490,9 +487,15 @@ class Store:
         the two. For a thread that collects old checkpoints while another one saves new
         ones (a job's rank: its loop saves, its stable-storage thread collects).
         """
+        self._retract(step, missing_ok=True)
+
+    def _retract(self, step: int, *, missing_ok: bool) -> None:
         with self.backend.writer_lock(self.lock_timeout_s):
-            if step in self.steps():
-                self.backend.finalizer.retract(self.backend, manifest_key(step))
+            if step not in self.steps():
+                if missing_ok:
+                    return
+                raise CheckpointNotFound(f"no checkpoint at step {step} in {self.url}")
+            self.backend.finalizer.retract(self.backend, manifest_key(step))
 
     def gc(
         self,
